@@ -1,0 +1,3 @@
+from forgetbench.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""The ``forgetbench`` command: argument parsing and printing only.
+
+User mistakes surface as a ForgetbenchError: one line on stderr, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from forgetbench.errors import ForgetbenchError
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        return
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    for name in ("lm_eval", "lm-eval", "datasets", "transformers", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _echo(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from forgetbench.config import load_suite
+    from forgetbench.eval.harness import check_tasks
+    from forgetbench.report import write_outputs
+    from forgetbench.report.tables import format_summary
+    from forgetbench.store import RunStore
+    from forgetbench.sweep import latest_sweep, plan, run_sweep
+    from forgetbench.train.data import read_rows
+
+    start = time.monotonic()
+    suite = load_suite(args.suite, args.set)
+    # Everything a user can get wrong is checked before the run directory is touched.
+    check_tasks(suite, source=args.suite)
+    for path in (suite.data.target, suite.data.replay):
+        if path is not None:
+            read_rows(path)
+    planned = plan(suite)
+    if args.dry_run:
+        states = RunStore(Path(args.runs_dir) / suite.name).states()
+        _echo(f"suite {suite.name}: {len(planned)} points -> {Path(args.runs_dir) / suite.name}")
+        for pp in planned:
+            p = pp.point
+            status = states[pp.id].status if pp.id in states else "pending"
+            _echo(f"  {pp.id}  lr={p.lr:g} epochs={p.epochs:g} mix_ratio={p.mix_ratio:g} "
+                  f"regularizer={p.regularizer} lam={p.lam:g}  [{status}]")
+        return 0
+    outcome = run_sweep(suite, Path(args.runs_dir), echo=_echo)
+    summary = write_outputs(outcome.store, suite, latest_sweep(outcome.store))
+    _echo("\nlearning (target) and forgetting (general), headline metrics, in points:")
+    _echo(format_summary(summary))
+    _echo(f"\n{len(outcome.trained)} trained, {len(outcome.evaluated)} evaluated, "
+          f"{len(outcome.skipped)} already complete, {len(outcome.failed)} failed "
+          f"in {time.monotonic() - start:.0f} s")
+    _echo(f"results: {outcome.store.root / 'results.csv'}\nreport:  {outcome.store.root / 'report.html'}")
+    return 1 if outcome.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from forgetbench.config import Suite
+    from forgetbench.report import write_outputs
+    from forgetbench.report.tables import format_summary
+    from forgetbench.store import RunStore
+    from forgetbench.sweep import latest_sweep
+
+    import yaml
+
+    store = RunStore(Path(args.run_dir))
+    suite_file = store.root / "suite.yaml"
+    if not suite_file.exists():
+        raise ForgetbenchError(f"{store.root}: not a forgetbench run directory (no suite.yaml)")
+    suite = Suite.model_validate(yaml.safe_load(suite_file.read_text()))
+    summary = write_outputs(store, suite, latest_sweep(store))
+    _echo(format_summary(summary))
+    _echo(f"report: {store.root / 'report.html'}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from forgetbench.store import RunStore
+
+    store = RunStore(Path(args.run_dir))
+    if not store.journal.exists():
+        raise ForgetbenchError(f"{store.root}: no journal.jsonl; not a forgetbench run directory")
+    states = store.states()
+    counts: dict[str, int] = {}
+    for pid, st in sorted(states.items()):
+        counts[st.status] = counts.get(st.status, 0) + 1
+        extra = f"  {st.error}" if st.error else ""
+        _echo(f"{pid}  {st.status}{extra}")
+    _echo(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no points yet")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from forgetbench.config import load_suite
+    from forgetbench.eval.harness import check_tasks, evaluate
+
+    suite = load_suite(args.suite, args.set)
+    check_tasks(suite, source=args.suite)
+    model = Path(args.model_dir)
+    if not (model / "config.json").exists():
+        raise ForgetbenchError(f"{model}: not a Hugging Face model directory (no config.json)")
+    scores = evaluate(model, suite)
+    if args.json:
+        for task in scores["tasks"].values():
+            task.pop("samples")
+        print(json.dumps(scores, indent=2))
+        return 0
+    for task, role in suite.all_tasks():
+        for metric, v in scores["tasks"][task.name]["metrics"].items():
+            err = f" ± {v['stderr']:.3f}" if v["stderr"] is not None else ""
+            _echo(f"{task.name:<24} {role:<8} {metric:<14} {v['value']:.3f}{err}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forgetbench", description=(
+        "Measure how much full fine-tuning makes an LLM forget, and which settings prevent it."))
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_set(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a suite field, e.g. --set sweep.lr=[1e-4,1e-3] (repeatable)")
+
+    p = sub.add_parser("sweep", help="fine-tune and evaluate every grid point not yet complete")
+    p.add_argument("suite", help="suite YAML file, e.g. suites/medical.yaml")
+    with_set(p)
+    p.add_argument("--runs-dir", default="runs", help="parent of the run directory (default: runs)")
+    p.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("eval", help="evaluate one HF model directory on a suite's tasks")
+    p.add_argument("model_dir")
+    p.add_argument("--suite", required=True)
+    with_set(p)
+    p.add_argument("--json", action="store_true", help="print the scores as JSON (no per-sample logs)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("status", help="each point's state, from the run's journal")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="rebuild results.csv and report.html from stored scores")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries(args.verbose)
+    try:
+        return args.func(args)
+    except ForgetbenchError as exc:
+        print(f"forgetbench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("forgetbench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The suite: schema, YAML loading, ``--set`` overrides and validation with field paths.
+
+A suite file is the only way configuration enters forgetbench. Relative paths in it are
+resolved against the suite file's folder, so a suite runs the same from any directory.
+Every mistake becomes one :class:`ForgetbenchError` line naming the file, the field and
+what would be valid.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+
+from forgetbench.errors import ForgetbenchError
+from forgetbench.train.schedule import SCHEDULES
+
+REGULARIZERS = ("none", "l2", "ewc")
+# Regularizers the training recipe implements today; the schema knows all of them.
+IMPLEMENTED_REGULARIZERS = ("none", "l2")
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+MixRatio = Annotated[float, Field(ge=0, lt=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSpec(_Strict):
+    """One lm-eval task: a bundled one from ``tasks.include_path`` or any registered name."""
+
+    name: Annotated[str, Field(min_length=1)]
+    category: str | None = None  # qa, math, code ...: how the report groups general tasks
+    metric: str | None = None    # the headline metric; default: the task's first metric
+
+
+class TasksSpec(_Strict):
+    include_path: Path | None = None  # folder of lm-eval task YAMLs, registered with lm-eval
+    target: Annotated[list[TaskSpec], Field(min_length=1)]
+    general: Annotated[list[TaskSpec], Field(min_length=1)]
+
+    @field_validator("general")
+    @classmethod
+    def _general_has_category(cls, tasks: list[TaskSpec]) -> list[TaskSpec]:
+        for task in tasks:
+            if not task.category:
+                raise ValueError(f"general task {task.name!r} needs a category "
+                                 "(e.g. qa, math, code)")
+        return tasks
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> TasksSpec:
+        names = [t.name for t in self.target + self.general]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"task listed twice: {', '.join(dupes)}")
+        return self
+
+
+class DataSpec(_Strict):
+    """JSONL files: rows of {"prompt", "completion"} (loss on the completion) or {"text"}."""
+
+    target: Path                  # the fine-tuning data of the target domain
+    replay: Path | None = None    # general data mixed in at ``mix_ratio``
+
+
+class TrainSpec(_Strict):
+    batch_size: Annotated[int, Field(gt=0)] = 16
+    grad_accum: Annotated[int, Field(gt=0)] = 1
+    max_seq_len: Annotated[int, Field(gt=0)] = 256
+    schedule: Literal[SCHEDULES] = "cosine"  # type: ignore[valid-type]
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # cosine floor = lr × this
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
+    seed: int = 0
+    device: str = "auto"          # auto: cuda when available, else cpu
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class EvalSpec(_Strict):
+    batch_size: Annotated[int, Field(gt=0)] = 32
+    num_fewshot: Annotated[int, Field(ge=0)] | None = None  # None: each task's own default
+    limit: Annotated[int, Field(gt=0)] | None = None        # items per task; None: all
+    device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class SweepSpec(_Strict):
+    lr: Annotated[list[PositiveFloat], Field(min_length=1)]
+    epochs: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0]
+    mix_ratio: Annotated[list[MixRatio], Field(min_length=1)] = [0.0]
+    regularizer: Annotated[list[Literal[REGULARIZERS]], Field(min_length=1)] = ["none"]  # type: ignore[valid-type]
+    lam: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [0.0]
+
+    @field_validator("regularizer")
+    @classmethod
+    def _implemented(cls, values: list[str]) -> list[str]:
+        missing = [v for v in values if v not in IMPLEMENTED_REGULARIZERS]
+        if missing:
+            raise ValueError(f"regularizer {missing[0]!r} is not available in this version; "
+                             f"use one of {', '.join(IMPLEMENTED_REGULARIZERS)}")
+        return values
+
+
+class Point(_Strict):
+    """One grid point: the values a sweep varies."""
+
+    lr: float
+    epochs: float
+    mix_ratio: float
+    regularizer: str
+    lam: float
+
+
+class Suite(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    model: Annotated[str, Field(min_length=1)]  # builtin:tiny-llama, a local HF dir, or a hub id
+    data: DataSpec
+    tasks: TasksSpec
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    sweep: SweepSpec
+
+    @model_validator(mode="after")
+    def _replay_when_mixing(self) -> Suite:
+        if any(r > 0 for r in self.sweep.mix_ratio) and self.data.replay is None:
+            raise ValueError("sweep.mix_ratio has values above 0 but data.replay is not set: "
+                             "add a replay JSONL or use mix_ratio: [0.0]")
+        return self
+
+    def points(self) -> list[Point]:
+        """The grid in a stable order. λ only varies where a regularizer is on, so a point
+        without one appears once (with lam 0) however many λ values are swept."""
+        seen: dict[Point, None] = {}
+        s = self.sweep
+        for lr, epochs, mix, reg, lam in itertools.product(
+                s.lr, s.epochs, s.mix_ratio, s.regularizer, s.lam):
+            seen.setdefault(Point(lr=lr, epochs=epochs, mix_ratio=mix, regularizer=reg,
+                                  lam=0.0 if reg == "none" else lam), None)
+        return list(seen)
+
+    def all_tasks(self) -> list[tuple[TaskSpec, str]]:
+        """(task, role) pairs, role being ``target`` or ``general``."""
+        return ([(t, "target") for t in self.tasks.target]
+                + [(t, "general") for t in self.tasks.general])
+
+    def resolved(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------- loading
+
+def _apply_override(raw: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ForgetbenchError(f"--set {assignment!r}: expected key=value, "
+                               "e.g. --set train.batch_size=8 or --set sweep.lr=[1e-4,1e-3]")
+    key, _, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ForgetbenchError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ForgetbenchError(f"--set {key}: value {text!r} is not valid YAML ({exc.problem})")
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith(("literal[", "function-", "list[", "float", "int")):
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(err: dict, model: type[BaseModel]) -> str:
+    if err["type"] == "extra_forbidden":
+        # name the valid keys of the section the unknown key sits in
+        section: Any = model
+        for part in err["loc"][:-1]:
+            if isinstance(part, int) or section is None:
+                continue
+            field = getattr(section, "model_fields", {}).get(part)
+            section = _submodel(field.annotation) if field else None
+        valid = sorted(getattr(section, "model_fields", {}))
+        return (f"unknown field {err['loc'][-1]!r}"
+                + (f"; valid fields here: {', '.join(valid)}" if valid else ""))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def _submodel(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _resolve_paths(suite: Suite, base: Path, source: str) -> Suite:
+    def resolve(p: Path | None, field: str, *, folder: bool = False) -> Path | None:
+        if p is None:
+            return None
+        full = (base / p).expanduser().resolve()
+        if not full.exists() or (folder and not full.is_dir()):
+            kind = "folder" if folder else "file"
+            raise ForgetbenchError(f"{source}: {field}: {kind} not found: {full} "
+                                   f"(paths are relative to the suite file's folder)")
+        return full
+
+    data = suite.data.model_copy(update={
+        "target": resolve(suite.data.target, "data.target"),
+        "replay": resolve(suite.data.replay, "data.replay")})
+    tasks = suite.tasks.model_copy(update={
+        "include_path": resolve(suite.tasks.include_path, "tasks.include_path", folder=True)})
+    model = suite.model
+    if not model.startswith("builtin:") and model.startswith((".", "/", "~")):
+        model = str(resolve(Path(model), "model", folder=True))
+    return suite.model_copy(update={"data": data, "tasks": tasks, "model": model})
+
+
+def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Suite:
+    """Read, override, validate and resolve a suite file; every failure is a ForgetbenchError."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ForgetbenchError(f"{source}: suite file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ForgetbenchError(f"{source}: not valid YAML{where}: "
+                               f"{getattr(exc, 'problem', exc)}")
+    if not isinstance(raw, dict):
+        raise ForgetbenchError(f"{source}: expected a mapping of fields (name, model, data, "
+                               "tasks, train, eval, sweep)")
+    for assignment in overrides:
+        _apply_override(raw, assignment)
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ForgetbenchError(f"{source}: {_field_path(first['loc'])}: "
+                               f"{_describe(first, Suite)}{more}") from None
+    return _resolve_paths(suite, path.resolve().parent, source)

@@ -1,0 +1,224 @@
+"""Evaluation through EleutherAI's lm-eval: the only module that imports ``lm_eval``.
+
+A checkpoint is always an HF directory, evaluated with ``lm_eval.simple_evaluate`` on the
+suite's target and general tasks with per-sample logs kept, so before/after scores can be
+paired item by item. Tasks in the suite's ``include_path`` whose data paths are relative
+are resolved against their YAML file's folder (lm-eval alone would resolve them against the
+working directory); every other name goes to lm-eval's own registry (hellaswag, gsm8k ...).
+
+Each result carries the settings and versions it came from and an *eval key*, a hash of
+them; forgetbench compares only scores with the same key.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import math
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from forgetbench.config import Suite
+from forgetbench.errors import ForgetbenchError
+
+log = logging.getLogger(__name__)
+
+# lm-eval's per-sample fields we keep: enough to pair items and to read what the model said
+_SAMPLE_TEXT_LIMIT = 200
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _load_yaml(path: Path) -> dict:
+    try:  # lm-eval >= 0.4.10
+        from lm_eval.tasks._yaml_loader import load_yaml
+        return load_yaml(path, resolve_func=True)
+    except ImportError:  # older lm-eval
+        from lm_eval.utils import load_yaml_config
+        return load_yaml_config(yaml_path=str(path))
+
+
+@lru_cache(maxsize=8)
+def _local_task_files(include_path: Path | None) -> dict[str, Path]:
+    """task name -> YAML file, for the single-task YAMLs in ``include_path``."""
+    if include_path is None:
+        return {}
+    import yaml
+
+    found = {}
+    for path in sorted(include_path.rglob("*.yaml")):
+        try:  # a plain read is enough to find the name; !function tags are left unresolved
+            raw = yaml.load(path.read_text(), Loader=_TagTolerantLoader)
+        except yaml.YAMLError:
+            continue
+        if isinstance(raw, dict) and isinstance(raw.get("task"), str):
+            found[raw["task"]] = path
+    return found
+
+
+class _TagTolerantLoader(__import__("yaml").SafeLoader):
+    pass
+
+
+_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _local_task_config(path: Path) -> dict:
+    """The task's config with relative ``dataset_kwargs.data_files`` made absolute."""
+    cfg = _load_yaml(path)
+    kwargs = dict(cfg.get("dataset_kwargs") or {})
+    files = kwargs.get("data_files")
+    if files is not None:
+        def absolute(p: str) -> str:
+            full = Path(p) if Path(p).is_absolute() else (path.parent / p).resolve()
+            if not full.exists():
+                raise ForgetbenchError(f"{path}: dataset_kwargs.data_files: file not found: {full}")
+            return str(full)
+
+        if isinstance(files, str):
+            files = absolute(files)
+        elif isinstance(files, list):
+            files = [absolute(p) for p in files]
+        else:
+            files = {split: (absolute(p) if isinstance(p, str) else [absolute(q) for q in p])
+                     for split, p in files.items()}
+        kwargs["data_files"] = files
+        cfg["dataset_kwargs"] = kwargs
+    return cfg
+
+
+def _task_fingerprint(name: str, include_path: Path | None) -> str:
+    """What a local task's results depend on: its YAML text and its data files' contents."""
+    path = _local_task_files(include_path).get(name)
+    if path is None:
+        return "registry"  # lm-eval's task version is recorded with the results
+    h = hashlib.sha256(path.read_bytes())
+    files = (_local_task_config(path).get("dataset_kwargs") or {}).get("data_files") or {}
+    paths = files.values() if isinstance(files, dict) else ([files] if isinstance(files, str) else files)
+    for p in sorted(str(x) for x in paths):
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    import lm_eval
+    import torch
+    import transformers
+
+    return {"lm_eval": getattr(lm_eval, "__version__", "unknown"),
+            "transformers": transformers.__version__, "torch": torch.__version__}
+
+
+def eval_settings(suite: Suite) -> dict[str, Any]:
+    """Everything a score depends on besides the model; hashed into the eval key."""
+    from forgetbench.train.recipe import resolve_device
+
+    e = suite.eval
+    return {
+        "tasks": {t.name: _task_fingerprint(t.name, suite.tasks.include_path)
+                  for t, _ in suite.all_tasks()},
+        "num_fewshot": e.num_fewshot, "limit": e.limit, "batch_size": e.batch_size,
+        "dtype": e.dtype, "device_type": resolve_device(e.device).type,
+        "versions": versions(),
+    }
+
+
+def eval_key(settings: dict[str, Any]) -> str:
+    return _sha256(json.dumps(settings, sort_keys=True).encode())[:12]
+
+
+def _task_manager(include_path: Path | None):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(include_path) if include_path else None)
+
+
+def check_tasks(suite: Suite, source: str = "suite") -> None:
+    """Fail before any training if a task name is neither bundled nor known to lm-eval."""
+    local = _local_task_files(suite.tasks.include_path)
+    missing = [(t, role) for t, role in suite.all_tasks() if t.name not in local]
+    if not missing:
+        return
+    known = set(_task_manager(suite.tasks.include_path).all_tasks) | set(local)
+    for task, role in missing:
+        if task.name not in known:
+            close = difflib.get_close_matches(task.name, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else (
+                "; list lm-eval's tasks with `lm-eval ls tasks`")
+            raise ForgetbenchError(f"{source}: tasks.{role}: unknown lm-eval task "
+                                   f"{task.name!r}{hint}")
+
+
+def _split_metric_key(key: str) -> tuple[str, str] | None:
+    """'acc,none' -> ('acc', 'none'); None for stderr and alias entries."""
+    if "," not in key:
+        return None
+    metric, filt = key.split(",", 1)
+    if metric.endswith("_stderr"):
+        return None
+    return metric, filt
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def evaluate(model_dir: Path, suite: Suite) -> dict[str, Any]:
+    """Evaluate the HF directory ``model_dir`` on the suite's tasks; returns a scores record."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    from forgetbench.train.recipe import resolve_device
+
+    settings = eval_settings(suite)
+    e = suite.eval
+    local = _local_task_files(suite.tasks.include_path)
+    specs = [_local_task_config(local[t.name]) if t.name in local else t.name
+             for t, _ in suite.all_tasks()]
+    start = time.monotonic()
+    lm = HFLM(pretrained=str(model_dir), device=str(resolve_device(e.device)), dtype=e.dtype,
+              batch_size=e.batch_size)
+    out = lm_eval.simple_evaluate(
+        model=lm, tasks=specs, num_fewshot=e.num_fewshot, limit=e.limit, log_samples=True,
+        task_manager=_task_manager(suite.tasks.include_path), bootstrap_iters=1000,
+        random_seed=0, numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=1234)
+    tasks: dict[str, Any] = {}
+    for task, _role in suite.all_tasks():
+        res = out["results"].get(task.name)
+        if res is None:
+            raise ForgetbenchError(f"lm-eval returned no results for task {task.name!r}")
+        metrics = {}
+        for key, value in res.items():
+            split = _split_metric_key(key)
+            if split is None or not isinstance(value, (int, float)):
+                continue
+            metric, filt = split
+            name = metric if filt == "none" else f"{metric},{filt}"
+            stderr = res.get(f"{metric}_stderr,{filt}")
+            metrics[name] = {"value": _clean(float(value)),
+                             "stderr": _clean(float(stderr)) if isinstance(stderr, (int, float)) else None}
+        samples = []
+        for s in out.get("samples", {}).get(task.name, []):
+            if s.get("filter", "none") != "none" and any(
+                    x.get("filter") == "none" for x in out["samples"][task.name]):
+                continue
+            resp = s.get("filtered_resps")
+            samples.append({
+                "doc_id": s["doc_id"], "doc_hash": s.get("doc_hash"),
+                "target": str(s.get("target"))[:_SAMPLE_TEXT_LIMIT],
+                "response": str(resp[0] if isinstance(resp, list) and resp else resp)[:_SAMPLE_TEXT_LIMIT],
+                "values": {m: _clean(float(s[m])) for m in s.get("metrics", [])
+                           if isinstance(s.get(m), (int, float, bool))},
+            })
+        tasks[task.name] = {"metrics": metrics, "n": len(samples) or out.get("n-samples", {}).get(
+            task.name, {}).get("effective"), "version": out.get("versions", {}).get(task.name),
+            "n_shot": out.get("n-shot", {}).get(task.name), "samples": samples}
+    return {"eval_key": eval_key(settings), "settings": settings, "model_dir": str(model_dir),
+            "tasks": tasks, "seconds": round(time.monotonic() - start, 2)}

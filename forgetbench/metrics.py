@@ -1,0 +1,71 @@
+"""Learning, forgetting, retention, paired standard errors and the Pareto front: pure functions.
+
+Definitions (scores are "higher is better" metrics such as accuracy):
+    delta      = after − before
+    learning   = after − before        on target tasks
+    forgetting = before − after        on general tasks (positive: it forgot)
+    retention  = after / before        (undefined when before = 0)
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def delta(before: float, after: float) -> float:
+    return after - before
+
+
+def forgetting(before: float, after: float) -> float:
+    return before - after
+
+
+def retention(before: float, after: float) -> float | None:
+    return after / before if before else None
+
+
+def paired(before: Sequence[dict], after: Sequence[dict], metric: str) -> tuple[list[float], list[float]]:
+    """Per-item values of ``metric`` for items present in both runs, matched by doc_id.
+
+    Items whose document hash differs between the runs are refused: they are different items.
+    """
+    by_id = {s["doc_id"]: s for s in before}
+    xs, ys = [], []
+    for s in after:
+        b = by_id.get(s["doc_id"])
+        if b is None:
+            continue
+        if b.get("doc_hash") and s.get("doc_hash") and b["doc_hash"] != s["doc_hash"]:
+            raise ValueError(f"doc {s['doc_id']} differs between the two evaluations")
+        x, y = b["values"].get(metric), s["values"].get(metric)
+        if x is not None and y is not None:
+            xs.append(float(x))
+            ys.append(float(y))
+    return xs, ys
+
+
+def paired_stderr(before: Sequence[float], after: Sequence[float]) -> float | None:
+    """Standard error of the mean paired difference: sd(d_i) / √n with d_i = after_i − before_i
+    (sample sd, n − 1). Pairing removes the between-item variance that two independent
+    stderrs would count twice, so it is the right error bar for a before/after delta."""
+    n = len(before)
+    if n != len(after):
+        raise ValueError("paired samples must have the same length")
+    if n < 2:
+        return None
+    d = [a - b for a, b in zip(after, before)]
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1)
+    return math.sqrt(var / n)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (learning, forgetting) pairs no other pair beats: none has at least as
+    much learning and at most as much forgetting, and strictly better in one of them."""
+    front = []
+    for i, (li, fi) in enumerate(points):
+        dominated = any((lj >= li and fj <= fi) and (lj > li or fj < fi)
+                        for j, (lj, fj) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return front

@@ -1,0 +1,145 @@
+"""The run directory: atomic file writes and an append-only journal replayed to status.
+
+Layout of ``runs/<suite>/``::
+
+    suite.yaml                 the resolved suite of the latest sweep
+    journal.jsonl              one JSON line per state change, appended under a lock, fsynced
+    baseline/<eval key>.json   scores of the base model
+    points/<id>/point.json     the point's resolved training config
+    points/<id>/train_log.jsonl, points/<id>/model/, points/<id>/scores/<eval key>.json
+    results.csv, report.html
+
+Files are written to a temporary name and renamed, so a reader never sees half a file. The
+journal is appended only after the file it reports exists, so it never claims a result that
+is not there. A torn last line (a crash mid-append) is skipped on replay.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def fresh_dir(final: Path) -> Iterator[Path]:
+    """A private directory that replaces ``final`` only if the block succeeds (e.g. a model export)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class PointState:
+    status: str = "pending"   # pending -> running -> trained -> evaluated, or failed
+    eval_keys: set[str] = field(default_factory=set)
+    error: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+class RunStore:
+    """Paths and state of one run directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.journal = self.root / "journal.jsonl"
+
+    # --- paths
+    def point_dir(self, point_id: str) -> Path:
+        return self.root / "points" / point_id
+
+    def model_dir(self, point_id: str) -> Path:
+        return self.point_dir(point_id) / "model"
+
+    def scores_path(self, point_id: str, eval_key: str) -> Path:
+        return self.point_dir(point_id) / "scores" / f"{eval_key}.json"
+
+    def baseline_path(self, eval_key: str) -> Path:
+        return self.root / "baseline" / f"{eval_key}.json"
+
+    # --- writes
+    def save_suite(self, resolved: dict) -> None:
+        atomic_write_text(self.root / "suite.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    def append(self, event: str, **fields: Any) -> None:
+        """Append one event to the journal: locked against other writers, fsynced."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"time": round(time.time(), 3), "event": event, **fields},
+                          sort_keys=True) + "\n"
+        with open(self.journal, "a", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # --- replay
+    def events(self) -> list[dict]:
+        if not self.journal.exists():
+            return []
+        out = []
+        for line in self.journal.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn line from a crash mid-append
+        return out
+
+    def states(self) -> dict[str, PointState]:
+        """Each point's state, from the journal alone."""
+        states: dict[str, PointState] = {}
+        for ev in self.events():
+            pid = ev.get("point")
+            if pid is None:
+                continue
+            st = states.setdefault(pid, PointState())
+            kind = ev["event"]
+            if kind == "point_started":
+                st.status, st.error = "running", None
+            elif kind == "point_trained":
+                st.status, st.train = "trained", ev.get("summary", {})
+            elif kind == "point_evaluated":
+                st.status = "evaluated"
+                st.eval_keys.add(ev["eval_key"])
+            elif kind == "point_failed":
+                st.status, st.error = "failed", ev.get("error")
+        return states

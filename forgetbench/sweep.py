@@ -1,0 +1,180 @@
+"""The sweep: grid points and their ids, the baseline, training and evaluating what is missing.
+
+A point's id is a hash of everything its fine-tuning depends on (base model, data contents,
+training settings, the swept values), never its position in the grid, so adding values to a
+grid keeps the finished points. Scores are stored per eval key (see eval/harness.py): a
+point is complete when it has scores for the current key, and is never recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from forgetbench.config import Point, Suite
+from forgetbench.errors import ForgetbenchError
+from forgetbench.store import RunStore, atomic_write_json, fresh_dir, read_json
+
+log = logging.getLogger(__name__)
+
+# Bump when a change to the training recipe changes what a point produces.
+TRAINING_VERSION = 1
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt")
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def model_fingerprint(model: str) -> dict[str, Any]:
+    """What identifies the base model without reading its weights: the builtin recipe hash,
+    the files (name, size, mtime) of a local directory, or a hub id."""
+    from forgetbench.builtin import BUILTIN_PREFIX, RECIPES, recipe_hash
+
+    if model.startswith(BUILTIN_PREFIX):
+        name = model[len(BUILTIN_PREFIX):]
+        if name not in RECIPES:
+            raise ForgetbenchError(f"model: unknown builtin model {model!r}; available: "
+                                   + ", ".join(BUILTIN_PREFIX + n for n in RECIPES))
+        return {"builtin": name, "recipe": recipe_hash(RECIPES[name])}
+    path = Path(model)
+    if path.is_dir():
+        files = {f.name: [f.stat().st_size, f.stat().st_mtime_ns]
+                 for f in sorted(path.iterdir()) if f.is_file() and f.suffix in _WEIGHT_SUFFIXES}
+        if "config.json" not in files:
+            raise ForgetbenchError(f"model: {path} has no config.json; point it at a Hugging "
+                                   "Face model directory (the output of save_pretrained)")
+        return {"dir": str(path), "files": _sha(files)[:16]}
+    return {"hub": model}
+
+
+def resolve_model(model: str) -> Path | str:
+    """A directory or hub id that ``from_pretrained`` loads; builds the builtin model if needed."""
+    from forgetbench.builtin import BUILTIN_PREFIX, builtin_model_dir
+
+    if model.startswith(BUILTIN_PREFIX):
+        return builtin_model_dir(model[len(BUILTIN_PREFIX):])
+    return model
+
+
+def data_fingerprint(suite: Suite) -> dict[str, str | None]:
+    def digest(p: Path | None) -> str | None:
+        return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p else None
+
+    return {"target": digest(suite.data.target), "replay": digest(suite.data.replay)}
+
+
+@dataclass(frozen=True)
+class PlannedPoint:
+    point: Point
+    id: str
+    config: dict[str, Any]
+
+
+def plan(suite: Suite) -> list[PlannedPoint]:
+    """The grid as points with ids; the config hashed into an id is stored with the point."""
+    model_fp, data_fp = model_fingerprint(suite.model), data_fingerprint(suite)
+    out = []
+    for point in suite.points():
+        config = {"model": model_fp, "data": data_fp, "train": suite.train.model_dump(mode="json"),
+                  "point": point.model_dump(), "training_version": TRAINING_VERSION}
+        out.append(PlannedPoint(point, _sha(config)[:12], config))
+    return out
+
+
+@dataclass
+class SweepOutcome:
+    store: RunStore
+    eval_key: str
+    trained: list[str] = field(default_factory=list)
+    evaluated: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def baseline_path(store: RunStore, suite: Suite, key: str) -> Path:
+    return store.root / "baseline" / f"{_sha(model_fingerprint(suite.model))[:8]}-{key}.json"
+
+
+def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = print) -> SweepOutcome:
+    """Evaluate the base model once, then train and evaluate every point not yet complete."""
+    from forgetbench.eval.harness import eval_key, eval_settings, evaluate
+    from forgetbench.train.recipe import train_point
+
+    planned = plan(suite)
+    store = RunStore(runs_root / suite.name)
+    key = eval_key(eval_settings(suite))
+    base = resolve_model(suite.model)
+    store.save_suite(suite.resolved())
+    outcome = SweepOutcome(store=store, eval_key=key)
+
+    bpath = baseline_path(store, suite, key)
+    if not bpath.exists():
+        echo(f"evaluating the base model {suite.model} ...")
+        atomic_write_json(bpath, evaluate(Path(base) if isinstance(base, Path) else base, suite))
+        store.append("baseline_evaluated", eval_key=key, path=str(bpath.relative_to(store.root)))
+
+    states = store.states()
+    for i, pp in enumerate(planned, 1):
+        label = (f"[{i}/{len(planned)}] point {pp.id} (lr {pp.point.lr:g}, epochs "
+                 f"{pp.point.epochs:g}, mix {pp.point.mix_ratio:g}, {pp.point.regularizer}"
+                 f"{'' if pp.point.regularizer == 'none' else f' λ={pp.point.lam:g}'})")
+        state = states.get(pp.id)
+        scores_path = store.scores_path(pp.id, key)
+        if state and key in state.eval_keys and scores_path.exists():
+            outcome.skipped.append(pp.id)
+            continue
+        atomic_write_json(store.point_dir(pp.id) / "point.json", pp.config)
+        model_dir = store.model_dir(pp.id)
+        if not (state and state.status in ("trained", "evaluated") and
+                (model_dir / "config.json").exists()):
+            echo(f"{label}: training")
+            store.append("point_started", point=pp.id)
+            try:
+                with fresh_dir(model_dir) as tmp:
+                    summary = train_point(suite, pp.point, base_model_dir=base, out_dir=tmp,
+                                          log_path=store.point_dir(pp.id) / "train_log.jsonl")
+            except ForgetbenchError:
+                raise
+            except Exception as exc:  # a failed point must not take the sweep down
+                msg = f"{type(exc).__name__}: {exc}"
+                store.append("point_failed", point=pp.id, error=msg,
+                             traceback=traceback.format_exc(limit=8))
+                outcome.failed[pp.id] = msg
+                echo(f"{label}: FAILED: {msg}")
+                continue
+            store.append("point_trained", point=pp.id, summary=summary)
+            outcome.trained.append(pp.id)
+        echo(f"{label}: evaluating")
+        atomic_write_json(scores_path, evaluate(model_dir, suite))
+        store.append("point_evaluated", point=pp.id, eval_key=key)
+        outcome.evaluated.append(pp.id)
+
+    store.append("sweep_finished", eval_key=key, baseline=str(bpath.relative_to(store.root)),
+                 points=[pp.id for pp in planned], time_s=round(time.time(), 1))
+    return outcome
+
+
+def latest_sweep(store: RunStore) -> dict:
+    """The journal's last finished sweep: its eval key, baseline file and point ids."""
+    finished = [e for e in store.events() if e["event"] == "sweep_finished"]
+    if not finished:
+        raise ForgetbenchError(f"{store.root}: no finished sweep recorded in journal.jsonl; "
+                               "run `forgetbench sweep SUITE` first")
+    return finished[-1]
+
+
+def stored_results(store: RunStore, sweep: dict) -> tuple[dict, list[tuple[str, Point, dict | None]]]:
+    """(baseline scores, [(point id, point, scores or None)]) as the sweep left them."""
+    baseline = read_json(store.root / sweep["baseline"])
+    points = []
+    for pid in sweep["points"]:
+        config = read_json(store.point_dir(pid) / "point.json")
+        path = store.scores_path(pid, sweep["eval_key"])
+        points.append((pid, Point(**config["point"]), read_json(path) if path.exists() else None))
+    return baseline, points

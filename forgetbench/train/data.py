@@ -1,0 +1,112 @@
+"""Training data: JSONL loading, tokenising with completion-only labels, mixing and batching.
+
+Rows are {"prompt", "completion"} (the loss covers the completion only, as in SFT) or
+{"text"} (the loss covers every token, as for pretraining-like replay data).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from forgetbench.errors import ForgetbenchError
+
+IGNORE_INDEX = -100  # label of tokens the loss skips (torch cross_entropy's default)
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a JSONL data file, each checked to be a prompt/completion pair or a text."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ForgetbenchError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            ok = isinstance(row, dict) and (
+                isinstance(row.get("text"), str)
+                or (isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)))
+            if not ok:
+                raise ForgetbenchError(f"{path}:{lineno}: each row needs string fields "
+                                       '"prompt" and "completion", or "text"')
+            rows.append(row)
+    if not rows:
+        raise ForgetbenchError(f"{path}: no rows")
+    return rows
+
+
+def tokenize(rows: list[dict], tokenizer, max_len: int) -> list[Example]:
+    """Prompt tokens (with the tokenizer's own BOS, if it adds one) are masked from the loss;
+    completion or text tokens are learned, followed by EOS. Longer rows are cut at max_len."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out = []
+    for row in rows:
+        if "text" in row:
+            ids = tokenizer(row["text"])["input_ids"] + eos
+            labels = list(ids)
+        else:
+            prompt = tokenizer(row["prompt"])["input_ids"]
+            completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + eos
+            ids = prompt + completion
+            labels = [IGNORE_INDEX] * len(prompt) + completion
+        out.append(Example(tuple(ids[:max_len]), tuple(labels[:max_len])))
+    return out
+
+
+def mixture(target: list[Example], replay: list[Example], *, epochs: float,
+            mix_ratio: float, seed: int) -> list[Example]:
+    """The training stream of one point, shuffled with ``seed``.
+
+    Epochs count target data: n_target = round(epochs · |target|) examples (whole passes,
+    then a seeded part of one more). A fraction ``mix_ratio`` of the stream is replay:
+    n_replay = round(n_target · r / (1 − r)), drawn from seeded passes over the replay pool.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(pool: list[Example], n: int) -> list[Example]:
+        picked: list[Example] = []
+        while len(picked) < n:
+            order = torch.randperm(len(pool), generator=gen).tolist()
+            picked.extend(pool[i] for i in order[: n - len(picked)])
+        return picked
+
+    n_target = round(epochs * len(target))
+    whole, part = divmod(n_target, len(target))
+    stream = target * whole + draw(target, part)
+    if mix_ratio > 0:
+        if not replay:
+            raise ForgetbenchError("mix_ratio > 0 needs replay data (data.replay in the suite)")
+        stream += draw(replay, round(n_target * mix_ratio / (1 - mix_ratio)))
+    order = torch.randperm(len(stream), generator=gen).tolist()
+    return [stream[i] for i in order]
+
+
+def batches(stream: list[Example], batch_size: int, pad_id: int):
+    """Right-padded (input_ids, attention_mask, labels) tensors, in stream order."""
+    for start in range(0, len(stream), batch_size):
+        chunk = stream[start:start + batch_size]
+        width = max(len(ex.input_ids) for ex in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+        for row, ex in enumerate(chunk):
+            n = len(ex.input_ids)
+            ids[row, :n] = torch.tensor(ex.input_ids)
+            mask[row, :n] = 1
+            labels[row, :n] = torch.tensor(ex.labels)
+        yield ids, mask, labels
+
+
+def num_batches(n_examples: int, batch_size: int) -> int:
+    return math.ceil(n_examples / batch_size)
