@@ -102,10 +102,16 @@ class RunStore:
         """Append one event to the journal: locked against other writers, fsynced."""
         self.root.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"time": round(time.time(), 3), "event": event, **fields},
-                          sort_keys=True) + "\n"
-        with open(self.journal, "a", encoding="utf-8") as fh:
+                          sort_keys=True).encode() + b"\n"
+        with open(self.journal, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
+                # after a crash mid-append the file may end inside a line: end that torn line
+                # first, or this event would be glued onto it and lost on replay
+                if fh.seek(0, os.SEEK_END) > 0:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        line = b"\n" + line
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
