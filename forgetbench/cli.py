@@ -20,11 +20,13 @@ def _quiet_libraries(verbose: bool) -> None:
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         return
-    os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     for name in ("lm_eval", "lm-eval", "datasets", "transformers", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -59,7 +61,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             _echo(f"  {pp.id}  lr={p.lr:g} epochs={p.epochs:g} mix_ratio={p.mix_ratio:g} "
                   f"regularizer={p.regularizer} lam={p.lam:g}  [{status}]")
         return 0
-    outcome = run_sweep(suite, Path(args.runs_dir), echo=_echo)
+    outcome = run_sweep(suite, Path(args.runs_dir), echo=_echo, show_progress=args.verbose)
     summary = write_outputs(outcome.store, suite, latest_sweep(outcome.store))
     _echo("\nlearning (target) and forgetting (general), headline metrics, in points:")
     _echo(format_summary(summary))
@@ -115,7 +117,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = Path(args.model_dir)
     if not (model / "config.json").exists():
         raise ForgetbenchError(f"{model}: not a Hugging Face model directory (no config.json)")
-    scores = evaluate(model, suite)
+    scores = evaluate(model, suite, show_progress=args.verbose)
     if args.json:
         for task in scores["tasks"].values():
             task.pop("samples")

@@ -101,7 +101,8 @@ def baseline_path(store: RunStore, suite: Suite, key: str) -> Path:
     return store.root / "baseline" / f"{_sha(model_fingerprint(suite.model))[:8]}-{key}.json"
 
 
-def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = print) -> SweepOutcome:
+def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = print,
+              show_progress: bool = False) -> SweepOutcome:
     """Evaluate the base model once, then train and evaluate every point not yet complete."""
     from forgetbench.eval.harness import eval_key, eval_settings, evaluate
     from forgetbench.train.recipe import train_point
@@ -116,7 +117,7 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
     bpath = baseline_path(store, suite, key)
     if not bpath.exists():
         echo(f"evaluating the base model {suite.model} ...")
-        atomic_write_json(bpath, evaluate(Path(base) if isinstance(base, Path) else base, suite))
+        atomic_write_json(bpath, evaluate(base, suite, show_progress=show_progress))
         store.append("baseline_evaluated", eval_key=key, path=str(bpath.relative_to(store.root)))
 
     states = store.states()
@@ -151,7 +152,7 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
             store.append("point_trained", point=pp.id, summary=summary)
             outcome.trained.append(pp.id)
         echo(f"{label}: evaluating")
-        atomic_write_json(scores_path, evaluate(model_dir, suite))
+        atomic_write_json(scores_path, evaluate(model_dir, suite, show_progress=show_progress))
         store.append("point_evaluated", point=pp.id, eval_key=key)
         outcome.evaluated.append(pp.id)
 

@@ -11,8 +11,10 @@ them; forgetbench compares only scores with the same key.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -164,14 +166,27 @@ def _split_metric_key(key: str) -> tuple[str, str] | None:
     return metric, filt
 
 
+def _response(resps: Any) -> str:
+    """What the model answered: generated text, or for multiple choice the chosen index."""
+    if isinstance(resps, list) and resps and all(isinstance(r, (list, tuple)) for r in resps):
+        lls = [float(r[0]) for r in resps]  # (log-likelihood, is_greedy) per choice
+        return str(max(range(len(lls)), key=lls.__getitem__))
+    first = resps[0] if isinstance(resps, list) and resps else resps
+    return str(first)[:_SAMPLE_TEXT_LIMIT]
+
+
 def _clean(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
 
 
-def evaluate(model_dir: Path, suite: Suite) -> dict[str, Any]:
-    """Evaluate the HF directory ``model_dir`` on the suite's tasks; returns a scores record."""
+def evaluate(model_dir: Path | str, suite: Suite, *, show_progress: bool = False) -> dict[str, Any]:
+    """Evaluate the HF directory ``model_dir`` on the suite's tasks; returns a scores record.
+
+    lm-eval's progress bars reach stderr only with ``show_progress``; its log records reach
+    the logging handlers either way.
+    """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -183,12 +198,14 @@ def evaluate(model_dir: Path, suite: Suite) -> dict[str, Any]:
     specs = [_local_task_config(local[t.name]) if t.name in local else t.name
              for t, _ in suite.all_tasks()]
     start = time.monotonic()
-    lm = HFLM(pretrained=str(model_dir), device=str(resolve_device(e.device)), dtype=e.dtype,
-              batch_size=e.batch_size)
-    out = lm_eval.simple_evaluate(
-        model=lm, tasks=specs, num_fewshot=e.num_fewshot, limit=e.limit, log_samples=True,
-        task_manager=_task_manager(suite.tasks.include_path), bootstrap_iters=1000,
-        random_seed=0, numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=1234)
+    with contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()):
+        lm = HFLM(pretrained=str(model_dir), device=str(resolve_device(e.device)), dtype=e.dtype,
+                  batch_size=e.batch_size)
+        out = lm_eval.simple_evaluate(
+            model=lm, tasks=specs, num_fewshot=e.num_fewshot, limit=e.limit, log_samples=True,
+            task_manager=_task_manager(suite.tasks.include_path), bootstrap_iters=1000,
+            random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
+            fewshot_random_seed=1234)
     tasks: dict[str, Any] = {}
     for task, _role in suite.all_tasks():
         res = out["results"].get(task.name)
@@ -209,11 +226,10 @@ def evaluate(model_dir: Path, suite: Suite) -> dict[str, Any]:
             if s.get("filter", "none") != "none" and any(
                     x.get("filter") == "none" for x in out["samples"][task.name]):
                 continue
-            resp = s.get("filtered_resps")
             samples.append({
                 "doc_id": s["doc_id"], "doc_hash": s.get("doc_hash"),
                 "target": str(s.get("target"))[:_SAMPLE_TEXT_LIMIT],
-                "response": str(resp[0] if isinstance(resp, list) and resp else resp)[:_SAMPLE_TEXT_LIMIT],
+                "response": _response(s.get("filtered_resps")),
                 "values": {m: _clean(float(s[m])) for m in s.get("metrics", [])
                            if isinstance(s.get(m), (int, float, bool))},
             })
