@@ -46,7 +46,7 @@ def change_vs_lr(results: pd.DataFrame) -> bytes:
         ax.set_title(f"{task} [{'target' if role == 'target' else category}]")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Learning on the target and forgetting on general tasks vs learning rate")
+    fig.suptitle("Learning on the target and forgetting on general tasks vs learning rate", y=1.04)
     return _png(fig)
 
 

@@ -85,4 +85,6 @@ def format_summary(summary: pd.DataFrame) -> str:
         return "(no evaluated points)"
     shown = summary.drop(columns=["pareto"]).copy()
     shown["lr"] = shown["lr"].map(lambda v: f"{v:.0e}")
+    for col in ("epochs", "mix_ratio", "lam"):
+        shown[col] = shown[col].map(lambda v: f"{v:g}")
     return shown.to_string(index=False, float_format=lambda v: f"{v:+.1f}")
