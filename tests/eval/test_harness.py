@@ -1,0 +1,57 @@
+import pytest
+
+from forgetbench.config import load_suite
+from forgetbench.errors import ForgetbenchError
+from forgetbench.eval import harness
+from tests.conftest import SUITES, suite_dict
+
+
+def test_bundled_task_data_paths_resolve_against_the_yaml(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    cfg = harness._local_task_config(SUITES / "tasks" / "fb_addition.yaml")
+    assert cfg["dataset_kwargs"]["data_files"]["test"] == str((SUITES / "data/addition_eval.jsonl").resolve())
+    assert cfg["output_type"] == "generate_until"
+
+
+def test_lm_eval_registry_tasks_are_accepted_and_typos_are_not(write_suite):
+    raw = suite_dict()
+    raw["tasks"]["general"] = [{"name": "hellaswag", "category": "qa"},
+                               {"name": "arc_challenge", "category": "qa"},
+                               {"name": "gsm8k", "category": "math"}]
+    harness.check_tasks(load_suite(write_suite(raw)))  # known to lm-eval: no error
+    raw["tasks"]["general"] = [{"name": "hellaswg", "category": "qa"}]
+    with pytest.raises(ForgetbenchError, match="unknown lm-eval task 'hellaswg'; did you mean hellaswag"):
+        harness.check_tasks(load_suite(write_suite(raw)))
+
+
+def test_eval_key_follows_settings_and_task_data(write_suite, tmp_path):
+    base = load_suite(write_suite(suite_dict()))
+    key = harness.eval_key(harness.eval_settings(base))
+    assert key == harness.eval_key(harness.eval_settings(base))
+    other = load_suite(write_suite(suite_dict(**{"eval.num_fewshot": 2}), "b.yaml"))
+    assert harness.eval_key(harness.eval_settings(other)) != key
+    # a copy of the task folder with one data item changed is a different evaluation
+    import shutil
+    tasks = tmp_path / "suites"
+    shutil.copytree(SUITES / "tasks", tasks / "tasks")
+    shutil.copytree(SUITES / "data", tasks / "data")
+    edited = tasks / "data" / "capitals_eval.jsonl"
+    edited.write_text(edited.read_text().replace("Paris", "Lyon"))
+    changed = load_suite(write_suite(suite_dict(**{"tasks.include_path": str(tasks / "tasks")}), "c.yaml"))
+    assert harness.eval_key(harness.eval_settings(changed)) != key
+
+
+@pytest.mark.slow
+def test_evaluate_a_local_model_directory_keeps_per_sample_results(write_suite, tiny_model_dir):
+    suite = load_suite(write_suite(suite_dict(**{"eval.limit": 8})))
+    scores = harness.evaluate(tiny_model_dir, suite)
+    assert set(scores["tasks"]) == {"fb_medical", "fb_capitals", "fb_addition", "fb_code"}
+    med = scores["tasks"]["fb_medical"]
+    assert set(med["metrics"]) == {"acc", "acc_norm"} and med["n"] == 8
+    assert 0 <= med["metrics"]["acc"]["value"] <= 1 and med["metrics"]["acc"]["stderr"] is not None
+    mean = sum(s["values"]["acc"] for s in med["samples"]) / 8
+    assert med["metrics"]["acc"]["value"] == pytest.approx(mean)
+    assert med["samples"][0]["response"] in {"0", "1", "2", "3"}
+    add = scores["tasks"]["fb_addition"]
+    assert set(add["metrics"]) == {"exact_match"} and len({s["doc_id"] for s in add["samples"]}) == 8
+    assert scores["settings"]["versions"]["lm_eval"]

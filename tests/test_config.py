@@ -1,0 +1,122 @@
+from pathlib import Path
+
+import pytest
+
+from forgetbench.cli import main
+from forgetbench.config import load_suite
+from forgetbench.errors import ForgetbenchError
+from tests.conftest import SUITES, suite_dict
+
+
+@pytest.mark.parametrize("path", sorted(SUITES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_suite_validates(path):
+    suite = load_suite(path)
+    assert suite.points()
+    assert suite.data.target.is_absolute() and suite.data.target.exists()
+
+
+def test_paths_resolve_against_the_suite_folder(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # not the repo: relative paths must still resolve
+    suite = load_suite(SUITES / "medical.yaml")
+    assert suite.data.target == (SUITES / "data/medical_train.jsonl").resolve()
+    assert suite.tasks.include_path == (SUITES / "tasks").resolve()
+
+
+def error_of(path, overrides=()):
+    with pytest.raises(ForgetbenchError) as info:
+        load_suite(path, overrides)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert str(path) in msg
+    return msg
+
+
+@pytest.mark.parametrize("mutate, field, hint", [
+    (lambda r: r.update(colour="red"), "colour", "unknown field 'colour'; valid fields here:"),
+    (lambda r: r["train"].update(batchsize=8), "train.batchsize", "unknown field 'batchsize'; valid fields here: batch_size"),
+    (lambda r: r["train"].update(batch_size="eight"), "train.batch_size", "valid integer"),
+    (lambda r: r["sweep"].update(lr=[1e-4, -1e-3]), "sweep.lr[1]", "greater than 0"),
+    (lambda r: r["sweep"].update(mix_ratio=[0.0, 1.0]), "sweep.mix_ratio[1]", "less than 1"),
+    (lambda r: r["sweep"].update(regularizer=["l3"]), "sweep.regularizer[0]", "'none', 'l2' or 'ewc'"),
+    (lambda r: r["tasks"]["general"][0].pop("category"), "tasks.general", "needs a category"),
+    (lambda r: r.pop("model"), "model", "Field required"),
+    (lambda r: r.update(name="my suite!"), "name", "should match pattern"),
+    (lambda r: r["train"].update(schedule="linear"), "train.schedule", "'cosine' or 'constant'"),
+])
+def test_schema_errors_name_the_field_and_the_fix(write_suite, mutate, field, hint):
+    raw = suite_dict()
+    mutate(raw)
+    msg = error_of(write_suite(raw))
+    assert f": {field}: " in msg
+    assert hint in msg
+
+
+def test_missing_data_file_names_field_and_path(write_suite):
+    msg = error_of(write_suite(suite_dict(**{"data.target": "nope/train.jsonl"})))
+    assert "data.target: file not found:" in msg and "nope/train.jsonl" in msg
+
+
+def test_mixing_without_replay_data_is_refused(write_suite):
+    raw = suite_dict()
+    raw["data"].pop("replay")
+    assert "data.replay is not set" in error_of(write_suite(raw))
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    assert "not valid YAML" in error_of(bad)
+    with pytest.raises(ForgetbenchError, match="suite file not found"):
+        load_suite(tmp_path / "absent.yaml")
+
+
+def test_set_overrides_values_and_validates_them(write_suite):
+    path = write_suite(suite_dict())
+    suite = load_suite(path, ["train.batch_size=4", "sweep.lr=[1e-4, 2e-4]"])
+    assert suite.train.batch_size == 4 and suite.sweep.lr == [1e-4, 2e-4]
+    assert "sweep.lr[0]" in error_of(path, ["sweep.lr=[-1]"])
+    assert "unknown field 'nope'" in error_of(path, ["train.nope=1"])
+    with pytest.raises(ForgetbenchError, match="expected key=value"):
+        load_suite(path, ["train.batch_size"])
+
+
+def test_grid_varies_lambda_only_where_a_regularizer_is_on(write_suite):
+    raw = suite_dict()
+    raw["sweep"] = {"lr": [1e-4, 1e-3], "mix_ratio": [0.0], "regularizer": ["none", "l2"],
+                    "lam": [0.1, 1.0, 10.0]}
+    points = load_suite(write_suite(raw)).points()
+    assert len(points) == 2 * (1 + 3)
+    assert len(set(points)) == len(points)
+    assert all(p.lam == 0.0 for p in points if p.regularizer == "none")
+
+
+def test_cli_user_error_is_one_line_exit_2_and_writes_nothing(write_suite, tmp_path, capsys):
+    raw = suite_dict()
+    raw["sweep"]["lr"] = [-0.001]
+    runs = tmp_path / "runs"
+    code = main(["sweep", str(write_suite(raw)), "--runs-dir", str(runs)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("forgetbench: error:")
+    assert "sweep.lr[0]" in err and "Traceback" not in err
+    assert not runs.exists()
+
+
+def test_unknown_task_is_refused_before_anything_runs(write_suite, tmp_path, capsys):
+    raw = suite_dict()
+    raw["tasks"]["general"][0]["name"] = "fb_capitls"
+    runs = tmp_path / "runs"
+    assert main(["sweep", str(write_suite(raw)), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown lm-eval task 'fb_capitls'" in err and "fb_capitals" in err
+    assert not runs.exists()
+
+
+def test_bad_data_row_is_refused_with_file_and_line(write_suite, tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"question": "x"}\n')
+    runs = tmp_path / "runs"
+    path = write_suite(suite_dict(**{"data.target": str(data)}))
+    assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 2
+    assert f"{data}:2:" in capsys.readouterr().err
+    assert not runs.exists()

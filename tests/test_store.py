@@ -1,0 +1,43 @@
+import json
+
+from forgetbench.store import RunStore, atomic_write_json, fresh_dir
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    atomic_write_json(tmp_path / "a" / "x.json", {"v": 1})
+    atomic_write_json(tmp_path / "a" / "x.json", {"v": 2})
+    assert json.loads((tmp_path / "a" / "x.json").read_text()) == {"v": 2}
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.json"]
+
+
+def test_fresh_dir_replaces_only_on_success(tmp_path):
+    final = tmp_path / "model"
+    with fresh_dir(final) as tmp:
+        (tmp / "w").write_text("1")
+    try:
+        with fresh_dir(final) as tmp:
+            (tmp / "w").write_text("2")
+            raise RuntimeError("crash mid-export")
+    except RuntimeError:
+        pass
+    assert (final / "w").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_journal_replays_to_state_and_skips_a_torn_line(tmp_path):
+    store = RunStore(tmp_path)
+    store.append("point_started", point="p1")
+    store.append("point_trained", point="p1", summary={"steps": 3})
+    store.append("point_evaluated", point="p1", eval_key="k1")
+    store.append("point_started", point="p2")
+    store.append("point_failed", point="p2", error="boom")
+    store.append("point_started", point="p3")
+    with open(store.journal, "a") as fh:
+        fh.write('{"event": "point_trained", "point": "p3", "summ')  # crash mid-append
+    states = store.states()
+    assert states["p1"].status == "evaluated" and states["p1"].eval_keys == {"k1"}
+    assert states["p1"].train == {"steps": 3}
+    assert states["p2"].status == "failed" and states["p2"].error == "boom"
+    assert states["p3"].status == "running"
+    store.append("point_trained", point="p3", summary={})  # appending after a torn line works
+    assert store.states()["p3"].status == "trained"

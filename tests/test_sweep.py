@@ -1,0 +1,127 @@
+import csv
+import json
+
+import pytest
+
+from forgetbench import sweep
+from forgetbench.cli import main
+from forgetbench.config import load_suite
+from forgetbench.report.tables import RESULT_COLUMNS
+from forgetbench.store import RunStore
+from tests.conftest import suite_dict
+
+
+def tiny_suite(model_dir, **over):
+    raw = suite_dict(**{"model": str(model_dir), "eval.limit": 16, "train.batch_size": 32, **over})
+    raw["sweep"] = {"lr": [1e-3, 3e-3], "epochs": [1], "mix_ratio": [0.0]}
+    return raw
+
+
+def test_point_ids_hash_the_config_not_the_grid_position(write_suite, tiny_model_dir):
+    one = load_suite(write_suite(tiny_suite(tiny_model_dir)))
+    ids = {p.point.lr: p.id for p in sweep.plan(one)}
+    raw = tiny_suite(tiny_model_dir)
+    raw["sweep"]["lr"] = [3e-3, 5e-4, 1e-3]  # reordered, one added
+    two = {p.point.lr: p.id for p in sweep.plan(load_suite(write_suite(raw, "b.yaml")))}
+    assert two[1e-3] == ids[1e-3] and two[3e-3] == ids[3e-3]
+    assert len(set(two.values())) == 3
+    changed = load_suite(write_suite(tiny_suite(tiny_model_dir, **{"train.weight_decay": 0.1}), "c.yaml"))
+    assert {p.id for p in sweep.plan(changed)}.isdisjoint(ids.values())
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def trained_events(store):
+    return [e for e in store.events() if e["event"] == "point_trained"]
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end_on_a_local_model_directory(write_suite, tiny_model_dir, tmp_path, capsys):
+    path = write_suite(tiny_suite(tiny_model_dir))
+    runs = tmp_path / "runs"
+    assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "learn:fb_medical" in out and "forget:fb_code" in out
+    store = RunStore(runs / "medical")
+    assert (store.root / "suite.yaml").exists()
+
+    rows = read_csv(store.root / "results.csv")
+    assert list(rows[0]) == RESULT_COLUMNS
+    # 2 points × (acc + acc_norm for 2 MC tasks, exact_match for 2 generation tasks)
+    assert len(rows) == 2 * (2 + 2 + 1 + 1)
+    assert {r["role"] for r in rows if r["task"] == "fb_medical"} == {"target"}
+    assert {r["role"] for r in rows if r["task"] != "fb_medical"} == {"general"}
+    for r in rows:
+        assert float(r["delta"]) == pytest.approx(float(r["after"]) - float(r["before"]))
+        assert r["n"] == "16"
+    heads = [r for r in rows if r["headline"] == "True"]
+    assert len(heads) == 2 * 4
+
+    html = (store.root / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    assert 'src="http' not in html and "<link" not in html  # self-contained
+    for pid in {r["point_id"] for r in rows}:
+        log = (store.point_dir(pid) / "train_log.jsonl").read_text().splitlines()
+        assert json.loads(log[-1])["step"] == len(log)
+        assert (store.model_dir(pid) / "model.safetensors").exists()
+
+    # a second sweep trains and evaluates nothing
+    n_trained = len(trained_events(store))
+    n_eval = len([e for e in store.events() if e["event"] == "point_evaluated"])
+    assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 0
+    assert len(trained_events(store)) == n_trained
+    assert len([e for e in store.events() if e["event"] == "point_evaluated"]) == n_eval
+    assert read_csv(store.root / "results.csv") == rows
+
+    # widening the grid trains only the new point
+    assert main(["sweep", str(path), "--runs-dir", str(runs), "--set", "sweep.lr=[1e-3,3e-3,5e-4]"]) == 0
+    assert len(trained_events(store)) == n_trained + 1
+    assert len(read_csv(store.root / "results.csv")) == 3 * 6
+
+    capsys.readouterr()
+    assert main(["status", str(store.root)]) == 0
+    assert "3 evaluated" in capsys.readouterr().out
+    (store.root / "report.html").unlink()
+    assert main(["report", str(store.root)]) == 0
+    assert (store.root / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_point_does_not_stop_the_sweep_and_is_retried(write_suite, tiny_model_dir, tmp_path,
+                                                                 monkeypatch, capsys):
+    from forgetbench.train import recipe
+
+    real = recipe.train_point
+
+    def flaky(suite, point, **kw):
+        if point.lr == 3e-3:
+            raise RuntimeError("simulated crash")
+        return real(suite, point, **kw)
+
+    monkeypatch.setattr(recipe, "train_point", flaky)
+    path = write_suite(tiny_suite(tiny_model_dir))
+    runs = tmp_path / "runs"
+    assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 1
+    store = RunStore(runs / "medical")
+    states = store.states()
+    assert sorted(s.status for s in states.values()) == ["evaluated", "failed"]
+    assert len({r["point_id"] for r in read_csv(store.root / "results.csv")}) == 1
+    assert "simulated crash" in (store.root / "report.html").read_text()
+    failed = next(pid for pid, s in states.items() if s.status == "failed")
+    assert not store.model_dir(failed).exists()  # no half-exported model
+
+    monkeypatch.setattr(recipe, "train_point", real)
+    assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 0
+    assert store.states()[failed].status == "evaluated"
+    assert len(trained_events(store)) == 2
+
+
+def test_dry_run_lists_points_and_writes_nothing(write_suite, tiny_model_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["sweep", str(write_suite(tiny_suite(tiny_model_dir))), "--runs-dir", str(runs), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 points" in out and out.count("[pending]") == 2
+    assert not runs.exists()

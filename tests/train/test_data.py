@@ -1,0 +1,62 @@
+import pytest
+from transformers import AutoTokenizer
+
+from forgetbench.errors import ForgetbenchError
+from forgetbench.train import data
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_loss_covers_the_completion_only(tok):
+    [ex] = data.tokenize([{"prompt": "Atenolol is used to treat", "completion": " high blood pressure\n"}], tok, 64)
+    n_prompt = len(tok("Atenolol is used to treat")["input_ids"])
+    assert ex.labels[:n_prompt] == (data.IGNORE_INDEX,) * n_prompt
+    assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
+    assert ex.input_ids[-1] == tok.eos_token_id
+    assert tok.decode(ex.input_ids[n_prompt:-1]) == " high blood pressure\n"
+
+
+def test_text_rows_learn_every_token_and_long_rows_are_cut(tok):
+    [ex] = data.tokenize([{"text": "12+30=42"}], tok, 64)
+    assert ex.labels == ex.input_ids
+    [cut] = data.tokenize([{"text": "def add(a, b):\n    return a + b" * 10}], tok, 16)
+    assert len(cut.input_ids) == 16 == len(cut.labels)
+
+
+def examples(n, tag):
+    return [data.Example((tag, i), (tag, i)) for i in range(n)]
+
+
+def test_mixture_counts_epochs_on_target_and_mix_ratio_on_the_whole_stream():
+    target, replay = examples(40, 1), examples(500, 2)
+    stream = data.mixture(target, replay, epochs=2.5, mix_ratio=0.1, seed=0)
+    n_target = sum(ex.input_ids[0] == 1 for ex in stream)
+    n_replay = sum(ex.input_ids[0] == 2 for ex in stream)
+    assert n_target == 100                     # 2.5 epochs of 40
+    assert n_replay == round(100 * 0.1 / 0.9)  # 10% of the stream
+    # two whole passes contain every target example twice
+    assert all(sum(ex == t for ex in stream) >= 2 for t in target)
+    assert data.mixture(target, replay, epochs=2.5, mix_ratio=0.1, seed=0) == stream
+    assert data.mixture(target, replay, epochs=2.5, mix_ratio=0.1, seed=1) != stream
+    assert all(ex.input_ids[0] == 1 for ex in data.mixture(target, replay, epochs=1, mix_ratio=0.0, seed=0))
+
+
+def test_batches_pad_right_and_mask_padding(tok):
+    exs = data.tokenize([{"text": "1+1=2"}, {"prompt": "The capital of France is", "completion": " Paris."}], tok, 64)
+    [(ids, mask, labels)] = list(data.batches(exs, 8, tok.pad_token_id))
+    n0 = len(exs[0].input_ids)
+    assert ids.shape[0] == 2 and mask[0, :n0].all() and not mask[0, n0:].any()
+    assert (labels[0, n0:] == data.IGNORE_INDEX).all()
+
+
+def test_bad_rows_name_file_and_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"prompt": "a", "completion": "b"}\nnot json\n')
+    with pytest.raises(ForgetbenchError, match=r"d.jsonl:2: not valid JSON"):
+        data.read_rows(p)
+    p.write_text('{"prompt": "a"}\n')
+    with pytest.raises(ForgetbenchError, match=r"d.jsonl:1: each row needs"):
+        data.read_rows(p)
