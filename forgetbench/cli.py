@@ -53,11 +53,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             read_rows(path)
     planned = plan(suite)
     if args.dry_run:
+        from forgetbench.eval.harness import eval_key, eval_settings
+
+        key = eval_key(eval_settings(suite))
         states = RunStore(Path(args.runs_dir) / suite.name).states()
         _echo(f"suite {suite.name}: {len(planned)} points -> {Path(args.runs_dir) / suite.name}")
         for pp in planned:
             p = pp.point
-            status = states[pp.id].status if pp.id in states else "pending"
+            st = states.get(pp.id)
+            status = ("pending" if st is None else "evaluated" if key in st.eval_keys
+                      else "trained" if st.train else st.status)
             _echo(f"  {pp.id}  lr={p.lr:g} epochs={p.epochs:g} mix_ratio={p.mix_ratio:g} "
                   f"regularizer={p.regularizer} lam={p.lam:g}  [{status}]")
         return 0
@@ -79,14 +84,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from forgetbench.store import RunStore
     from forgetbench.sweep import latest_sweep
 
-    import yaml
-
     store = RunStore(Path(args.run_dir))
-    suite_file = store.root / "suite.yaml"
-    if not suite_file.exists():
-        raise ForgetbenchError(f"{store.root}: not a forgetbench run directory (no suite.yaml)")
-    suite = Suite.model_validate(yaml.safe_load(suite_file.read_text()))
-    summary = write_outputs(store, suite, latest_sweep(store))
+    if not store.journal.exists():
+        raise ForgetbenchError(f"{store.root}: no journal.jsonl; not a forgetbench run directory")
+    sweep = latest_sweep(store)
+    # the suite that sweep ran with, not suite.yaml, which a later sweep may have rewritten
+    summary = write_outputs(store, Suite.model_validate(sweep["suite"]), sweep)
     _echo(format_summary(summary))
     _echo(f"report: {store.root / 'report.html'}")
     return 0
@@ -133,32 +136,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetbench", description=(
         "Measure how much full fine-tuning makes an LLM forget, and which settings prevent it."))
-    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and progress bars")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="show library logs and progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_set(p: argparse.ArgumentParser) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a suite field, e.g. --set sweep.lr=[1e-4,1e-3] (repeatable)")
 
-    p = sub.add_parser("sweep", help="fine-tune and evaluate every grid point not yet complete")
+    p = sub.add_parser("sweep", parents=[common], help="fine-tune and evaluate every grid point not yet complete")
     p.add_argument("suite", help="suite YAML file, e.g. suites/medical.yaml")
     with_set(p)
     p.add_argument("--runs-dir", default="runs", help="parent of the run directory (default: runs)")
     p.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("eval", help="evaluate one HF model directory on a suite's tasks")
+    p = sub.add_parser("eval", parents=[common], help="evaluate one HF model directory on a suite's tasks")
     p.add_argument("model_dir")
     p.add_argument("--suite", required=True)
     with_set(p)
     p.add_argument("--json", action="store_true", help="print the scores as JSON (no per-sample logs)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("status", help="each point's state, from the run's journal")
+    p = sub.add_parser("status", parents=[common], help="each point's state, from the run's journal")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="rebuild results.csv and report.html from stored scores")
+    p = sub.add_parser("report", parents=[common], help="rebuild results.csv and report.html from stored scores")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
     return parser

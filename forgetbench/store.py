@@ -4,7 +4,7 @@ Layout of ``runs/<suite>/``::
 
     suite.yaml                 the resolved suite of the latest sweep
     journal.jsonl              one JSON line per state change, appended under a lock, fsynced
-    baseline/<eval key>.json   scores of the base model
+    baseline/<model hash>-<eval key>.json   scores of the base model
     points/<id>/point.json     the point's resolved training config
     points/<id>/train_log.jsonl, points/<id>/model/, points/<id>/scores/<eval key>.json
     results.csv, report.html
@@ -29,6 +29,13 @@ from typing import Any, Iterator
 import yaml
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -37,6 +44,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; others may need to read results
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -59,6 +67,7 @@ def fresh_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -91,8 +100,8 @@ class RunStore:
     def scores_path(self, point_id: str, eval_key: str) -> Path:
         return self.point_dir(point_id) / "scores" / f"{eval_key}.json"
 
-    def baseline_path(self, eval_key: str) -> Path:
-        return self.root / "baseline" / f"{eval_key}.json"
+    def baseline_path(self, model_hash: str, eval_key: str) -> Path:
+        return self.root / "baseline" / f"{model_hash}-{eval_key}.json"
 
     # --- writes
     def save_suite(self, resolved: dict) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,14 +96,11 @@ class SweepOutcome:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def baseline_path(store: RunStore, suite: Suite, key: str) -> Path:
-    return store.root / "baseline" / f"{_sha(model_fingerprint(suite.model))[:8]}-{key}.json"
-
-
 def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = print,
               show_progress: bool = False) -> SweepOutcome:
     """Evaluate the base model once, then train and evaluate every point not yet complete."""
     from forgetbench.eval.harness import eval_key, eval_settings, evaluate
+    from forgetbench.report.tables import headline_metric
     from forgetbench.train.recipe import train_point
 
     planned = plan(suite)
@@ -114,11 +110,15 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
     store.save_suite(suite.resolved())
     outcome = SweepOutcome(store=store, eval_key=key)
 
-    bpath = baseline_path(store, suite, key)
+    bpath = store.baseline_path(_sha(model_fingerprint(suite.model))[:8], key)
     if not bpath.exists():
         echo(f"evaluating the base model {suite.model} ...")
         atomic_write_json(bpath, evaluate(base, suite, show_progress=show_progress))
         store.append("baseline_evaluated", eval_key=key, path=str(bpath.relative_to(store.root)))
+
+    baseline = read_json(bpath)
+    for task, _ in suite.all_tasks():
+        headline_metric(task.name, task.metric, baseline)  # a wrong metric fails before training
 
     states = store.states()
     for i, pp in enumerate(planned, 1):
@@ -132,7 +132,7 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
             continue
         atomic_write_json(store.point_dir(pp.id) / "point.json", pp.config)
         model_dir = store.model_dir(pp.id)
-        if not (state and state.status in ("trained", "evaluated") and
+        if not (state and (state.status in ("trained", "evaluated") or state.train) and
                 (model_dir / "config.json").exists()):
             echo(f"{label}: training")
             store.append("point_started", point=pp.id)
@@ -152,12 +152,22 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
             store.append("point_trained", point=pp.id, summary=summary)
             outcome.trained.append(pp.id)
         echo(f"{label}: evaluating")
-        atomic_write_json(scores_path, evaluate(model_dir, suite, show_progress=show_progress))
+        try:
+            scores = evaluate(model_dir, suite, show_progress=show_progress)
+        except Exception as exc:  # e.g. out of memory in generation: keep the other points
+            msg = f"evaluation: {type(exc).__name__}: {exc}"
+            store.append("point_failed", point=pp.id, error=msg, stage="eval",
+                         traceback=traceback.format_exc(limit=8))
+            outcome.failed[pp.id] = msg
+            echo(f"{label}: FAILED: {msg}")
+            continue
+        atomic_write_json(scores_path, scores)
         store.append("point_evaluated", point=pp.id, eval_key=key)
         outcome.evaluated.append(pp.id)
 
+    # the suite travels with the record: a later, interrupted sweep may rewrite suite.yaml
     store.append("sweep_finished", eval_key=key, baseline=str(bpath.relative_to(store.root)),
-                 points=[pp.id for pp in planned], time_s=round(time.time(), 1))
+                 points=[pp.id for pp in planned], suite=suite.resolved())
     return outcome
 
 

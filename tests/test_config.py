@@ -37,7 +37,7 @@ def error_of(path, overrides=()):
     (lambda r: r["train"].update(batch_size="eight"), "train.batch_size", "valid integer"),
     (lambda r: r["sweep"].update(lr=[1e-4, -1e-3]), "sweep.lr[1]", "greater than 0"),
     (lambda r: r["sweep"].update(mix_ratio=[0.0, 1.0]), "sweep.mix_ratio[1]", "less than 1"),
-    (lambda r: r["sweep"].update(regularizer=["l3"]), "sweep.regularizer[0]", "'none', 'l2' or 'ewc'"),
+    (lambda r: r["sweep"].update(regularizer=["l3"]), "sweep.regularizer[0]", "'none' or 'l2'"),
     (lambda r: r["tasks"]["general"][0].pop("category"), "tasks.general", "needs a category"),
     (lambda r: r.pop("model"), "model", "Field required"),
     (lambda r: r.update(name="my suite!"), "name", "should match pattern"),

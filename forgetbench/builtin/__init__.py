@@ -40,8 +40,9 @@ class TinyLlamaRecipe:
     floor_lr: float = 3e-4
     warmup_steps: int = 100
     weight_decay: float = 0.1
-    # share of pretraining documents drawn from each kind of the corpus
-    mix: tuple[tuple[str, float], ...] = (("qa", 0.2), ("math", 0.4), ("code", 0.4))
+    # share of pretraining documents drawn from each kind of the corpus; with math at 0.4
+    # held-out addition stayed at ~8% for some corpus shuffles (units digit not learned)
+    mix: tuple[tuple[str, float], ...] = (("qa", 0.2), ("math", 0.5), ("code", 0.3))
     seed: int = 0
 
 
@@ -75,6 +76,7 @@ def recipe_hash(recipe: TinyLlamaRecipe) -> str:
 def builtin_model_dir(name: str, cache: Path | None = None) -> Path:
     """The HF directory of the named builtin model, building it first if it is not cached."""
     from forgetbench.errors import ForgetbenchError
+    from forgetbench.store import current_umask
 
     if name not in RECIPES:
         raise ForgetbenchError(f"unknown builtin model {BUILTIN_PREFIX}{name!r}; "
@@ -89,6 +91,7 @@ def builtin_model_dir(name: str, cache: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         build_tiny_llama(recipe, tmp)
+        os.chmod(tmp, 0o777 & ~current_umask())  # a shared cache must be readable by others
         try:
             os.rename(tmp, final)
         except OSError:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # lm-eval's per-sample fields we keep: enough to pair items and to read what the model said
 _SAMPLE_TEXT_LIMIT = 200
+# Bump when a change here changes what a stored score means (parsing, seeds, settings).
+EVAL_VERSION = 1
 
 
 def _sha256(data: bytes) -> str:
@@ -94,6 +96,15 @@ def _local_task_config(path: Path) -> dict:
     return cfg
 
 
+def _flat_paths(files: Any) -> list[str]:
+    """data_files as lm-eval/datasets accept it (str, list, or split -> str | list) -> paths."""
+    if isinstance(files, str):
+        return [files]
+    if isinstance(files, dict):
+        return [p for v in files.values() for p in _flat_paths(v)]
+    return [p for v in files for p in _flat_paths(v)]
+
+
 def _task_fingerprint(name: str, include_path: Path | None) -> str:
     """What a local task's results depend on: its YAML text and its data files' contents."""
     path = _local_task_files(include_path).get(name)
@@ -101,8 +112,7 @@ def _task_fingerprint(name: str, include_path: Path | None) -> str:
         return "registry"  # lm-eval's task version is recorded with the results
     h = hashlib.sha256(path.read_bytes())
     files = (_local_task_config(path).get("dataset_kwargs") or {}).get("data_files") or {}
-    paths = files.values() if isinstance(files, dict) else ([files] if isinstance(files, str) else files)
-    for p in sorted(str(x) for x in paths):
+    for p in sorted(_flat_paths(files)):
         h.update(Path(p).read_bytes())
     return h.hexdigest()[:16]
 
@@ -126,7 +136,8 @@ def eval_settings(suite: Suite) -> dict[str, Any]:
                   for t, _ in suite.all_tasks()},
         "num_fewshot": e.num_fewshot, "limit": e.limit, "batch_size": e.batch_size,
         "dtype": e.dtype, "device_type": resolve_device(e.device).type,
-        "versions": versions(),
+        "confirm_run_unsafe_code": e.confirm_run_unsafe_code,
+        "versions": versions(), "eval_version": EVAL_VERSION,
     }
 
 
@@ -175,6 +186,10 @@ def _response(resps: Any) -> str:
     return str(first)[:_SAMPLE_TEXT_LIMIT]
 
 
+def _metric_name(metric: str, filt: str) -> str:
+    return metric if filt == "none" else f"{metric},{filt}"
+
+
 def _clean(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -205,34 +220,37 @@ def evaluate(model_dir: Path | str, suite: Suite, *, show_progress: bool = False
             model=lm, tasks=specs, num_fewshot=e.num_fewshot, limit=e.limit, log_samples=True,
             task_manager=_task_manager(suite.tasks.include_path), bootstrap_iters=1000,
             random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
-            fewshot_random_seed=1234)
+            fewshot_random_seed=1234, confirm_run_unsafe_code=e.confirm_run_unsafe_code)
     tasks: dict[str, Any] = {}
     for task, _role in suite.all_tasks():
         res = out["results"].get(task.name)
         if res is None:
             raise ForgetbenchError(f"lm-eval returned no results for task {task.name!r}")
+        better = out.get("higher_is_better", {}).get(task.name, {})
         metrics = {}
         for key, value in res.items():
             split = _split_metric_key(key)
             if split is None or not isinstance(value, (int, float)):
                 continue
             metric, filt = split
-            name = metric if filt == "none" else f"{metric},{filt}"
             stderr = res.get(f"{metric}_stderr,{filt}")
-            metrics[name] = {"value": _clean(float(value)),
-                             "stderr": _clean(float(stderr)) if isinstance(stderr, (int, float)) else None}
-        samples = []
+            metrics[_metric_name(metric, filt)] = {
+                "value": _clean(float(value)),
+                "stderr": _clean(float(stderr)) if isinstance(stderr, (int, float)) else None,
+                "higher_is_better": bool(better.get(metric, True))}
+        # lm-eval logs one record per (item, filter); merge them into one record per item,
+        # with values named like the aggregate metrics above
+        by_doc: dict[int, dict[str, Any]] = {}
         for s in out.get("samples", {}).get(task.name, []):
-            if s.get("filter", "none") != "none" and any(
-                    x.get("filter") == "none" for x in out["samples"][task.name]):
-                continue
-            samples.append({
+            filt = s.get("filter", "none")
+            rec = by_doc.setdefault(s["doc_id"], {
                 "doc_id": s["doc_id"], "doc_hash": s.get("doc_hash"),
-                "target": str(s.get("target"))[:_SAMPLE_TEXT_LIMIT],
-                "response": _response(s.get("filtered_resps")),
-                "values": {m: _clean(float(s[m])) for m in s.get("metrics", [])
-                           if isinstance(s.get(m), (int, float, bool))},
-            })
+                "target": str(s.get("target"))[:_SAMPLE_TEXT_LIMIT], "responses": {}, "values": {}})
+            rec["responses"][filt] = _response(s.get("filtered_resps"))
+            for m in s.get("metrics", []):
+                if isinstance(s.get(m), (int, float, bool)):
+                    rec["values"][_metric_name(m, filt)] = _clean(float(s[m]))
+        samples = [by_doc[k] for k in sorted(by_doc)]
         tasks[task.name] = {"metrics": metrics, "n": len(samples) or out.get("n-samples", {}).get(
             task.name, {}).get("effective"), "version": out.get("versions", {}).get(task.name),
             "n_shot": out.get("n-shot", {}).get(task.name), "samples": samples}

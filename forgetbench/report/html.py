@@ -21,7 +21,7 @@ def _img(png: bytes, alt: str) -> str:
 def _table(frame: pd.DataFrame, *, pareto: bool = False) -> str:
     shown = frame.copy()
     if "lr" in shown:
-        shown["lr"] = shown["lr"].map(lambda v: f"{v:.0e}")
+        shown["lr"] = shown["lr"].map(lambda v: f"{v:g}")
     if pareto and "pareto" in shown:
         shown["pareto"] = shown["pareto"].map(lambda v: "★" if v else "")
     return shown.to_html(index=False, border=0, classes="t", na_rep="–",

@@ -33,10 +33,10 @@ def change_vs_lr(results: pd.DataFrame) -> bytes:
     for ax, task in zip(axes[0], tasks):
         rows = head[head["task"] == task]
         role, metric = rows["role"].iloc[0], rows["metric"].iloc[0]
-        value = "delta" if role == "target" else "forgetting"
+        sign = -1 if role == "target" else 1  # learning = −forgetting, oriented per metric
         for key, grp in rows.groupby(GROUP_KEYS):
             grp = grp.sort_values("lr")
-            ax.errorbar(grp["lr"], grp[value] * 100, yerr=grp["stderr_delta"].fillna(0) * 100,
+            ax.errorbar(grp["lr"], sign * grp["forgetting"] * 100, yerr=grp["stderr_delta"].fillna(0) * 100,
                         marker="o", capsize=3, label=_group_label(*key))
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
@@ -56,7 +56,7 @@ def learning_vs_forgetting(summary: pd.DataFrame) -> bytes:
     for key, grp in summary.groupby(GROUP_KEYS):
         ax.scatter(grp["forgetting"], grp["learning"], s=40, label=_group_label(*key))
         for _, row in grp.iterrows():
-            ax.annotate(f"{row['lr']:.0e}", (row["forgetting"], row["learning"]), fontsize=7,
+            ax.annotate(f"{row['lr']:g}", (row["forgetting"], row["learning"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
     front = summary[summary["pareto"]].sort_values("forgetting")
     ax.plot(front["forgetting"], front["learning"], color="black", lw=1, ls="--",

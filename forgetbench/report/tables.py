@@ -11,7 +11,7 @@ from forgetbench.config import Point, Suite
 RESULT_COLUMNS = [
     "point_id", "lr", "epochs", "mix_ratio", "regularizer", "lam", "task", "category", "role",
     "metric", "headline", "n", "before", "after", "delta", "stderr_before", "stderr_after",
-    "stderr_delta", "forgetting", "retention",
+    "stderr_delta", "forgetting", "retention", "higher_is_better",
 ]
 
 
@@ -43,6 +43,9 @@ def results_frame(suite: Suite, baseline: dict,
                 if a is None or b["value"] is None or a["value"] is None:
                     continue
                 xs, ys = metrics.paired(base_task["samples"], after_task["samples"], metric)
+                # forgetting and retention read "higher is better"; flip for e.g. perplexity
+                better = b.get("higher_is_better", True)
+                sign = 1 if better else -1
                 rows.append({
                     "point_id": pid, **point.model_dump(), "task": task.name,
                     "category": task.category or role, "role": role, "metric": metric,
@@ -51,8 +54,9 @@ def results_frame(suite: Suite, baseline: dict,
                     "delta": metrics.delta(b["value"], a["value"]),
                     "stderr_before": b["stderr"], "stderr_after": a["stderr"],
                     "stderr_delta": metrics.paired_stderr(xs, ys) if xs else None,
-                    "forgetting": metrics.forgetting(b["value"], a["value"]),
-                    "retention": metrics.retention(b["value"], a["value"]),
+                    "forgetting": sign * metrics.forgetting(b["value"], a["value"]),
+                    "retention": metrics.retention(b["value"], a["value"]) if better else None,
+                    "higher_is_better": better,
                 })
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
@@ -60,11 +64,14 @@ def results_frame(suite: Suite, baseline: dict,
 def summary_frame(results: pd.DataFrame) -> pd.DataFrame:
     """One row per point: its settings, learning per target task and forgetting per general
     task (headline metrics, in points of the metric ×100), and the means of both."""
+    # (the "points" unit suits 0-1 metrics such as accuracy; others are shown ×100 too)
     if results.empty:
         return pd.DataFrame()
     head = results[results["headline"]]
     keys = ["point_id", "lr", "epochs", "mix_ratio", "regularizer", "lam"]
-    learn = head[head["role"] == "target"].pivot_table(index=keys, columns="task", values="delta")
+    # learning is minus the oriented forgetting: after − before, flipped for lower-is-better
+    learn = -head[head["role"] == "target"].pivot_table(index=keys, columns="task",
+                                                        values="forgetting")
     forget = head[head["role"] == "general"].pivot_table(index=keys, columns="task",
                                                          values="forgetting")
     learn.columns = [f"learn:{c}" for c in learn.columns]
@@ -84,7 +91,7 @@ def format_summary(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "(no evaluated points)"
     shown = summary.drop(columns=["pareto"]).copy()
-    shown["lr"] = shown["lr"].map(lambda v: f"{v:.0e}")
+    shown["lr"] = shown["lr"].map(lambda v: f"{v:g}")
     for col in ("epochs", "mix_ratio", "lam"):
         shown[col] = shown[col].map(lambda v: f"{v:g}")
     return shown.to_string(index=False, float_format=lambda v: f"{v:+.1f}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from forgetbench.config import Point, Suite
+from forgetbench.errors import ForgetbenchError
 from forgetbench.train import data as train_data
 from forgetbench.train.regularizers import l2_sp_penalty_, snapshot
 from forgetbench.train.schedule import lr_at
@@ -37,11 +38,13 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path, out_dir: Pa
     # --- setup: seeds, device, model, optimizer
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    dtype = getattr(torch, cfg.dtype)
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype).to(device)
+    # fp32 master weights and optimizer state; bf16 only inside autocast. Updating bf16
+    # weights in place would round most fine-tuning-sized steps to zero.
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=point.lr, weight_decay=cfg.weight_decay)
@@ -55,6 +58,9 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path, out_dir: Pa
                                 seed=cfg.seed)
     micro_batches = list(train_data.batches(stream, cfg.batch_size, tokenizer.pad_token_id))
     total_steps = math.ceil(len(micro_batches) / cfg.grad_accum)
+    if total_steps == 0:
+        raise ForgetbenchError(f"sweep.epochs: {point.epochs:g} epochs of {len(target)} target "
+                               "examples is less than one example; use a larger value")
     warmup = round(cfg.warmup_ratio * total_steps)
 
     # --- the loop: one iteration per optimizer step
@@ -74,7 +80,8 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path, out_dir: Pa
             loss_sum = 0.0
             for ids, mask, labels in group_batches:
                 ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-                logits = model(input_ids=ids, attention_mask=mask).logits
+                with autocast:
+                    logits = model(input_ids=ids, attention_mask=mask).logits
                 loss = torch.nn.functional.cross_entropy(
                     logits[:, :-1].reshape(-1, logits.size(-1)).float(),
                     labels[:, 1:].reshape(-1), ignore_index=train_data.IGNORE_INDEX,

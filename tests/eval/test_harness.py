@@ -51,7 +51,7 @@ def test_evaluate_a_local_model_directory_keeps_per_sample_results(write_suite, 
     assert 0 <= med["metrics"]["acc"]["value"] <= 1 and med["metrics"]["acc"]["stderr"] is not None
     mean = sum(s["values"]["acc"] for s in med["samples"]) / 8
     assert med["metrics"]["acc"]["value"] == pytest.approx(mean)
-    assert med["samples"][0]["response"] in {"0", "1", "2", "3"}
+    assert med["samples"][0]["responses"]["none"] in {"0", "1", "2", "3"}
     add = scores["tasks"]["fb_addition"]
     assert set(add["metrics"]) == {"exact_match"} and len({s["doc_id"] for s in add["samples"]}) == 8
     assert scores["settings"]["versions"]["lm_eval"]
