@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,6 @@ from typing import Any, Callable
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
 from forgetbench.store import RunStore, atomic_write_json, fresh_dir, read_json
-
-log = logging.getLogger(__name__)
 
 # Bump when a change to the training recipe changes what a point produces.
 TRAINING_VERSION = 1

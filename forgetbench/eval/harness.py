@@ -16,7 +16,6 @@ import difflib
 import hashlib
 import io
 import json
-import logging
 import math
 import time
 from functools import lru_cache
@@ -25,8 +24,6 @@ from typing import Any
 
 from forgetbench.config import Suite
 from forgetbench.errors import ForgetbenchError
-
-log = logging.getLogger(__name__)
 
 # lm-eval's per-sample fields we keep: enough to pair items and to read what the model said
 _SAMPLE_TEXT_LIMIT = 200

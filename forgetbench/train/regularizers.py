@@ -20,7 +20,7 @@ def l2_sp_penalty_(params: list[torch.Tensor], anchor: list[torch.Tensor], lam: 
     Penalty value λ/2 · Σ_i (θ_i − θ0_i)², summed over every parameter.
     """
     total = 0.0
-    for p, p0 in zip(params, anchor):
+    for p, p0 in zip(params, anchor, strict=True):
         diff = p.detach().to(torch.float32) - p0
         total += float(diff.square().sum())
         if lam:
