@@ -29,7 +29,8 @@ def _sha(obj: Any) -> str:
 
 def model_fingerprint(model: str) -> dict[str, Any]:
     """What identifies the base model without reading its weights: the builtin recipe hash,
-    the files (name, size, mtime) of a local directory, or a hub id."""
+    the files (name, size, mtime) of a local directory (not its path: a moved model keeps
+    its points), or a hub id."""
     from forgetbench.builtin import BUILTIN_PREFIX, RECIPES, recipe_hash
 
     if model.startswith(BUILTIN_PREFIX):
@@ -45,7 +46,7 @@ def model_fingerprint(model: str) -> dict[str, Any]:
         if "config.json" not in files:
             raise ForgetbenchError(f"model: {path} has no config.json; point it at a Hugging "
                                    "Face model directory (the output of save_pretrained)")
-        return {"dir": str(path), "files": _sha(files)[:16]}
+        return {"dir_files": _sha(files)[:16]}
     return {"hub": model}
 
 

@@ -103,11 +103,16 @@ def _flat_paths(files: Any) -> list[str]:
 
 
 def _task_fingerprint(name: str, include_path: Path | None) -> str:
-    """What a local task's results depend on: its YAML text and its data files' contents."""
+    """What a local task's results depend on: its YAML, the YAMLs and Python files beside it
+    (``include:`` templates, ``!function`` modules: over-inclusive, never stale) and its
+    data files' contents."""
     path = _local_task_files(include_path).get(name)
     if path is None:
         return "registry"  # lm-eval's task version is recorded with the results
     h = hashlib.sha256(path.read_bytes())
+    for sibling in sorted(path.parent.glob("*")):
+        if sibling.suffix in (".yaml", ".yml", ".py") and sibling != path:
+            h.update(sibling.name.encode() + b"\0" + sibling.read_bytes())
     files = (_local_task_config(path).get("dataset_kwargs") or {}).get("data_files") or {}
     for p in sorted(_flat_paths(files)):
         h.update(Path(p).read_bytes())

@@ -6,6 +6,7 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -40,6 +41,9 @@ def change_vs_lr(results: pd.DataFrame) -> bytes:
                         marker="o", capsize=3, label=_group_label(*key))
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
+        lrs = sorted(rows["lr"].unique())
+        ax.set_xticks(lrs, [f"{v:g}" for v in lrs], rotation=30)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("learning rate")
         ax.set_ylabel(("learning" if role == "target" else "forgetting") + f" ({metric}, points)")
         category = rows["category"].iloc[0]

@@ -54,6 +54,9 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path, out_dir: Pa
     target = train_data.tokenize(train_data.read_rows(suite.data.target), tokenizer, cfg.max_seq_len)
     replay = (train_data.tokenize(train_data.read_rows(suite.data.replay), tokenizer, cfg.max_seq_len)
               if point.mix_ratio > 0 else [])
+    if all(lab == train_data.IGNORE_INDEX for ex in target for lab in ex.labels[1:]):
+        raise ForgetbenchError(f"train.max_seq_len: {cfg.max_seq_len} tokens leave no completion "
+                               f"token in any row of {suite.data.target}; raise it")
     stream = train_data.mixture(target, replay, epochs=point.epochs, mix_ratio=point.mix_ratio,
                                 seed=cfg.seed)
     micro_batches = list(train_data.batches(stream, cfg.batch_size, tokenizer.pad_token_id))

@@ -55,3 +55,18 @@ def test_evaluate_a_local_model_directory_keeps_per_sample_results(write_suite, 
     add = scores["tasks"]["fb_addition"]
     assert set(add["metrics"]) == {"exact_match"} and len({s["doc_id"] for s in add["samples"]}) == 8
     assert scores["settings"]["versions"]["lm_eval"]
+
+
+def test_editing_an_included_template_changes_the_task_fingerprint(tmp_path):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (tmp_path / "d.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    (folder / "_template.yaml").write_text("output_type: generate_until\ntest_split: test\n")
+    (folder / "t.yaml").write_text("include: _template.yaml\ntask: my_t\ndataset_path: json\n"
+                                   "dataset_kwargs: {data_files: {test: ../d.jsonl}}\n")
+    harness._local_task_files.cache_clear()
+    before = harness._task_fingerprint("my_t", folder)
+    (folder / "_template.yaml").write_text("output_type: generate_until\ntest_split: test\nnum_fewshot: 3\n")
+    assert harness._task_fingerprint("my_t", folder) != before
+    (tmp_path / "d.jsonl").write_text('{"prompt": "1+1=", "answer": "3"}\n')
+    assert harness._task_fingerprint("my_t", folder) != before

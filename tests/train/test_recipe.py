@@ -80,3 +80,11 @@ def test_strong_l2_sp_keeps_weights_near_the_base(small_suite, tiny_model_dir, t
 
     assert dist(held) < 0.2 * dist(free)
     assert log[-1]["penalty"] > 0
+
+
+def test_a_max_seq_len_that_cuts_every_completion_is_a_user_error(small_suite, tiny_model_dir, tmp_path):
+    from forgetbench.errors import ForgetbenchError
+
+    suite = small_suite(batch_size=8, max_seq_len=3)
+    with pytest.raises(ForgetbenchError, match="train.max_seq_len: 3 tokens leave no completion"):
+        run(suite, tiny_model_dir, tmp_path, "short")
