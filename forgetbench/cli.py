@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -75,6 +76,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"in {time.monotonic() - start:.0f} s")
     _echo(f"results: {outcome.store.root / 'results.csv'}\nreport:  {outcome.store.root / 'report.html'}")
     return 1 if outcome.failed else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from forgetbench.config import load_suite
+    from forgetbench.sweep import train_command, train_one
+    from forgetbench.train import distributed
+
+    suite = load_suite(args.suite, args.set)
+    nproc = args.nproc or suite.train.nproc
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        # not yet under torchrun: start it, with this same command in each process
+        cmd = train_command(Path(args.suite), args.point, Path(args.runs_dir), nproc)
+        cmd += [a for kv in args.set for a in ("--set", kv)]
+        return subprocess.run(cmd).returncode
+    try:
+        summary = train_one(suite, args.point, Path(args.runs_dir))
+    finally:
+        if "WORLD_SIZE" in os.environ:
+            distributed.shutdown_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        _echo(f"point {args.point}: {summary['steps']} steps on {summary['world_size']} "
+              f"process(es) in {summary['train_seconds']} s")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -151,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="parent of the run directory (default: runs)")
     p.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("train", parents=[common],
+                       help="train one point (what a sweep launches; runs under torchrun)")
+    p.add_argument("suite")
+    p.add_argument("--point", required=True, help="point id, from `sweep --dry-run`")
+    with_set(p)
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="processes (one per GPU); default: the suite's train.nproc")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", parents=[common], help="evaluate one HF model directory on a suite's tasks")
     p.add_argument("model_dir")

@@ -82,6 +82,7 @@ class TrainSpec(_Strict):
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
     seed: int = 0
     device: Device = "auto"       # auto: cuda when available, else cpu
+    nproc: Annotated[int, Field(gt=0)] = 1  # processes per point under torchrun (one per GPU)
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 

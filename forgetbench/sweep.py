@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import Any, Callable
 
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
-from forgetbench.store import RunStore, atomic_write_json, fresh_dir, read_json
+from forgetbench.store import RunStore, atomic_write_json, read_json
 
 # Bump when a change to the training recipe changes what a point produces.
 TRAINING_VERSION = 1
@@ -78,7 +81,9 @@ def plan(suite: Suite) -> list[PlannedPoint]:
     model_fp, data_fp = model_fingerprint(suite.model), data_fingerprint(suite)
     out = []
     for point in suite.points():
-        config = {"model": model_fp, "data": data_fp, "train": suite.train.model_dump(mode="json"),
+        # the process count changes speed, not the result: it is not part of the id
+        train = suite.train.model_dump(mode="json", exclude={"nproc"})
+        config = {"model": model_fp, "data": data_fp, "train": train,
                   "point": point.model_dump(), "training_version": TRAINING_VERSION}
         out.append(PlannedPoint(point, _sha(config)[:12], config))
     return out
@@ -99,7 +104,6 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
     """Evaluate the base model once, then train and evaluate every point not yet complete."""
     from forgetbench.eval.harness import eval_key, eval_settings, evaluate
     from forgetbench.report.tables import headline_metric
-    from forgetbench.train.recipe import train_point
 
     planned = plan(suite)
     store = RunStore(runs_root / suite.name)
@@ -132,22 +136,13 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
         model_dir = store.model_dir(pp.id)
         if not (state and (state.status in ("trained", "evaluated") or state.train) and
                 (model_dir / "config.json").exists()):
-            echo(f"{label}: training")
-            store.append("point_started", point=pp.id)
-            try:
-                with fresh_dir(model_dir) as tmp:
-                    summary = train_point(suite, pp.point, base_model_dir=base, out_dir=tmp,
-                                          log_path=store.point_dir(pp.id) / "train_log.jsonl")
-            except ForgetbenchError:
-                raise
-            except Exception as exc:  # a failed point must not take the sweep down
-                msg = f"{type(exc).__name__}: {exc}"
-                store.append("point_failed", point=pp.id, error=msg,
-                             traceback=traceback.format_exc(limit=8))
-                outcome.failed[pp.id] = msg
-                echo(f"{label}: FAILED: {msg}")
+            echo(f"{label}: training" + (f" on {suite.train.nproc} processes"
+                                         if suite.train.nproc > 1 else ""))
+            failure = launch_training(store, pp.id, runs_root, suite.train.nproc)
+            if failure:
+                outcome.failed[pp.id] = failure
+                echo(f"{label}: FAILED: {failure}")
                 continue
-            store.append("point_trained", point=pp.id, summary=summary)
             outcome.trained.append(pp.id)
         echo(f"{label}: evaluating")
         try:
@@ -167,6 +162,68 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
     store.append("sweep_finished", eval_key=key, baseline=str(bpath.relative_to(store.root)),
                  points=[pp.id for pp in planned], suite=suite.resolved())
     return outcome
+
+
+def train_one(suite: Suite, point_id: str, runs_root: Path) -> dict:
+    """Train one planned point into its run directory: what ``forgetbench train`` runs, in
+    each process under torchrun. Rank 0 records the journal events and writes the files."""
+    from forgetbench.store import fresh_dir
+    from forgetbench.train.recipe import train_point
+
+    planned = {pp.id: pp for pp in plan(suite)}
+    if point_id not in planned:
+        raise ForgetbenchError(f"--point {point_id}: not a point of suite {suite.name!r}; "
+                               "`forgetbench sweep SUITE --dry-run` lists them")
+    pp = planned[point_id]
+    store = RunStore(runs_root / suite.name)
+    main = int(os.environ.get("RANK", "0")) == 0
+    base = resolve_model(suite.model)
+    if main:
+        atomic_write_json(store.point_dir(pp.id) / "point.json", pp.config)
+        store.append("point_started", point=pp.id, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    try:
+        if main:
+            with fresh_dir(store.model_dir(pp.id)) as tmp:
+                summary = train_point(suite, pp.point, base_model_dir=base, out_dir=tmp,
+                                      log_path=store.point_dir(pp.id) / "train_log.jsonl")
+        else:
+            summary = train_point(suite, pp.point, base_model_dir=base, out_dir=None, log_path=None)
+    except ForgetbenchError:
+        raise
+    except Exception as exc:
+        if main:
+            store.append("point_failed", point=pp.id, error=f"{type(exc).__name__}: {exc}",
+                         traceback=traceback.format_exc(limit=8))
+        raise
+    if main:
+        store.append("point_trained", point=pp.id, summary=summary)
+    return summary
+
+
+def train_command(suite_file: Path, point_id: str, runs_root: Path, nproc: int) -> list[str]:
+    """The command that trains one point: the same locally and on a cluster node."""
+    cmd = [sys.executable, "-m", "forgetbench", "train", str(suite_file), "--point", point_id,
+           "--runs-dir", str(runs_root)]
+    if nproc > 1:
+        cmd[1:3] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                    "-m", "forgetbench"]
+    return cmd
+
+
+def launch_training(store: RunStore, point_id: str, runs_root: Path, nproc: int) -> str | None:
+    """Train one point in a child process (under torchrun when nproc > 1), so a crash, an
+    out-of-memory kill or a hung collective stays in that point. Returns the failure, if any."""
+    done = subprocess.run(train_command(store.root / "suite.yaml", point_id, runs_root, nproc))
+    state = store.states().get(point_id)
+    if done.returncode == 0 and state is not None and state.status == "trained":
+        return None
+    if done.returncode == 2:
+        raise ForgetbenchError(f"point {point_id}: training stopped on the error above")
+    if state is not None and state.status == "failed" and state.error:
+        return state.error
+    msg = f"training process exited with status {done.returncode}"
+    store.append("point_failed", point=point_id, error=msg)
+    return msg
 
 
 def latest_sweep(store: RunStore) -> dict:

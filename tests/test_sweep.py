@@ -1,5 +1,6 @@
 import csv
 import json
+import sys
 
 import pytest
 
@@ -90,33 +91,39 @@ def test_sweep_end_to_end_on_a_local_model_directory(write_suite, tiny_model_dir
 
 
 @pytest.mark.slow
-def test_a_failing_point_does_not_stop_the_sweep_and_is_retried(write_suite, tiny_model_dir, tmp_path,
-                                                                 monkeypatch, capsys):
-    from forgetbench.train import recipe
-
-    real = recipe.train_point
-
-    def flaky(suite, point, **kw):
-        if point.lr == 3e-3:
-            raise RuntimeError("simulated crash")
-        return real(suite, point, **kw)
-
-    monkeypatch.setattr(recipe, "train_point", flaky)
+def test_a_crashed_training_process_does_not_stop_the_sweep_and_is_retried(
+        write_suite, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    real = sweep.train_command
     path = write_suite(tiny_suite(tiny_model_dir))
+    crashing = {p.id for p in sweep.plan(load_suite(path)) if p.point.lr == 3e-3}
+
+    def command(suite_file, point_id, runs_root, nproc):
+        if point_id in crashing:  # a process that dies as an out-of-memory kill would
+            return [sys.executable, "-c", "import os; os.abort()"]
+        return real(suite_file, point_id, runs_root, nproc)
+
+    monkeypatch.setattr(sweep, "train_command", command)
     runs = tmp_path / "runs"
     assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 1
     store = RunStore(runs / "medical")
     states = store.states()
     assert sorted(s.status for s in states.values()) == ["evaluated", "failed"]
+    [failed] = crashing
+    assert "exited with status" in states[failed].error
     assert len({r["point_id"] for r in read_csv(store.root / "results.csv")}) == 1
-    assert "simulated crash" in (store.root / "report.html").read_text()
-    failed = next(pid for pid, s in states.items() if s.status == "failed")
+    assert "exited with status" in (store.root / "report.html").read_text()
     assert not store.model_dir(failed).exists()  # no half-exported model
 
-    monkeypatch.setattr(recipe, "train_point", real)
+    monkeypatch.setattr(sweep, "train_command", real)
     assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 0
     assert store.states()[failed].status == "evaluated"
     assert len(trained_events(store)) == 2
+
+
+def test_train_refuses_a_point_that_is_not_in_the_grid(write_suite, tiny_model_dir, tmp_path, capsys):
+    path = write_suite(tiny_suite(tiny_model_dir))
+    assert main(["train", str(path), "--point", "0123456789ab", "--runs-dir", str(tmp_path)]) == 2
+    assert "not a point of suite 'medical'" in capsys.readouterr().err
 
 
 def test_dry_run_lists_points_and_writes_nothing(write_suite, tiny_model_dir, tmp_path, capsys):

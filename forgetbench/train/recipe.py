@@ -1,14 +1,19 @@
 """Full fine-tuning of one sweep point, read top to bottom: setup, data, loop, export.
 
-Every parameter trains (AdamW). The loss is the summed token cross-entropy of the
-completion tokens divided by their count in the whole optimizer step (all micro-batches),
-so gradient accumulation gives the same update as one large batch.
+Every parameter trains (AdamW). ``train.batch_size`` is the global batch: the examples of
+one optimizer step over all ranks and micro-batches, so the process count and
+``grad_accum`` change memory and speed, not the result. The loss is the summed token
+cross-entropy of the completion tokens divided by their count in the whole global batch.
+
+Single process, or one process per device under ``torchrun`` with the model sharded by
+FSDP2 (train/distributed.py); only rank 0 writes the log and the exported model.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -16,6 +21,7 @@ import torch
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
 from forgetbench.train import data as train_data
+from forgetbench.train import distributed
 from forgetbench.train.regularizers import l2_sp_penalty_, snapshot
 from forgetbench.train.schedule import lr_at
 
@@ -26,31 +32,45 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train_point(suite: Suite, point: Point, *, base_model_dir: Path, out_dir: Path,
-                log_path: Path) -> dict:
-    """Fine-tune the base model at ``point``; save an HF directory to ``out_dir``.
+def rank_micro_batches(chunk: list, rank: int, world: int, grad_accum: int) -> list[list]:
+    """This rank's share of one global batch (every world-th example), split into exactly
+    ``grad_accum`` micro-batches; some may be empty at the end of the data, and every rank
+    still runs them so the ranks' collectives stay in step."""
+    share = chunk[rank::world]
+    size = math.ceil(len(share) / grad_accum) if share else 0
+    return [share[i * size:(i + 1) * size] for i in range(grad_accum)]
 
-    One JSON line per optimizer step goes to ``log_path``. Returns a summary dict.
-    """
+
+def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
+                out_dir: Path | None, log_path: Path | None) -> dict:
+    """Fine-tune the base model at ``point``; rank 0 saves an HF directory to ``out_dir``
+    and writes one JSON line per optimizer step to ``log_path``. Returns a summary."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = suite.train
-    # --- setup: seeds, device, model, optimizer
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    # --- setup: process group, seeds, model (sharded when distributed), optimizer
+    dist = distributed.init(cfg.device)
+    torch.manual_seed(cfg.seed + dist.rank)
+    device = dist.device
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # fp32 master weights and optimizer state; bf16 only inside autocast. Updating bf16
+    # fp32 master weights and optimizer state; bf16 only for compute. Updating bf16
     # weights in place would round most fine-tuning-sized steps to zero.
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+    bf16 = cfg.dtype == "bfloat16"
+    if dist.active:
+        distributed.wrap_fsdp(model, dist, bf16=bf16)  # FSDP casts to bf16 by policy
+        autocast = nullcontext()
+    else:
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=point.lr, weight_decay=cfg.weight_decay)
-    anchor = snapshot(params) if point.regularizer == "l2" else None
+    anchor = snapshot(params) if point.regularizer == "l2" else None  # sharded like params
 
-    # --- data: target examples, replay mixed in at mix_ratio, shuffled by seed
+    # --- data: target examples, replay mixed in at mix_ratio, shuffled by seed; every rank
+    # builds the same stream and reads its own share of each global batch
     target = train_data.tokenize(train_data.read_rows(suite.data.target), tokenizer, cfg.max_seq_len)
     replay = (train_data.tokenize(train_data.read_rows(suite.data.replay), tokenizer, cfg.max_seq_len)
               if point.mix_ratio > 0 else [])
@@ -59,63 +79,71 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path, out_dir: Pa
                                f"token in any row of {suite.data.target}; raise it")
     stream = train_data.mixture(target, replay, epochs=point.epochs, mix_ratio=point.mix_ratio,
                                 seed=cfg.seed)
-    micro_batches = list(train_data.batches(stream, cfg.batch_size, tokenizer.pad_token_id))
-    total_steps = math.ceil(len(micro_batches) / cfg.grad_accum)
+    total_steps = math.ceil(len(stream) / cfg.batch_size)
     if total_steps == 0:
         raise ForgetbenchError(f"sweep.epochs: {point.epochs:g} epochs of {len(target)} target "
                                "examples is less than one example; use a larger value")
     warmup = round(cfg.warmup_ratio * total_steps)
+    # an all-padding row: what a rank with no example left runs, contributing no loss
+    filler = train_data.Example((tokenizer.pad_token_id,), (train_data.IGNORE_INDEX,))
 
     # --- the loop: one iteration per optimizer step
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = None
+    if dist.main and log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "w", encoding="utf-8")
     start = time.monotonic()
     tokens_seen = 0
-    with open(log_path, "w", encoding="utf-8") as log:
+    try:
         for step in range(total_steps):
             lr = lr_at(step, total_steps=total_steps, peak=point.lr, warmup_steps=warmup,
                        kind=cfg.schedule, floor=point.lr * cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            group_batches = micro_batches[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]
-            # count the tokens the loss covers in the whole step, after the shift by one
-            n_tokens = sum(int((labels[:, 1:] != train_data.IGNORE_INDEX).sum())
-                           for _, _, labels in group_batches)
-            loss_sum = 0.0
-            for ids, mask, labels in group_batches:
+            chunk = stream[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            micro = [list(train_data.batches(mb or [filler], len(mb) or 1, tokenizer.pad_token_id))[0]
+                     for mb in rank_micro_batches(chunk, dist.rank, dist.world_size, cfg.grad_accum)]
+            # the tokens the loss covers in the whole global batch, after the shift by one
+            n_local = sum(int((labels[:, 1:] != train_data.IGNORE_INDEX).sum()) for _, _, labels in micro)
+            n_tokens = distributed.all_reduce_sum(n_local, dist)
+            loss_sum, n_seen = 0.0, 0
+            for ids, mask, labels in micro:
                 ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
                 with autocast:
                     logits = model(input_ids=ids, attention_mask=mask).logits
-                loss = torch.nn.functional.cross_entropy(
+                token_loss = torch.nn.functional.cross_entropy(
                     logits[:, :-1].reshape(-1, logits.size(-1)).float(),
                     labels[:, 1:].reshape(-1), ignore_index=train_data.IGNORE_INDEX,
                     reduction="sum") / max(n_tokens, 1)
-                loss.backward()
-                loss_sum += loss.item()
-                tokens_seen += int(mask.sum())
-            penalty = (l2_sp_penalty_(params, anchor, point.lam) if anchor is not None else 0.0)
-            grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                         if cfg.max_grad_norm else _grad_norm(params))
-            if not torch.isfinite(grad_norm):
+                # FSDP averages gradients over ranks; × world size makes that a sum
+                (token_loss * dist.world_size).backward()
+                loss_sum += token_loss.item()
+                n_seen += int(mask.sum())
+            loss_sum, n_seen = distributed.all_reduce_sums([loss_sum, n_seen], dist)
+            tokens_seen += int(n_seen)
+            penalty = l2_sp_penalty_(params, anchor, point.lam, dist) if anchor is not None else 0.0
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            if not math.isfinite(grad_norm):
                 raise FloatingPointError(f"non-finite gradient norm at step {step} "
                                          f"(lr {point.lr}); lower the learning rate")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            elapsed = time.monotonic() - start
-            log.write(json.dumps({"step": step + 1, "loss": round(loss_sum, 6), "lr": lr,
-                                  "penalty": round(penalty, 6),
-                                  "grad_norm": round(float(grad_norm), 6),
-                                  "tokens": tokens_seen, "elapsed_s": round(elapsed, 3)}) + "\n")
-            log.flush()
+            if log is not None:
+                log.write(json.dumps({"step": step + 1, "loss": round(loss_sum, 6), "lr": lr,
+                                      "penalty": round(penalty, 6), "grad_norm": round(grad_norm, 6),
+                                      "tokens": tokens_seen,
+                                      "elapsed_s": round(time.monotonic() - start, 3)}) + "\n")
+                log.flush()
+    finally:
+        if log is not None:
+            log.close()
 
-    # --- export: an ordinary HF directory, what evaluation reads
+    # --- export: an ordinary HF directory, gathered on rank 0; what evaluation reads
     model.eval()
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return {"steps": total_steps, "examples": len(stream), "tokens": tokens_seen,
-            "train_seconds": round(time.monotonic() - start, 2),
-            "final_loss": round(loss_sum, 6) if total_steps else None}
-
-
-def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    grads = [p.grad for p in params if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    full = distributed.full_state_dict(model, dist)
+    if dist.main and out_dir is not None:
+        model.save_pretrained(out_dir, state_dict=full)
+        tokenizer.save_pretrained(out_dir)
+    return {"steps": total_steps, "examples": len(stream), "world_size": dist.world_size,
+            "train_seconds": round(time.monotonic() - start, 2), "final_loss": round(loss_sum, 6)}

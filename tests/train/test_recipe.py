@@ -47,9 +47,10 @@ def test_full_fine_tuning_updates_every_parameter_and_logs_each_step(small_suite
 def test_gradient_accumulation_matches_one_large_batch(small_suite, tiny_model_dir, tmp_path):
     # rows of different lengths: a mean of per-micro-batch means would differ from the
     # token-weighted loss of the whole step
+    # batch_size is the global batch: grad_accum only splits it into micro-batches
     big = small_suite(batch_size=8, grad_accum=1, max_grad_norm=None)
     _, log_big, m_big = run(big, tiny_model_dir, tmp_path, "big")
-    small = small_suite(batch_size=4, grad_accum=2, max_grad_norm=None)
+    small = small_suite(batch_size=8, grad_accum=2, max_grad_norm=None)
     _, log_small, m_small = run(small, tiny_model_dir, tmp_path, "small")
     assert len(log_big) == len(log_small) == 4
     for a, b in zip(log_big, log_small):

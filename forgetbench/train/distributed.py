@@ -1,0 +1,108 @@
+"""Process groups, FSDP2 wrapping, and rank helpers for the training recipe.
+
+Under ``torchrun`` each process trains a shard: NCCL on GPUs, gloo on CPU. Without torchrun
+(WORLD_SIZE unset) everything here degrades to a single process and no wrapping, so the
+recipe reads the same either way.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def init(device_name: str) -> Dist:
+    """Join the torchrun process group if there is one; pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        # one GPU per process under torchrun; the named (or first) GPU otherwise
+        device = torch.device("cuda", local if world > 1 else (device.index or 0))
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=rank, world_size=world, device=device)
+
+
+def shutdown_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sums(values: list[float], d: Dist) -> list[float]:
+    """Sum Python numbers over ranks in one collective (identity in a single process)."""
+    if not d.active:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_sum(value: float, d: Dist) -> float:
+    return all_reduce_sums([value], d)[0]
+
+
+def block_classes(model: torch.nn.Module) -> set[type]:
+    """The repeated decoder-block classes to shard one by one, found from the model itself:
+    transformers lists them in ``_no_split_modules`` (LlamaDecoderLayer, Qwen2DecoderLayer,
+    MistralDecoderLayer, GPT2Block ...)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
+    if not classes:
+        raise ValueError(f"{type(model).__name__} names no decoder block in _no_split_modules; "
+                         "cannot choose FSDP units")
+    return classes
+
+
+def wrap_fsdp(model: torch.nn.Module, d: Dist, *, bf16: bool) -> torch.nn.Module:
+    """``fully_shard`` each decoder block, then the root. With ``bf16``, parameters are cast
+    to bf16 for compute while gradients are reduced in fp32 (the sharded fp32 parameters
+    stay the optimizer's master copy)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(d.device.type, (d.world_size,))
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if bf16 else MixedPrecisionPolicy())
+    blocks = block_classes(model)
+    for module in model.modules():
+        if type(module) in blocks:
+            fully_shard(module, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a (possibly) sharded tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def full_state_dict(model: torch.nn.Module, d: Dist) -> dict[str, torch.Tensor] | None:
+    """The unsharded fp32 state dict on rank 0 (CPU), None elsewhere; every rank must call."""
+    if not d.active:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return sd if d.main else None
