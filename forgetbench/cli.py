@@ -36,6 +36,68 @@ def _echo(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _gpu_memory_gb() -> float | None:
+    """Memory of the first visible GPU, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory / 1e9
+
+
+def _suite_plan(suite, gpu_memory_gb: float, formula: str = "fsdp"):
+    from forgetbench import plan as planner
+    from forgetbench.sweep import resolve_model
+
+    # the costliest regulariser swept decides what must fit
+    worst = max(suite.sweep.regularizer, key=["none", "l2", "ewc"].index)
+    shape = planner.shape_of(str(resolve_model(suite.model)))
+    return planner.FORMULAS[formula](shape, planner.workload_of(suite, gpu_memory_gb, worst))
+
+
+def check_fits(suite, source: str, force: bool) -> None:
+    """Refuse, with the numbers, a suite whose training cannot fit its GPUs."""
+    from forgetbench.train.recipe import resolve_device
+
+    memory = _gpu_memory_gb()
+    if force or memory is None or resolve_device(suite.train.device).type != "cuda":
+        return
+    plan = _suite_plan(suite, memory)
+    if not plan.fits:
+        fix = (f"at least {plan.min_gpus}" if plan.min_gpus
+               else "far higher (4096 GPUs are not enough)")
+        raise ForgetbenchError(
+            f"{source}: train: needs {plan.total_gb:.1f} GB per GPU on {plan.gpus} GPU(s) of "
+            f"{memory:.0f} GB (weights {plan.weights_gb:.1f}, gradients {plan.gradients_gb:.1f}, "
+            f"optimizer {plan.optimizer_gb:.1f}, anchors {plan.anchors_gb:.1f}, working set "
+            f"{plan.working_set_gb:.1f}, activations {plan.activations_gb:.1f}); set train.nproc "
+            f"to {fix}, lower train.batch_size or max_seq_len, or pass --force")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from forgetbench import plan as planner
+    from forgetbench.config import load_suite
+
+    memory = args.gpu_memory or _gpu_memory_gb() or 80.0
+    if args.suite:
+        suite = load_suite(args.suite, args.set)
+        if args.gpus:
+            suite = suite.model_copy(update={"train": suite.train.model_copy(update={"nproc": args.gpus})})
+        plan = _suite_plan(suite, memory, args.formula)
+    else:
+        missing = [f for f in ("params", "hidden", "layers", "seq_len") if getattr(args, f) is None]
+        if missing:
+            raise ForgetbenchError("plan: give a SUITE, or --params, --hidden, --layers and "
+                                   f"--seq-len (missing: {', '.join('--' + m.replace('_', '-') for m in missing)})")
+        shape = planner.ModelShape(params=args.params, hidden=args.hidden, layers=args.layers,
+                                   heads=args.heads, vocab=args.vocab)
+        work = planner.Workload(seq_len=args.seq_len, batch_size=args.batch_size, gpus=args.gpus or 1,
+                                gpu_memory_gb=memory, regularizer=args.regularizer)
+        plan = planner.FORMULAS[args.formula](shape, work)
+    print(json.dumps(plan.as_dict(), indent=2) if args.json else planner.format_plan(plan))
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
     from forgetbench.eval.harness import check_tasks
@@ -53,6 +115,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if path is not None:
             read_rows(path)
     planned = plan(suite)
+    check_fits(suite, args.suite, args.force)
     if args.dry_run:
         from forgetbench.eval.harness import eval_key, eval_settings
 
@@ -174,7 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
     with_set(p)
     p.add_argument("--runs-dir", default="runs", help="parent of the run directory (default: runs)")
     p.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
+    p.add_argument("--force", action="store_true", help="run even if the memory plan says it will not fit")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("plan", parents=[common], help="memory per GPU and the minimum GPU count")
+    p.add_argument("suite", nargs="?", help="a suite file; or describe the model with the flags")
+    with_set(p)
+    p.add_argument("--params", type=float, help="parameter count, e.g. 7e9")
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--layers", type=int)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--batch-size", type=int, default=1, help="micro-batch per GPU")
+    p.add_argument("--gpus", type=int, help="GPU count (default: the suite's train.nproc, or 1)")
+    p.add_argument("--gpu-memory", type=float, help="GB per GPU (default: this machine's GPU, else 80)")
+    p.add_argument("--regularizer", default="none", choices=["none", "l2", "ewc"])
+    p.add_argument("--formula", default="fsdp", choices=["fsdp", "textbook"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("train", parents=[common],
                        help="train one point (what a sweep launches; runs under torchrun)")

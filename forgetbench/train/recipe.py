@@ -21,7 +21,7 @@ import torch
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
 from forgetbench.train import data as train_data
-from forgetbench.train import distributed
+from forgetbench.train import distributed, throughput
 from forgetbench.train.regularizers import l2_sp_penalty_, snapshot
 from forgetbench.train.schedule import lr_at
 
@@ -30,6 +30,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
 
 
 def rank_micro_batches(chunk: list, rank: int, world: int, grad_accum: int) -> list[list]:
@@ -58,6 +62,7 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     # fp32 master weights and optimizer state; bf16 only for compute. Updating bf16
     # weights in place would round most fine-tuning-sized steps to zero.
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
     bf16 = cfg.dtype == "bfloat16"
     if dist.active:
         distributed.wrap_fsdp(model, dist, bf16=bf16)  # FSDP casts to bf16 by policy
@@ -94,8 +99,13 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
         log = open(log_path, "w", encoding="utf-8")
     start = time.monotonic()
     tokens_seen = 0
+    peak = throughput.peak_flops(device)
+    mc = model.config
+    n_layers = getattr(mc, "num_hidden_layers", None) or getattr(mc, "n_layer", 0)
+    hidden = getattr(mc, "hidden_size", None) or getattr(mc, "n_embd", 0)
     try:
         for step in range(total_steps):
+            step_start = time.monotonic()
             lr = lr_at(step, total_steps=total_steps, peak=point.lr, warmup_steps=warmup,
                        kind=cfg.schedule, floor=point.lr * cfg.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -111,15 +121,19 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
                 ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
                 with autocast:
                     logits = model(input_ids=ids, attention_mask=mask).logits
+                # shift the labels, not the logits: slicing logits would copy a
+                # batch × length × vocab tensor
+                shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1),
+                                                  value=train_data.IGNORE_INDEX)
                 token_loss = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-                    labels[:, 1:].reshape(-1), ignore_index=train_data.IGNORE_INDEX,
-                    reduction="sum") / max(n_tokens, 1)
+                    logits.flatten(0, 1).float(), shifted.flatten(),
+                    ignore_index=train_data.IGNORE_INDEX, reduction="sum") / max(n_tokens, 1)
                 # FSDP averages gradients over ranks; × world size makes that a sum
                 (token_loss * dist.world_size).backward()
                 loss_sum += token_loss.item()
                 n_seen += int(mask.sum())
-            loss_sum, n_seen = distributed.all_reduce_sums([loss_sum, n_seen], dist)
+            loss_sum, n_seen, n_rows = distributed.all_reduce_sums(
+                [loss_sum, n_seen, sum(int((m.sum(dim=1) > 0).sum()) for _, m, _ in micro)], dist)
             tokens_seen += int(n_seen)
             penalty = l2_sp_penalty_(params, anchor, point.lam, dist) if anchor is not None else 0.0
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
@@ -129,10 +143,17 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
                                          f"(lr {point.lr}); lower the learning rate")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            tokens_per_s = n_seen / max(time.monotonic() - step_start, 1e-9)
+            # attention FLOPs grow with the context: use this step's mean row length
+            fpt = throughput.flops_per_token(n_params, n_layers, hidden, n_seen / max(n_rows, 1))
             if log is not None:
                 log.write(json.dumps({"step": step + 1, "loss": round(loss_sum, 6), "lr": lr,
                                       "penalty": round(penalty, 6), "grad_norm": round(grad_norm, 6),
-                                      "tokens": tokens_seen,
+                                      "tokens": tokens_seen, "tokens_per_s": round(tokens_per_s, 1),
+                                      "mfu": _round(throughput.mfu(tokens_per_s, fpt, peak, dist.world_size)),
+                                      "peak_mem_gb": round(throughput.peak_memory_gb(device), 3),
                                       "elapsed_s": round(time.monotonic() - start, 3)}) + "\n")
                 log.flush()
     finally:

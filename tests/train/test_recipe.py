@@ -36,7 +36,7 @@ def test_full_fine_tuning_updates_every_parameter_and_logs_each_step(small_suite
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert summary["steps"] == len(log) == 8            # 64 examples / batch 8
     assert [r["step"] for r in log] == list(range(1, 9))
-    assert {"loss", "lr", "grad_norm", "tokens"} <= set(log[0])
+    assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "peak_mem_gb"} <= set(log[0])
     assert log[1]["lr"] == pytest.approx(1e-3)          # warmup of 2 steps reaches the peak
     assert log[-1]["lr"] == pytest.approx(1e-4)         # cosine floor: 0.1 × peak
     assert log[-1]["loss"] < log[0]["loss"]
