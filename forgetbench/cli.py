@@ -152,15 +152,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         # not yet under torchrun: start it, with this same command in each process
         cmd = train_command(Path(args.suite), args.point, Path(args.runs_dir), nproc)
         cmd += [a for kv in args.set for a in ("--set", kv)]
+        cmd += ["--stop-after", str(args.stop_after)] if args.stop_after else []
         return subprocess.run(cmd).returncode
     try:
-        summary = train_one(suite, args.point, Path(args.runs_dir))
+        summary = train_one(suite, args.point, Path(args.runs_dir), stop_after=args.stop_after)
     finally:
         if "WORLD_SIZE" in os.environ:
             distributed.shutdown_group()
     if int(os.environ.get("RANK", "0")) == 0:
-        _echo(f"point {args.point}: {summary['steps']} steps on {summary['world_size']} "
-              f"process(es) in {summary['train_seconds']} s")
+        if "stopped_at" in summary:
+            _echo(f"point {args.point}: stopped with a checkpoint after step "
+                  f"{summary['stopped_at']} of {summary['steps']}; run again to resume")
+        else:
+            _echo(f"point {args.point}: {summary['steps']} steps on {summary['world_size']} "
+                  f"process(es) in {summary['train_seconds']} s"
+                  + (f", resumed from step {summary['resumed_from_step']}"
+                     if summary["resumed_from_step"] else ""))
     return 0
 
 
@@ -265,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--nproc", type=int, default=None,
                    help="processes (one per GPU); default: the suite's train.nproc")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+                   help="stop with a checkpoint after this many optimizer steps (time-limited jobs); "
+                        "the next run of the same command resumes")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", parents=[common], help="evaluate one HF model directory on a suite's tasks")

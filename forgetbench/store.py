@@ -77,7 +77,7 @@ def fresh_dir(final: Path) -> Iterator[Path]:
 
 @dataclass
 class PointState:
-    status: str = "pending"   # pending -> running -> trained -> evaluated, or failed
+    status: str = "pending"   # pending -> running [-> paused] -> trained -> evaluated, or failed
     eval_keys: set[str] = field(default_factory=set)
     error: str | None = None
     train: dict[str, Any] = field(default_factory=dict)
@@ -155,6 +155,8 @@ class RunStore:
             elif kind == "point_evaluated":
                 st.status = "evaluated"
                 st.eval_keys.add(ev["eval_key"])
+            elif kind == "point_paused":  # stopped at a checkpoint; the next run resumes
+                st.status = "paused"
             elif kind == "point_failed":
                 st.status, st.error = "failed", ev.get("error")
         return states

@@ -81,8 +81,8 @@ def plan(suite: Suite) -> list[PlannedPoint]:
     model_fp, data_fp = model_fingerprint(suite.model), data_fingerprint(suite)
     out = []
     for point in suite.points():
-        # the process count changes speed, not the result: it is not part of the id
-        train = suite.train.model_dump(mode="json", exclude={"nproc"})
+        # the process count and checkpointing change speed, not the result: not in the id
+        train = suite.train.model_dump(mode="json", exclude={"nproc", "checkpoint_every"})
         config = {"model": model_fp, "data": data_fp, "train": train,
                   "point": point.model_dump(), "training_version": TRAINING_VERSION}
         out.append(PlannedPoint(point, _sha(config)[:12], config))
@@ -164,7 +164,7 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
     return outcome
 
 
-def train_one(suite: Suite, point_id: str, runs_root: Path) -> dict:
+def train_one(suite: Suite, point_id: str, runs_root: Path, stop_after: int | None = None) -> dict:
     """Train one planned point into its run directory: what ``forgetbench train`` runs, in
     each process under torchrun. Rank 0 records the journal events and writes the files."""
     from forgetbench.store import fresh_dir
@@ -178,6 +178,7 @@ def train_one(suite: Suite, point_id: str, runs_root: Path) -> dict:
     store = RunStore(runs_root / suite.name)
     main = int(os.environ.get("RANK", "0")) == 0
     base = resolve_model(suite.model)
+    ckpt = store.point_dir(pp.id) / "checkpoints"
     if main:
         atomic_write_json(store.point_dir(pp.id) / "point.json", pp.config)
         store.append("point_started", point=pp.id, world_size=int(os.environ.get("WORLD_SIZE", "1")))
@@ -185,9 +186,16 @@ def train_one(suite: Suite, point_id: str, runs_root: Path) -> dict:
         if main:
             with fresh_dir(store.model_dir(pp.id)) as tmp:
                 summary = train_point(suite, pp.point, base_model_dir=base, out_dir=tmp,
-                                      log_path=store.point_dir(pp.id) / "train_log.jsonl")
+                                      log_path=store.point_dir(pp.id) / "train_log.jsonl",
+                                      checkpoint_dir=ckpt, stop_after=stop_after)
+                if "stopped_at" in summary:
+                    raise _Stopped  # leave no model directory: the point is not trained yet
         else:
-            summary = train_point(suite, pp.point, base_model_dir=base, out_dir=None, log_path=None)
+            summary = train_point(suite, pp.point, base_model_dir=base, out_dir=None, log_path=None,
+                                  checkpoint_dir=ckpt, stop_after=stop_after)
+    except _Stopped:
+        store.append("point_paused", point=pp.id, step=summary["stopped_at"])
+        return summary
     except ForgetbenchError:
         raise
     except Exception as exc:
@@ -195,9 +203,13 @@ def train_one(suite: Suite, point_id: str, runs_root: Path) -> dict:
             store.append("point_failed", point=pp.id, error=f"{type(exc).__name__}: {exc}",
                          traceback=traceback.format_exc(limit=8))
         raise
-    if main:
+    if main and "stopped_at" not in summary:
         store.append("point_trained", point=pp.id, summary=summary)
     return summary
+
+
+class _Stopped(Exception):
+    """Raised inside the export context to discard it when a run stops at a checkpoint."""
 
 
 def train_command(suite_file: Path, point_id: str, runs_root: Path, nproc: int) -> list[str]:

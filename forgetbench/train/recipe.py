@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
 from forgetbench.train import data as train_data
-from forgetbench.train import distributed, throughput
+from forgetbench.train import checkpoint, distributed, throughput
 from forgetbench.train.regularizers import l2_sp_penalty_, snapshot
 from forgetbench.train.schedule import lr_at
 
@@ -46,9 +47,15 @@ def rank_micro_batches(chunk: list, rank: int, world: int, grad_accum: int) -> l
 
 
 def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
-                out_dir: Path | None, log_path: Path | None) -> dict:
+                out_dir: Path | None, log_path: Path | None,
+                checkpoint_dir: Path | None = None, stop_after: int | None = None) -> dict:
     """Fine-tune the base model at ``point``; rank 0 saves an HF directory to ``out_dir``
-    and writes one JSON line per optimizer step to ``log_path``. Returns a summary."""
+    and writes one JSON line per optimizer step to ``log_path``. Returns a summary.
+
+    With ``checkpoint_dir``, training resumes from the newest complete checkpoint there and
+    saves one every ``train.checkpoint_every`` steps. ``stop_after`` ends the run after that
+    many optimizer steps with a checkpoint and no export (a time-limited job's slice).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = suite.train
@@ -92,19 +99,27 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     # an all-padding row: what a rank with no example left runs, contributing no loss
     filler = train_data.Example((tokenizer.pad_token_id,), (train_data.IGNORE_INDEX,))
 
+    # --- resume: model and optimizer shards, step and token count from the last checkpoint
+    first_step, tokens_seen = 0, 0
+    resume_from = checkpoint.latest(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume_from is not None:
+        meta = checkpoint.load(model, optimizer, resume_from)
+        first_step, tokens_seen = meta["step"], meta["tokens"]
+
     # --- the loop: one iteration per optimizer step
     log = None
     if dist.main and log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        kept = log_path.read_text().splitlines()[:first_step] if first_step and log_path.exists() else []
         log = open(log_path, "w", encoding="utf-8")
+        log.writelines(line + "\n" for line in kept)  # steps after the checkpoint are redone
     start = time.monotonic()
-    tokens_seen = 0
     peak = throughput.peak_flops(device)
     mc = model.config
     n_layers = getattr(mc, "num_hidden_layers", None) or getattr(mc, "n_layer", 0)
     hidden = getattr(mc, "hidden_size", None) or getattr(mc, "n_embd", 0)
     try:
-        for step in range(total_steps):
+        for step in range(first_step, total_steps):
             step_start = time.monotonic()
             lr = lr_at(step, total_steps=total_steps, peak=point.lr, warmup_steps=warmup,
                        kind=cfg.schedule, floor=point.lr * cfg.min_lr_ratio)
@@ -156,6 +171,15 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
                                       "peak_mem_gb": round(throughput.peak_memory_gb(device), 3),
                                       "elapsed_s": round(time.monotonic() - start, 3)}) + "\n")
                 log.flush()
+            done = step + 1
+            every = cfg.checkpoint_every
+            stopping = stop_after is not None and done >= stop_after and done < total_steps
+            if checkpoint_dir is not None and done < total_steps and (
+                    stopping or (every and done % every == 0)):
+                checkpoint.save(model, optimizer, step=done, tokens=tokens_seen,
+                                root=checkpoint_dir, d=dist)
+            if stopping:
+                return {"steps": total_steps, "stopped_at": done, "world_size": dist.world_size}
     finally:
         if log is not None:
             log.close()
@@ -166,5 +190,8 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     if dist.main and out_dir is not None:
         model.save_pretrained(out_dir, state_dict=full)
         tokenizer.save_pretrained(out_dir)
+    if dist.main and checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the exported model supersedes them
     return {"steps": total_steps, "examples": len(stream), "world_size": dist.world_size,
+            "resumed_from_step": first_step,
             "train_seconds": round(time.monotonic() - start, 2), "final_loss": round(loss_sum, 6)}
