@@ -65,3 +65,24 @@ def test_two_fsdp_processes_match_one_process(write_suite, tiny_model_dir, tmp_p
         assert b["tokens"] == a["tokens"]
     for p, q in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_gathered_export_reloads_to_the_in_memory_fsdp_model(tiny_model_dir, tmp_path):
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("fsdp_export_worker.py")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(worker), str(tiny_model_dir), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = torch.load(tmp_path / "logits.pt")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    with torch.no_grad():
+        logits = reloaded(**saved["inputs"]).logits
+    # evaluation is a deterministic function of these logits: equal logits, equal scores
+    torch.testing.assert_close(logits, saved["logits"], rtol=1e-5, atol=1e-5)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        assert not torch.allclose(base(**saved["inputs"]).logits, logits, atol=1e-3)
