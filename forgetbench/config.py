@@ -84,6 +84,7 @@ class TrainSpec(_Strict):
     device: Device = "auto"       # auto: cuda when available, else cpu
     nproc: Annotated[int, Field(gt=0)] = 1  # processes per point under torchrun (one per GPU)
     checkpoint_every: Annotated[int, Field(gt=0)] | None = None  # steps; resume uses the newest
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 

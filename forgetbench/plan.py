@@ -12,7 +12,8 @@ Two estimates, both in decimal GB (1e9 bytes):
     working set = the largest decoder block gathered in the compute dtype, twice (the one
                   computing and the one prefetched), plus the root group (embeddings, head,
                   final norm), which stays gathered from forward to backward
-    activations = per-GPU micro-batch b: L · s·b·d·34 bytes for bf16 compute (Korthikanti et
+    activations = per-GPU micro-batch b (with activation checkpointing: each block's input,
+                  L · s·b·d·2, plus one block's full set), else L · s·b·d·34 bytes for bf16 compute (Korthikanti et
                   al. 2022, no recomputation; ×2 for fp32), + L · 5·a·s²·b when attention
                   scores are materialised (eager attention; SDPA/flash do not store them),
                   plus the logits and their gradient in fp32, 2 · s·b·V·4
@@ -56,6 +57,7 @@ class Workload:
     dtype: str = "bfloat16"          # compute dtype
     regularizer: str = "none"        # none | l2 | ewc
     attention: str = "sdpa"          # sdpa | flash_attention_2 | eager
+    activation_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,10 @@ def _fsdp_per_gpu(model: ModelShape, work: Workload, n: int) -> tuple[float, ...
     scores = 5 * a * s / d if work.attention == "eager" else 0.0
     per_layer = s * b * d * (34 + scores) * (compute_bytes / 2)
     logits = 2 * s * b * model.vocab * 4
-    acts = (L * per_layer + logits) / GB
+    if work.activation_checkpointing:  # each block keeps its input; one block recomputes at a time
+        acts = (L * s * b * d * compute_bytes + per_layer + logits) / GB
+    else:
+        acts = (L * per_layer + logits) / GB
     return weights, grads, optim, anchors, working, acts
 
 
@@ -141,7 +146,8 @@ def workload_of(suite, gpu_memory_gb: float, regularizer: str = "none") -> Workl
     t = suite.train
     micro = math.ceil(t.batch_size / (t.nproc * t.grad_accum))
     return Workload(seq_len=t.max_seq_len, batch_size=micro, gpus=t.nproc,
-                    gpu_memory_gb=gpu_memory_gb, dtype=t.dtype, regularizer=regularizer)
+                    gpu_memory_gb=gpu_memory_gb, dtype=t.dtype, regularizer=regularizer,
+                    activation_checkpointing=t.activation_checkpointing)
 
 
 def format_plan(plan: Plan) -> str:

@@ -81,8 +81,9 @@ def plan(suite: Suite) -> list[PlannedPoint]:
     model_fp, data_fp = model_fingerprint(suite.model), data_fingerprint(suite)
     out = []
     for point in suite.points():
-        # the process count and checkpointing change speed, not the result: not in the id
-        train = suite.train.model_dump(mode="json", exclude={"nproc", "checkpoint_every"})
+        # process count and checkpointing change speed and memory, not the result: not in the id
+        train = suite.train.model_dump(mode="json", exclude={"nproc", "checkpoint_every",
+                                                              "activation_checkpointing"})
         config = {"model": model_fp, "data": data_fp, "train": train,
                   "point": point.model_dump(), "training_version": TRAINING_VERSION}
         out.append(PlannedPoint(point, _sha(config)[:12], config))

@@ -64,3 +64,11 @@ def test_sweep_refuses_a_suite_that_cannot_fit_unless_forced(monkeypatch, tmp_pa
     assert "train: needs" in err and "GB per GPU" in err and "--force" in err and err.count("\n") == 1
     assert not runs.exists()
     assert cli.main(args + ["--force"]) == 0
+
+
+def test_activation_checkpointing_keeps_only_block_inputs():
+    m = ModelShape(params=7e9, hidden=4096, layers=32, heads=32, vocab=32000)
+    full = fsdp(m, Workload(seq_len=2048, gpus=8))
+    ac = fsdp(m, Workload(seq_len=2048, gpus=8, activation_checkpointing=True))
+    assert ac.activations_gb < full.activations_gb / 5
+    assert ac.activations_gb == pytest.approx((32 * 2048 * 4096 * 2 + 2048 * 4096 * 34 + 2 * 2048 * 32000 * 4) / 1e9)

@@ -70,6 +70,8 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     # weights in place would round most fine-tuning-sized steps to zero.
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).to(device)
     n_params = sum(p.numel() for p in model.parameters())
+    if cfg.activation_checkpointing:  # before sharding, so each block recomputes inside FSDP
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     bf16 = cfg.dtype == "bfloat16"
     if dist.active:
         distributed.wrap_fsdp(model, dist, bf16=bf16)  # FSDP casts to bf16 by policy

@@ -89,3 +89,12 @@ def test_a_max_seq_len_that_cuts_every_completion_is_a_user_error(small_suite, t
     suite = small_suite(batch_size=8, max_seq_len=3)
     with pytest.raises(ForgetbenchError, match="train.max_seq_len: 3 tokens leave no completion"):
         run(suite, tiny_model_dir, tmp_path, "short")
+
+
+def test_activation_checkpointing_changes_memory_not_results(small_suite, tiny_model_dir, tmp_path):
+    _, plain, m1 = run(small_suite(batch_size=8), tiny_model_dir, tmp_path, "plain")
+    _, ckpt, m2 = run(small_suite(batch_size=8, activation_checkpointing=True), tiny_model_dir, tmp_path, "ac")
+    for a, b in zip(plain, ckpt):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q)
