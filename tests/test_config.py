@@ -31,7 +31,7 @@ def error_of(path, overrides=()):
 
 @pytest.mark.parametrize("mutate, field, hint", [
     (lambda r: r.update(colour="red"), "colour", "unknown field 'colour'; valid fields here:"),
-    (lambda r: r["train"].update(batchsize=8), "train.batchsize", "unknown field 'batchsize'; valid fields here: batch_size"),
+    (lambda r: r["train"].update(batchsize=8), "train.batchsize", "unknown field 'batchsize'; valid fields here:"),
     (lambda r: r["train"].update(batch_size="eight"), "train.batch_size", "valid integer"),
     (lambda r: r["sweep"].update(lr=[1e-4, -1e-3]), "sweep.lr[1]", "greater than 0"),
     (lambda r: r["sweep"].update(mix_ratio=[0.0, 1.0]), "sweep.mix_ratio[1]", "less than 1"),
@@ -47,6 +47,14 @@ def test_schema_errors_name_the_field_and_the_fix(write_suite, mutate, field, hi
     msg = error_of(write_suite(raw))
     assert f": {field}: " in msg
     assert hint in msg
+
+
+def test_unknown_field_lists_the_valid_ones_of_its_section(write_suite):
+    raw = suite_dict()
+    raw["train"]["batchsize"] = 8
+    msg = error_of(write_suite(raw))
+    valid = msg.split("valid fields here: ")[1].split(", ")
+    assert "batch_size" in valid and "max_seq_len" in valid and "lr" not in valid
 
 
 def test_missing_data_file_names_field_and_path(write_suite):

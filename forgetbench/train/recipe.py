@@ -68,15 +68,18 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
         tokenizer.pad_token = tokenizer.eos_token
     # fp32 master weights and optimizer state; bf16 only for compute. Updating bf16
     # weights in place would round most fine-tuning-sized steps to zero.
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
     if cfg.activation_checkpointing:  # before sharding, so each block recomputes inside FSDP
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     bf16 = cfg.dtype == "bfloat16"
     if dist.active:
+        # fully_shard moves each unit to the device as it shards it: a GPU never holds the
+        # whole model (each process still loads it once into host memory)
         distributed.wrap_fsdp(model, dist, bf16=bf16)  # FSDP casts to bf16 by policy
         autocast = nullcontext()
     else:
+        model.to(device)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
