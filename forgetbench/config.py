@@ -85,6 +85,7 @@ class TrainSpec(_Strict):
     nproc: Annotated[int, Field(gt=0)] = 1  # processes per point under torchrun (one per GPU)
     checkpoint_every: Annotated[int, Field(gt=0)] | None = None  # steps; resume uses the newest
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+    compile: bool = False                   # torch.compile each decoder block
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 

@@ -82,8 +82,8 @@ def plan(suite: Suite) -> list[PlannedPoint]:
     out = []
     for point in suite.points():
         # process count and checkpointing change speed and memory, not the result: not in the id
-        train = suite.train.model_dump(mode="json", exclude={"nproc", "checkpoint_every",
-                                                              "activation_checkpointing"})
+        train = suite.train.model_dump(mode="json", exclude={
+            "nproc", "checkpoint_every", "activation_checkpointing", "compile"})
         config = {"model": model_fp, "data": data_fp, "train": train,
                   "point": point.model_dump(), "training_version": TRAINING_VERSION}
         out.append(PlannedPoint(point, _sha(config)[:12], config))

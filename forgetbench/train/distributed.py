@@ -75,6 +75,11 @@ def block_classes(model: torch.nn.Module) -> set[type]:
     return classes
 
 
+def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    classes = block_classes(model)
+    return [m for m in model.modules() if type(m) in classes]
+
+
 def wrap_fsdp(model: torch.nn.Module, d: Dist, *, bf16: bool) -> torch.nn.Module:
     """``fully_shard`` each decoder block, then the root. With ``bf16``, parameters are cast
     to bf16 for compute while gradients are reduced in fp32 (the sharded fp32 parameters
@@ -85,10 +90,8 @@ def wrap_fsdp(model: torch.nn.Module, d: Dist, *, bf16: bool) -> torch.nn.Module
     mesh = init_device_mesh(d.device.type, (d.world_size,))
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if bf16 else MixedPrecisionPolicy())
-    blocks = block_classes(model)
-    for module in model.modules():
-        if type(module) in blocks:
-            fully_shard(module, mesh=mesh, mp_policy=policy)
+    for block in blocks(model):
+        fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 

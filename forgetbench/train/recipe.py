@@ -72,6 +72,9 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     n_params = sum(p.numel() for p in model.parameters())
     if cfg.activation_checkpointing:  # before sharding, so each block recomputes inside FSDP
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile:  # per block, before sharding (as torchtitan does): FSDP hooks stay outside
+        for block in distributed.blocks(model):
+            block.compile()
     bf16 = cfg.dtype == "bfloat16"
     if dist.active:
         # fully_shard moves each unit to the device as it shards it: a GPU never holds the
