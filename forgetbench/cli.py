@@ -47,17 +47,18 @@ def _gpu_memory_gb() -> float | None:
 
 def _suite_plan(suite, gpu_memory_gb: float, formula: str = "fsdp"):
     from forgetbench import plan as planner
+    from forgetbench.config import REGULARIZERS
     from forgetbench.sweep import resolve_model
 
-    # the costliest regulariser swept decides what must fit
-    worst = max(suite.sweep.regularizer, key=["none", "l2", "ewc"].index)
+    # the costliest regulariser swept decides what must fit (REGULARIZERS is in cost order)
+    worst = max(suite.sweep.regularizer, key=REGULARIZERS.index)
     shape = planner.shape_of(str(resolve_model(suite.model)))
     return planner.FORMULAS[formula](shape, planner.workload_of(suite, gpu_memory_gb, worst))
 
 
 def check_fits(suite, source: str, force: bool) -> None:
     """Refuse, with the numbers, a suite whose training cannot fit its GPUs."""
-    from forgetbench.train.recipe import resolve_device
+    from forgetbench.train.distributed import resolve_device
 
     memory = _gpu_memory_gb()
     if force or memory is None or resolve_device(suite.train.device).type != "cuda":

@@ -18,7 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 from forgetbench.errors import ForgetbenchError
 from forgetbench.train.schedule import SCHEDULES
 
-REGULARIZERS = ("none", "l2", "ewc")
+REGULARIZERS = ("none", "l2", "ewc")  # in order of memory cost (see plan.py)
 # Regularizers the training recipe implements today; the schema knows all of them.
 IMPLEMENTED_REGULARIZERS = ("none", "l2")
 

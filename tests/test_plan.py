@@ -52,11 +52,11 @@ def test_sweep_refuses_a_suite_that_cannot_fit_unless_forced(monkeypatch, tmp_pa
     import torch
 
     from forgetbench import cli
-    from forgetbench.train import recipe
+    from forgetbench.train import distributed
     from tests.conftest import SUITES
 
     monkeypatch.setattr(cli, "_gpu_memory_gb", lambda: 0.001)  # a 1 MB "GPU"
-    monkeypatch.setattr(recipe, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))
     runs = tmp_path / "runs"
     args = ["sweep", str(SUITES / "medical.yaml"), "--runs-dir", str(runs), "--dry-run"]
     assert cli.main(args) == 2

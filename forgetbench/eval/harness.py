@@ -22,6 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from forgetbench.config import Suite
 from forgetbench.errors import ForgetbenchError
 
@@ -49,8 +51,6 @@ def _local_task_files(include_path: Path | None) -> dict[str, Path]:
     """task name -> YAML file, for the single-task YAMLs in ``include_path``."""
     if include_path is None:
         return {}
-    import yaml
-
     found = {}
     for path in sorted(include_path.rglob("*.yaml")):
         try:  # a plain read is enough to find the name; !function tags are left unresolved
@@ -62,7 +62,7 @@ def _local_task_files(include_path: Path | None) -> dict[str, Path]:
     return found
 
 
-class _TagTolerantLoader(__import__("yaml").SafeLoader):
+class _TagTolerantLoader(yaml.SafeLoader):
     pass
 
 
@@ -130,7 +130,7 @@ def versions() -> dict[str, str]:
 
 def eval_settings(suite: Suite) -> dict[str, Any]:
     """Everything a score depends on besides the model; hashed into the eval key."""
-    from forgetbench.train.recipe import resolve_device
+    from forgetbench.train.distributed import resolve_device
 
     e = suite.eval
     return {
@@ -207,7 +207,7 @@ def evaluate(model_dir: Path | str, suite: Suite, *, show_progress: bool = False
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from forgetbench.train.recipe import resolve_device
+    from forgetbench.train.distributed import resolve_device
 
     settings = eval_settings(suite)
     e = suite.eval

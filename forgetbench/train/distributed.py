@@ -28,14 +28,19 @@ class Dist:
         return self.world_size > 1
 
 
+def resolve_device(name: str) -> torch.device:
+    """A suite's device setting: ``auto`` is cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def init(device_name: str) -> Dist:
     """Join the torchrun process group if there is one; pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
+    device = resolve_device(device_name)
     if device.type == "cuda":
         # one GPU per process under torchrun; the named (or first) GPU otherwise
         device = torch.device("cuda", local if world > 1 else (device.index or 0))

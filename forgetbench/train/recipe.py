@@ -27,12 +27,6 @@ from forgetbench.train.regularizers import l2_sp_penalty_, snapshot
 from forgetbench.train.schedule import lr_at
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
