@@ -36,55 +36,16 @@ def _echo(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _gpu_memory_gb() -> float | None:
-    """Memory of the first visible GPU, or None without one."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_properties(0).total_memory / 1e9
-
-
-def _suite_plan(suite, gpu_memory_gb: float, formula: str = "fsdp"):
-    from forgetbench import plan as planner
-    from forgetbench.config import REGULARIZERS
-    from forgetbench.sweep import resolve_model
-
-    # the costliest regulariser swept decides what must fit (REGULARIZERS is in cost order)
-    worst = max(suite.sweep.regularizer, key=REGULARIZERS.index)
-    shape = planner.shape_of(str(resolve_model(suite.model)))
-    return planner.FORMULAS[formula](shape, planner.workload_of(suite, gpu_memory_gb, worst))
-
-
-def check_fits(suite, source: str, force: bool) -> None:
-    """Refuse, with the numbers, a suite whose training cannot fit its GPUs."""
-    from forgetbench.train.distributed import resolve_device
-
-    memory = _gpu_memory_gb()
-    if force or memory is None or resolve_device(suite.train.device).type != "cuda":
-        return
-    plan = _suite_plan(suite, memory)
-    if not plan.fits:
-        fix = (f"at least {plan.min_gpus}" if plan.min_gpus
-               else "far higher (4096 GPUs are not enough)")
-        raise ForgetbenchError(
-            f"{source}: train: needs {plan.total_gb:.1f} GB per GPU on {plan.gpus} GPU(s) of "
-            f"{memory:.0f} GB (weights {plan.weights_gb:.1f}, gradients {plan.gradients_gb:.1f}, "
-            f"optimizer {plan.optimizer_gb:.1f}, anchors {plan.anchors_gb:.1f}, working set "
-            f"{plan.working_set_gb:.1f}, activations {plan.activations_gb:.1f}); set train.nproc "
-            f"to {fix}, lower train.batch_size or max_seq_len, or pass --force")
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     from forgetbench import plan as planner
     from forgetbench.config import load_suite
 
-    memory = args.gpu_memory or _gpu_memory_gb() or 80.0
+    memory = args.gpu_memory or planner.gpu_memory_gb() or 80.0
     if args.suite:
         suite = load_suite(args.suite, args.set)
         if args.gpus:
             suite = suite.model_copy(update={"train": suite.train.model_copy(update={"nproc": args.gpus})})
-        plan = _suite_plan(suite, memory, args.formula)
+        plan = planner.suite_plan(suite, memory, args.formula)
     else:
         missing = [f for f in ("params", "hidden", "layers", "seq_len") if getattr(args, f) is None]
         if missing:
@@ -102,6 +63,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
     from forgetbench.eval.harness import check_tasks
+    from forgetbench.plan import check_fits
     from forgetbench.report import write_outputs
     from forgetbench.report.tables import format_summary
     from forgetbench.store import RunStore

@@ -1,4 +1,7 @@
-"""Memory planner: will a suite's full fine-tuning fit on these GPUs? Pure functions.
+"""Memory planner: will a suite's full fine-tuning fit on these GPUs?
+
+The estimates are pure functions; the last section reads a suite's model config and this
+machine's GPU to apply them (``forgetbench plan`` and the check before a sweep).
 
 Two estimates, both in decimal GB (1e9 bytes):
 
@@ -22,6 +25,8 @@ Two estimates, both in decimal GB (1e9 bytes):
 from __future__ import annotations
 
 import math
+
+from forgetbench.errors import ForgetbenchError
 from dataclasses import asdict, dataclass
 
 GB = 1e9
@@ -162,3 +167,43 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"  minimum GPUs of {plan.gpu_memory_gb:g} GB: {plan.min_gpus} "
                  f"({plan.gpus} planned: {verdict})")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- suites and this machine
+
+def gpu_memory_gb() -> float | None:
+    """Memory of the first visible GPU, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory / 1e9
+
+
+def suite_plan(suite, gpu_memory_gb: float, formula: str = "fsdp") -> Plan:
+    from forgetbench.config import REGULARIZERS
+    from forgetbench.sweep import resolve_model
+
+    # the costliest regulariser swept decides what must fit (REGULARIZERS is in cost order)
+    worst = max(suite.sweep.regularizer, key=REGULARIZERS.index)
+    shape = shape_of(str(resolve_model(suite.model)))
+    return FORMULAS[formula](shape, workload_of(suite, gpu_memory_gb, worst))
+
+
+def check_fits(suite, source: str, force: bool) -> None:
+    """Refuse, with the numbers, a suite whose training cannot fit its GPUs."""
+    from forgetbench.train.distributed import resolve_device
+
+    memory = gpu_memory_gb()
+    if force or memory is None or resolve_device(suite.train.device).type != "cuda":
+        return
+    plan = suite_plan(suite, memory)
+    if not plan.fits:
+        fix = (f"at least {plan.min_gpus}" if plan.min_gpus
+               else "far higher (4096 GPUs are not enough)")
+        raise ForgetbenchError(
+            f"{source}: train: needs {plan.total_gb:.1f} GB per GPU on {plan.gpus} GPU(s) of "
+            f"{memory:.0f} GB (weights {plan.weights_gb:.1f}, gradients {plan.gradients_gb:.1f}, "
+            f"optimizer {plan.optimizer_gb:.1f}, anchors {plan.anchors_gb:.1f}, working set "
+            f"{plan.working_set_gb:.1f}, activations {plan.activations_gb:.1f}); set train.nproc "
+            f"to {fix}, lower train.batch_size or max_seq_len, or pass --force")

@@ -6,7 +6,6 @@ Rows are {"prompt", "completion"} (the loss covers the completion only, as in SF
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +106,3 @@ def batches(stream: list[Example], batch_size: int, pad_id: int):
             labels[row, :n] = torch.tensor(ex.labels)
         yield ids, mask, labels
 
-
-def num_batches(n_examples: int, batch_size: int) -> int:
-    return math.ceil(n_examples / batch_size)
