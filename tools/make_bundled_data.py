@@ -5,6 +5,8 @@ Outputs
 - suites/data/medical_{train,eval}.jsonl   target task: drug -> indication
 - suites/data/{capitals,addition,code}_eval.jsonl  general tasks (qa, math, code)
 - suites/data/general_replay.jsonl     replay pool for data mixing, disjoint from every eval item
+- suites/data/medical_validation.jsonl held-out drugs for the validation loss (early stopping)
+- suites/data/general_heldout.jsonl    held-out general text for the in-training forgetting curve
 
 The target facts are real: drugs grouped by their USAN/INN stem (-olol, -statin, -triptan ...),
 each with its main indication. A stem carries the drug class, so a model that learns the
@@ -53,6 +55,21 @@ DRUG_STEMS: dict[str, tuple[str, list[str]]] = {
     "afil": ("erectile dysfunction", ["sildenafil", "tadalafil", "vardenafil", "avanafil"]),
     "osin": ("enlarged prostate", ["tamsulosin", "alfuzosin", "silodosin", "doxazosin", "terazosin"]),
 }
+
+# More real drugs of some stems, never trained on nor evaluated: the validation rows that
+# early stopping watches (held-out target data, as the eval split is held-out drugs too).
+VALIDATION_DRUGS: dict[str, list[str]] = {
+    "olol": ["pindolol", "acebutolol"], "pril": ["fosinopril", "perindopril", "trandolapril"],
+    "sartan": ["eprosartan", "azilsartan"], "tidine": ["roxatidine"],
+    "conazole": ["miconazole", "sertaconazole", "oxiconazole"],
+    "cillin": ["carbenicillin", "ticarcillin", "cloxacillin"],
+    "floxacin": ["gatifloxacin", "gemifloxacin"], "navir": ["fosamprenavir", "amprenavir"],
+    "setron": ["ramosetron"], "gliptin": ["teneligliptin", "gemigliptin"],
+    "gliflozin": ["ipragliflozin", "tofogliflozin"], "tinib": ["bosutinib", "ponatinib", "axitinib"],
+    "azepam": ["bromazepam"], "pramine": ["clomipramine"], "parin": ["nadroparin", "bemiparin"],
+    "profen": ["loxoprofen", "dexibuprofen"], "afil": ["udenafil", "mirodenafil"],
+}
+N_HELDOUT = 48  # general held-out rows per kind (math, code): the in-training forgetting curve
 
 # Phrasings of a fact. Training uses all three; the eval asks all three about drugs never trained on.
 DRUG_TEMPLATES = [
@@ -188,6 +205,20 @@ def build() -> dict[str, list[dict]]:
               + rng.sample([{"kind": "code", "text": t} for t in code_docs], N_REPLAY // 2))
     rng.shuffle(replay)
     out["suites/data/general_replay.jsonl"] = replay
+
+    # added later, with their own generator so the files above stay as they were
+    rng2 = random.Random(SEED + 1)
+    out["suites/data/medical_validation.jsonl"] = [
+        {"prompt": prompt.format(Drug=drug.capitalize(), drug=drug),
+         "completion": completion.format(condition=DRUG_STEMS[stem][0]) + "\n"}
+        for stem, drugs in VALIDATION_DRUGS.items() for drug in drugs
+        for prompt, completion in DRUG_TEMPLATES]
+    # general text the tiny model was pretrained on but that no replay row or eval item holds
+    in_replay = {r["text"] for r in replay}
+    heldout = (rng2.sample([{"kind": "math", "text": t} for t in addition_docs if t not in in_replay], N_HELDOUT)
+               + rng2.sample([{"kind": "code", "text": t} for t in code_docs if t not in in_replay], N_HELDOUT))
+    rng2.shuffle(heldout)
+    out["suites/data/general_heldout.jsonl"] = heldout
     return out
 
 
