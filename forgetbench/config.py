@@ -19,8 +19,7 @@ from forgetbench.errors import ForgetbenchError
 from forgetbench.train.schedule import SCHEDULES
 
 REGULARIZERS = ("none", "l2", "ewc")  # in order of memory cost (see plan.py)
-# Regularizers the training recipe implements today; the schema knows all of them.
-IMPLEMENTED_REGULARIZERS = ("none", "l2")
+FISHER_VARIANTS = ("true", "empirical")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 MixRatio = Annotated[float, Field(ge=0, lt=1)]
@@ -69,13 +68,32 @@ class DataSpec(_Strict):
 
     target: Path                  # the fine-tuning data of the target domain
     replay: Path | None = None    # general data mixed in at ``mix_ratio``
+    # held-out target rows: validation loss every train.eval_every steps, early stopping
+    validation: Path | None = None
+    # held-out general rows (never trained on): the in-training forgetting curve
+    general_heldout: Path | None = None
+    # general rows the EWC Fisher is estimated from; default: data.replay
+    fisher: Path | None = None
+
+
+class EwcSpec(_Strict):
+    """How the diagonal Fisher of EWC is estimated on the base model (from data.fisher, else
+    data.replay). ``true``: labels sampled from the model's own predictions (the Fisher
+    information); ``empirical``: the data's labels (cheaper to explain, biased)."""
+
+    samples: Annotated[int, Field(gt=0)] = 256   # examples, one gradient each
+    fisher: Literal[FISHER_VARIANTS] = "true"    # type: ignore[valid-type]
+
+    @field_validator("fisher", mode="before")
+    @classmethod
+    def _yaml_true(cls, value: Any) -> Any:
+        return "true" if value is True else value  # YAML reads an unquoted true as a boolean
 
 
 class TrainSpec(_Strict):
     batch_size: Annotated[int, Field(gt=0)] = 16
     grad_accum: Annotated[int, Field(gt=0)] = 1
     max_seq_len: Annotated[int, Field(gt=0)] = 256
-    schedule: Literal[SCHEDULES] = "cosine"  # type: ignore[valid-type]
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # cosine floor = lr × this
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
@@ -87,6 +105,11 @@ class TrainSpec(_Strict):
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     compile: bool = False                   # torch.compile each decoder block
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # every N optimizer steps: loss on data.validation (early stopping) and data.general_heldout
+    # (the forgetting curve), logged in train_log.jsonl
+    eval_every: Annotated[int, Field(gt=0)] | None = None
+    track_kl: bool = False  # also KL(base ‖ fine-tuned) on data.general_heldout at each eval
+    ewc: EwcSpec = EwcSpec()
 
 
 class EvalSpec(_Strict):
@@ -100,12 +123,28 @@ class EvalSpec(_Strict):
 
 
 class SweepSpec(_Strict):
+    """One grid: the product of its lists. ``sweep`` in a suite is a grid or a list of grids,
+    whose points are joined in order without duplicates."""
+
     lr: Annotated[list[PositiveFloat], Field(min_length=1)]
     epochs: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0]
     mix_ratio: Annotated[list[MixRatio], Field(min_length=1)] = [0.0]
-    # ewc joins when the recipe implements it (see REGULARIZERS)
-    regularizer: Annotated[list[Literal[IMPLEMENTED_REGULARIZERS]], Field(min_length=1)] = ["none"]  # type: ignore[valid-type]
+    regularizer: Annotated[list[Literal[REGULARIZERS]], Field(min_length=1)] = ["none"]  # type: ignore[valid-type]
     lam: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [0.0]
+    schedule: Annotated[list[Literal[SCHEDULES]], Field(min_length=1)] = ["cosine"]  # type: ignore[valid-type]
+    # discriminative learning rates (ULMFiT): layer l of L gets lr / xi^(L - l), the embeddings
+    # lowest, the head highest; 1 trains every layer at lr (ULMFiT used 2.6)
+    xi: Annotated[list[Annotated[float, Field(ge=1)]], Field(min_length=1)] = [1.0]
+    # early stopping: evaluations (every train.eval_every steps) without a new best validation
+    # loss before training stops; the best step is exported. None: train to the end
+    patience: Annotated[list[Annotated[int, Field(gt=0)] | None], Field(min_length=1)] = [None]
+
+    def points(self) -> list[Point]:
+        return [Point(lr=lr, epochs=epochs, mix_ratio=mix, regularizer=reg,
+                      lam=0.0 if reg == "none" else lam, schedule=sched, xi=xi, patience=pat)
+                for lr, epochs, mix, reg, lam, sched, xi, pat in itertools.product(
+                    self.lr, self.epochs, self.mix_ratio, self.regularizer, self.lam,
+                    self.schedule, self.xi, self.patience)]
 
 
 class Point(_Strict):
@@ -116,6 +155,22 @@ class Point(_Strict):
     mix_ratio: float
     regularizer: str
     lam: float
+    schedule: str = "cosine"
+    xi: float = 1.0
+    patience: int | None = None
+
+    def label(self) -> str:
+        """Short, for progress lines and plot legends: only what differs from plain training."""
+        parts = [f"lr {self.lr:g}", f"epochs {self.epochs:g}", f"mix {self.mix_ratio:g}"]
+        if self.regularizer != "none":
+            parts.append(f"{self.regularizer} λ={self.lam:g}")
+        if self.schedule != "cosine":
+            parts.append(self.schedule)
+        if self.xi != 1.0:
+            parts.append(f"ξ={self.xi:g}")
+        if self.patience is not None:
+            parts.append(f"patience {self.patience}")
+        return ", ".join(parts)
 
 
 class Suite(_Strict):
@@ -125,25 +180,42 @@ class Suite(_Strict):
     tasks: TasksSpec
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
-    sweep: SweepSpec
+    # one grid, or a list of grids (stored as a list either way)
+    sweep: Annotated[list[SweepSpec], Field(min_length=1)]
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _one_grid_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @property
+    def grids(self) -> list[SweepSpec]:
+        return self.sweep
 
     @model_validator(mode="after")
-    def _replay_when_mixing(self) -> Suite:
-        if any(r > 0 for r in self.sweep.mix_ratio) and self.data.replay is None:
-            raise ValueError("sweep.mix_ratio has values above 0 but data.replay is not set: "
-                             "add a replay JSONL or use mix_ratio: [0.0]")
+    def _data_for_the_grid(self) -> Suite:
+        for i, grid in enumerate(self.grids):
+            where = "sweep" if len(self.grids) == 1 else f"sweep[{i}]"
+            if any(r > 0 for r in grid.mix_ratio) and self.data.replay is None:
+                raise ValueError(f"{where}.mix_ratio has values above 0 but data.replay is not "
+                                 "set: add a replay JSONL or use mix_ratio: [0.0]")
+            if "ewc" in grid.regularizer and (self.data.fisher or self.data.replay) is None:
+                raise ValueError(f"{where}.regularizer ewc needs general data for its Fisher: "
+                                 "set data.fisher (or data.replay)")
+            if any(p is not None for p in grid.patience) and (
+                    self.train.eval_every is None or self.data.validation is None):
+                raise ValueError(f"{where}.patience needs train.eval_every and data.validation "
+                                 "(held-out target rows) to early-stop on")
+        if self.train.track_kl and (self.train.eval_every is None
+                                    or self.data.general_heldout is None):
+            raise ValueError("train.track_kl needs train.eval_every and data.general_heldout")
         return self
 
     def points(self) -> list[Point]:
-        """The grid in a stable order. λ only varies where a regularizer is on, so a point
-        without one appears once (with lam 0) however many λ values are swept."""
-        seen: dict[Point, None] = {}
-        s = self.sweep
-        for lr, epochs, mix, reg, lam in itertools.product(
-                s.lr, s.epochs, s.mix_ratio, s.regularizer, s.lam):
-            seen.setdefault(Point(lr=lr, epochs=epochs, mix_ratio=mix, regularizer=reg,
-                                  lam=0.0 if reg == "none" else lam), None)
-        return list(seen)
+        """Every grid's points in a stable order, without duplicates. λ only varies where a
+        regularizer is on, so a point without one appears once (with lam 0) however many λ
+        values are swept; grids that share points (e.g. the same plain baseline) share them."""
+        return list(dict.fromkeys(p for grid in self.grids for p in grid.points()))
 
     def all_tasks(self) -> list[tuple[TaskSpec, str]]:
         """(task, role) pairs, role being ``target`` or ``general``."""
@@ -161,15 +233,21 @@ def _apply_override(raw: dict, assignment: str) -> None:
         raise ForgetbenchError(f"--set {assignment!r}: expected key=value, "
                                "e.g. --set train.batch_size=8 or --set sweep.lr=[1e-4,1e-3]")
     key, _, text = assignment.partition("=")
-    parts = key.strip().split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ForgetbenchError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a section")
-        node = child
+    # sweep.1.lr addresses the second grid of a list of grids
+    parts: list[Any] = [int(k) if k.isdigit() else k for k in key.strip().split(".")]
+    node: Any = raw
+    for i, part in enumerate(parts):
+        here = ".".join(map(str, parts[:i + 1]))
+        if isinstance(node, list):
+            if not isinstance(part, int) or part >= len(node):
+                raise ForgetbenchError(f"--set {key}: {here}: expected an index below {len(node)}")
+        elif not isinstance(node, dict):
+            raise ForgetbenchError(f"--set {key}: {'.'.join(map(str, parts[:i]))} is not a section")
+        if i == len(parts) - 1:
+            break
+        if isinstance(node, dict) and node.get(part) is None:
+            node[part] = {}
+        node = node[part]
     try:
         node[parts[-1]] = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -227,7 +305,10 @@ def _resolve_paths(suite: Suite, base: Path, source: str) -> Suite:
 
     data = suite.data.model_copy(update={
         "target": resolve(suite.data.target, "data.target"),
-        "replay": resolve(suite.data.replay, "data.replay")})
+        "replay": resolve(suite.data.replay, "data.replay"),
+        "validation": resolve(suite.data.validation, "data.validation"),
+        "general_heldout": resolve(suite.data.general_heldout, "data.general_heldout"),
+        "fisher": resolve(suite.data.fisher, "data.fisher")})
     tasks = suite.tasks.model_copy(update={
         "include_path": resolve(suite.tasks.include_path, "tasks.include_path", folder=True)})
     model = suite.model
@@ -263,6 +344,9 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         errors = exc.errors()
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ForgetbenchError(f"{source}: {_field_path(first['loc'])}: "
+        where = _field_path(first["loc"])
+        if isinstance(raw.get("sweep"), dict):  # a single grid, wrapped into a list to validate
+            where = where.replace("sweep[0]", "sweep", 1)
+        raise ForgetbenchError(f"{source}: {where}: "
                                f"{_describe(first, Suite)}{more}") from None
     return _resolve_paths(suite, path.resolve().parent, source)

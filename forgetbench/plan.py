@@ -185,7 +185,7 @@ def suite_plan(suite, gpu_memory_gb: float, formula: str = "fsdp") -> Plan:
     from forgetbench.sweep import resolve_model
 
     # the costliest regulariser swept decides what must fit (REGULARIZERS is in cost order)
-    worst = max(suite.sweep.regularizer, key=REGULARIZERS.index)
+    worst = max((r for g in suite.grids for r in g.regularizer), key=REGULARIZERS.index)
     shape = shape_of(str(resolve_model(suite.model)))
     return FORMULAS[formula](shape, workload_of(suite, gpu_memory_gb, worst))
 

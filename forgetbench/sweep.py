@@ -62,11 +62,37 @@ def resolve_model(model: str) -> Path | str:
     return model
 
 
-def data_fingerprint(suite: Suite) -> dict[str, str | None]:
-    def digest(p: Path | None) -> str | None:
-        return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p else None
+def _digest(p: Path | None) -> str | None:
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p else None
 
-    return {"target": digest(suite.data.target), "replay": digest(suite.data.replay)}
+
+def data_fingerprint(suite: Suite) -> dict[str, str | None]:
+    return {"target": _digest(suite.data.target), "replay": _digest(suite.data.replay)}
+
+
+def point_identity(suite: Suite, point: Point) -> dict[str, Any]:
+    """The settings one point's result depends on, beyond the model and the data: hashed
+    into its id. Process count and checkpointing change speed and memory, not the result;
+    held-out evaluation only matters when it decides early stopping; the Fisher settings
+    only for EWC."""
+    train = suite.train.model_dump(mode="json", exclude={
+        "nproc", "checkpoint_every", "activation_checkpointing", "compile", "eval_every",
+        "track_kl", "ewc"})
+    extra: dict[str, Any] = {}
+    if point.patience is not None:
+        extra["early_stopping"] = {"eval_every": suite.train.eval_every,
+                                   "validation": _digest(suite.data.validation)}
+    if point.regularizer == "ewc":
+        extra["fisher"] = fisher_identity(suite)
+    return {"train": train, "point": point.model_dump(), **extra}
+
+
+def fisher_identity(suite: Suite) -> dict[str, Any]:
+    """What the EWC Fisher of a suite depends on (its cache key, with the model)."""
+    t = suite.train
+    return {"data": _digest(suite.data.fisher or suite.data.replay),
+            "ewc": t.ewc.model_dump(mode="json"), "seed": t.seed, "max_seq_len": t.max_seq_len,
+            "dtype": t.dtype, "training_version": TRAINING_VERSION}
 
 
 @dataclass(frozen=True)
@@ -81,11 +107,8 @@ def plan(suite: Suite) -> list[PlannedPoint]:
     model_fp, data_fp = model_fingerprint(suite.model), data_fingerprint(suite)
     out = []
     for point in suite.points():
-        # process count and checkpointing change speed and memory, not the result: not in the id
-        train = suite.train.model_dump(mode="json", exclude={
-            "nproc", "checkpoint_every", "activation_checkpointing", "compile"})
-        config = {"model": model_fp, "data": data_fp, "train": train,
-                  "point": point.model_dump(), "training_version": TRAINING_VERSION}
+        config = {"model": model_fp, "data": data_fp, **point_identity(suite, point),
+                  "training_version": TRAINING_VERSION}
         out.append(PlannedPoint(point, _sha(config)[:12], config))
     return out
 
@@ -125,9 +148,7 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
 
     states = store.states()
     for i, pp in enumerate(planned, 1):
-        label = (f"[{i}/{len(planned)}] point {pp.id} (lr {pp.point.lr:g}, epochs "
-                 f"{pp.point.epochs:g}, mix {pp.point.mix_ratio:g}, {pp.point.regularizer}"
-                 f"{'' if pp.point.regularizer == 'none' else f' λ={pp.point.lam:g}'})")
+        label = f"[{i}/{len(planned)}] point {pp.id} ({pp.point.label()})"
         state = states.get(pp.id)
         scores_path = store.scores_path(pp.id, key)
         if state and key in state.eval_keys and scores_path.exists():
@@ -180,6 +201,9 @@ def train_one(suite: Suite, point_id: str, runs_root: Path, stop_after: int | No
     main = int(os.environ.get("RANK", "0")) == 0
     base = resolve_model(suite.model)
     ckpt = store.point_dir(pp.id) / "checkpoints"
+    # one Fisher per model and Fisher settings, shared by every EWC point of the run
+    fisher_dir = store.root / "fisher" / _sha({"model": pp.config["model"],
+                                               **fisher_identity(suite)})[:12]
     if main:
         atomic_write_json(store.point_dir(pp.id) / "point.json", pp.config)
         store.append("point_started", point=pp.id, world_size=int(os.environ.get("WORLD_SIZE", "1")))
@@ -188,12 +212,13 @@ def train_one(suite: Suite, point_id: str, runs_root: Path, stop_after: int | No
             with fresh_dir(store.model_dir(pp.id)) as tmp:
                 summary = train_point(suite, pp.point, base_model_dir=base, out_dir=tmp,
                                       log_path=store.point_dir(pp.id) / "train_log.jsonl",
-                                      checkpoint_dir=ckpt, stop_after=stop_after)
+                                      checkpoint_dir=ckpt, stop_after=stop_after,
+                                      fisher_dir=fisher_dir)
                 if "stopped_at" in summary:
                     raise _Stopped  # leave no model directory: the point is not trained yet
         else:
             summary = train_point(suite, pp.point, base_model_dir=base, out_dir=None, log_path=None,
-                                  checkpoint_dir=ckpt, stop_after=stop_after)
+                                  checkpoint_dir=ckpt, stop_after=stop_after, fisher_dir=fisher_dir)
     except _Stopped:
         store.append("point_paused", point=pp.id, step=summary["stopped_at"])
         return summary

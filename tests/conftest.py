@@ -28,8 +28,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def suite_dict(**overrides) -> dict:
     """The default suite as a dict with absolute paths, for writing variants to tmp dirs."""
     raw = yaml.safe_load((SUITES / "medical.yaml").read_text())
-    raw["data"] = {"target": str(SUITES / "data/medical_train.jsonl"),
-                   "replay": str(SUITES / "data/general_replay.jsonl")}
+    raw["data"] = {k: str((SUITES / v).resolve()) for k, v in raw["data"].items()}
+    if isinstance(raw["sweep"], list):  # tests vary one plain grid
+        raw["sweep"] = raw["sweep"][0]
     raw["tasks"]["include_path"] = str(SUITES / "tasks")
     for key, value in overrides.items():
         node = raw

@@ -35,11 +35,18 @@ def error_of(path, overrides=()):
     (lambda r: r["train"].update(batch_size="eight"), "train.batch_size", "valid integer"),
     (lambda r: r["sweep"].update(lr=[1e-4, -1e-3]), "sweep.lr[1]", "greater than 0"),
     (lambda r: r["sweep"].update(mix_ratio=[0.0, 1.0]), "sweep.mix_ratio[1]", "less than 1"),
-    (lambda r: r["sweep"].update(regularizer=["l3"]), "sweep.regularizer[0]", "'none' or 'l2'"),
+    (lambda r: r["sweep"].update(regularizer=["l3"]), "sweep.regularizer[0]", "'none', 'l2' or 'ewc'"),
     (lambda r: r["tasks"]["general"][0].pop("category"), "tasks.general", "needs a category"),
     (lambda r: r.pop("model"), "model", "Field required"),
     (lambda r: r.update(name="my suite!"), "name", "should match pattern"),
-    (lambda r: r["train"].update(schedule="linear"), "train.schedule", "'cosine' or 'constant'"),
+    (lambda r: r["sweep"].update(schedule=["linear"]), "sweep.schedule[0]", "'cosine' or 'constant'"),
+    (lambda r: r["sweep"].update(xi=[0.5]), "sweep.xi[0]", "greater than or equal to 1"),
+    (lambda r: (r["sweep"].update(patience=[2]), r["data"].pop("validation")), "(top level)",
+     "sweep.patience needs train.eval_every and data.validation"),
+    (lambda r: (r["train"].update(track_kl=True), r["train"].pop("eval_every")), "(top level)",
+     "train.track_kl needs train.eval_every"),
+    (lambda r: r.update(sweep=[{"lr": [1e-3]}, {"lr": [1e-3], "regularizer": ["l3"]}]),
+     "sweep[1].regularizer[0]", "'none', 'l2' or 'ewc'"),
 ])
 def test_schema_errors_name_the_field_and_the_fix(write_suite, mutate, field, hint):
     raw = suite_dict()
@@ -79,7 +86,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
 def test_set_overrides_values_and_validates_them(write_suite):
     path = write_suite(suite_dict())
     suite = load_suite(path, ["train.batch_size=4", "sweep.lr=[1e-4, 2e-4]"])
-    assert suite.train.batch_size == 4 and suite.sweep.lr == [1e-4, 2e-4]
+    assert suite.train.batch_size == 4 and suite.sweep[0].lr == [1e-4, 2e-4]
     assert "sweep.lr[0]" in error_of(path, ["sweep.lr=[-1]"])
     assert "unknown field 'nope'" in error_of(path, ["train.nope=1"])
     with pytest.raises(ForgetbenchError, match="expected key=value"):
@@ -94,6 +101,29 @@ def test_grid_varies_lambda_only_where_a_regularizer_is_on(write_suite):
     assert len(points) == 2 * (1 + 3)
     assert len(set(points)) == len(points)
     assert all(p.lam == 0.0 for p in points if p.regularizer == "none")
+
+
+def test_a_list_of_grids_joins_their_points_without_duplicates(write_suite):
+    raw = suite_dict()
+    raw["sweep"] = [{"lr": [1e-4, 1e-3], "mix_ratio": [0.0, 0.1]},
+                    {"lr": [1e-3], "regularizer": ["none", "l2", "ewc"], "lam": [1.0, 10.0]},
+                    {"lr": [1e-3], "xi": [1.0, 2.6], "schedule": ["constant"]}]
+    points = load_suite(write_suite(raw)).points()
+    # 4 + (plain 1e-3 shared with the first grid) 4 + (cosine ξ=1 … no: constant) 2
+    assert len(points) == 4 + 4 + 2 and len(set(points)) == len(points)
+    assert points[0].lr == 1e-4 and points[-1].xi == 2.6 and points[-1].schedule == "constant"
+    assert sum(p.regularizer == "ewc" for p in points) == 2
+
+
+def test_set_addresses_one_grid_of_a_list(write_suite):
+    raw = suite_dict()
+    raw["sweep"] = [{"lr": [1e-4]}, {"lr": [1e-3], "regularizer": ["l2"], "lam": [1.0]}]
+    path = write_suite(raw)
+    suite = load_suite(path, ["sweep.1.lam=[3.0, 30.0]"])
+    assert [p.lam for p in suite.points()] == [0.0, 3.0, 30.0]
+    with pytest.raises(ForgetbenchError, match="sweep.2: expected an index below 2"):
+        load_suite(path, ["sweep.2.lr=[1]"])
+    assert "sweep[1].lam[0]" in error_of(path, ["sweep.1.lam=[-1]"])
 
 
 def test_cli_user_error_is_one_line_exit_2_and_writes_nothing(write_suite, tmp_path, capsys):

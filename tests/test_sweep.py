@@ -65,8 +65,11 @@ def test_sweep_end_to_end_on_a_local_model_directory(write_suite, tiny_model_dir
     assert html.count("data:image/png;base64,") == 2
     assert 'src="http' not in html and "<link" not in html  # self-contained
     for pid in {r["point_id"] for r in rows}:
-        log = (store.point_dir(pid) / "train_log.jsonl").read_text().splitlines()
-        assert json.loads(log[-1])["step"] == len(log)
+        log = [json.loads(line) for line in
+               (store.point_dir(pid) / "train_log.jsonl").read_text().splitlines()]
+        # step 0 is the base model's held-out evaluation, then one line per optimizer step
+        assert [r["step"] for r in log] == list(range(len(log)))
+        assert "general_loss" in log[0] and "general_loss" in log[-1]
         assert (store.model_dir(pid) / "model.safetensors").exists()
 
     # a second sweep trains and evaluates nothing

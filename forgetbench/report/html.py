@@ -56,6 +56,6 @@ def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.Data
         results=_table(results) if not results.empty else "<p>–</p>",
         settings=html.escape(json.dumps({"eval": baseline["settings"],
                                          "train": suite.train.model_dump(mode="json"),
-                                         "sweep": suite.sweep.model_dump(mode="json")},
+                                         "sweep": [g.model_dump(mode="json") for g in suite.grids]},
                                         indent=2)),
     )

@@ -1,11 +1,14 @@
-"""Sharded training checkpoints (torch.distributed.checkpoint) and resume.
+"""Sharded states on disk (torch.distributed.checkpoint): resume checkpoints, the best model
+of early stopping, and the cached EWC Fisher.
 
-A checkpoint holds the model and AdamW state as each rank's shards, plus the step and the
-token count. Data position needs nothing more: the stream is a pure function of the seed,
-and the learning-rate schedule a pure function of the step. Every rank writes its shards
-into ``.step_N.partial``; after a barrier, rank 0 writes ``COMPLETE`` and renames the
-folder to ``step_N``. Only folders with that marker are resumed from, so a checkpoint cut
-short by a crash is never taken for a complete one.
+A resume checkpoint holds the model and AdamW state as each rank's shards, plus the step,
+the token count and the early-stopping record. Data position needs nothing more: the
+stream is a pure function of the seed, and the learning-rate schedule a pure function of
+the step. Every state is written the same way: each rank writes its shards into
+``.<name>.partial``; after a barrier, rank 0 writes ``COMPLETE`` (with the metadata) and
+renames the folder into place. Only folders with that marker are read, so a state cut
+short by a crash is never taken for a complete one. DCP reshards on load, so the process
+count may differ from the one that saved.
 """
 from __future__ import annotations
 
@@ -26,30 +29,61 @@ def _barrier(d: distributed.Dist) -> None:
         torch.distributed.barrier()
 
 
-def latest(root: Path) -> Path | None:
-    """The newest complete checkpoint under ``root``, if any."""
-    if not root.is_dir():
-        return None
-    done = [p for p in root.glob("step_*") if (p / MARKER).exists()]
-    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+def complete(path: Path) -> bool:
+    return (path / MARKER).exists()
 
 
-def save(model, optimizer, *, step: int, tokens: int, root: Path, d: distributed.Dist) -> Path:
+def meta(path: Path) -> dict:
+    return json.loads((path / MARKER).read_text())
+
+
+def save_state(state: dict, final: Path, info: dict, d: distributed.Dist) -> Path:
+    """Write ``state`` (nested dicts of possibly sharded tensors) to ``final`` atomically;
+    every rank must call. An existing state at ``final`` is replaced."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    final, partial = root / f"step_{step:07d}", root / f".step_{step:07d}.partial"
+    partial = final.parent / f".{final.name}.partial"
     if d.main:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     _barrier(d)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
+    dcp.save(state, checkpoint_id=str(partial))
     _barrier(d)
     if d.main:
-        (partial / MARKER).write_text(json.dumps({"step": step, "tokens": tokens,
-                                                  "world_size": d.world_size}) + "\n")
+        (partial / MARKER).write_text(json.dumps({**info, "world_size": d.world_size}) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
         os.replace(partial, final)
+    _barrier(d)
+    return final
+
+
+def load_state(state: dict, path: Path) -> dict:
+    """Fill ``state`` (tensors shaped and placed as wanted) from ``path``; returns its metadata."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.load(state, checkpoint_id=str(path))
+    return meta(path)
+
+
+# ---------------------------------------------------------------- resume checkpoints
+
+def latest(root: Path) -> Path | None:
+    """The newest complete resume checkpoint under ``root``, if any."""
+    if not root.is_dir():
+        return None
+    done = [p for p in root.glob("step_*") if complete(p)]
+    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+def save(model, optimizer, *, step: int, info: dict, root: Path, d: distributed.Dist) -> Path:
+    """A resume checkpoint of model and optimizer at ``step``; older ones are removed."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    final = save_state({"model": model_sd, "optim": optim_sd}, root / f"step_{step:07d}",
+                       {"step": step, **info}, d)
+    if d.main:
         for old in root.glob("step_*"):  # keep only the newest: checkpoints of big models are big
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
@@ -58,13 +92,28 @@ def save(model, optimizer, *, step: int, tokens: int, root: Path, d: distributed
 
 
 def load(model, optimizer, path: Path) -> dict:
-    """Restore model and optimizer shards from ``path``; returns its step and token count.
-    The process count may differ from the one that saved: DCP reshards on load."""
-    import torch.distributed.checkpoint as dcp
+    """Restore model and optimizer shards from ``path``; returns its metadata (step ...)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     model_sd, optim_sd = get_state_dict(model, optimizer)  # also initialises AdamW's state
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    info = load_state(state, path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return json.loads((path / MARKER).read_text())
+    return info
+
+
+# ---------------------------------------------------------------- model-only states
+
+def save_model(model, path: Path, info: dict, d: distributed.Dist) -> Path:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return save_state({"model": get_model_state_dict(model)}, path, info, d)
+
+
+def load_model(model, path: Path) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    state = {"model": get_model_state_dict(model)}
+    info = load_state(state, path)
+    set_model_state_dict(model, state["model"])
+    return info

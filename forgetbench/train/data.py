@@ -91,6 +91,13 @@ def mixture(target: list[Example], replay: list[Example], *, epochs: float,
     return [stream[i] for i in order]
 
 
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Labels aligned with the logits: position t holds the token at t + 1 (what the logits
+    at t predict), the last position none. Shifting the labels, not the logits, avoids
+    copying a batch × length × vocab tensor."""
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
 def batches(stream: list[Example], batch_size: int, pad_id: int):
     """Right-padded (input_ids, attention_mask, labels) tensors, in stream order."""
     for start in range(0, len(stream), batch_size):

@@ -73,7 +73,8 @@ def block_classes(model: torch.nn.Module) -> set[type]:
     transformers lists them in ``_no_split_modules`` (LlamaDecoderLayer, Qwen2DecoderLayer,
     MistralDecoderLayer, GPT2Block ...)."""
     names = set(getattr(model, "_no_split_modules", None) or [])
-    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
+    # the class itself, also once fully_shard has swapped in its FSDP<name> subclass
+    classes = {c for m in model.modules() for c in type(m).__mro__ if c.__name__ in names}
     if not classes:
         raise ValueError(f"{type(model).__name__} names no decoder block in _no_split_modules; "
                          "cannot choose FSDP units")
@@ -81,8 +82,8 @@ def block_classes(model: torch.nn.Module) -> set[type]:
 
 
 def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    classes = block_classes(model)
-    return [m for m in model.modules() if type(m) in classes]
+    classes = tuple(block_classes(model))
+    return [m for m in model.modules() if isinstance(m, classes)]
 
 
 def wrap_fsdp(model: torch.nn.Module, d: Dist, *, bf16: bool) -> torch.nn.Module:

@@ -1,5 +1,10 @@
 """Full fine-tuning of one sweep point, read top to bottom: setup, data, loop, export.
 
+The mitigations a sweep varies live here too: replay mixing (train/data.py), L2-SP and EWC
+penalties (train/regularizers.py), discriminative learning rates (one optimizer group per
+depth), and early stopping on the validation loss, measured with the general held-out
+loss (the forgetting curve) every ``train.eval_every`` steps.
+
 Every parameter trains (AdamW). ``train.batch_size`` is the global batch: the examples of
 one optimizer step over all ranks and micro-batches, so the process count and
 ``grad_accum`` change memory and speed, not the result. The loss is the summed token
@@ -23,7 +28,7 @@ from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
 from forgetbench.train import data as train_data
 from forgetbench.train import checkpoint, distributed, throughput
-from forgetbench.train.regularizers import l2_sp_penalty_, snapshot
+from forgetbench.train.regularizers import anchor_penalty_, fisher_diagonal, snapshot
 from forgetbench.train.schedule import lr_at
 
 
@@ -40,15 +45,76 @@ def rank_micro_batches(chunk: list, rank: int, world: int, grad_accum: int) -> l
     return [share[i * size:(i + 1) * size] for i in range(grad_accum)]
 
 
+def discriminative_groups(model: torch.nn.Module, xi: float) -> list[dict]:
+    """Optimizer groups for discriminative learning rates (ULMFiT): a parameter at depth l
+    of L + 1 trains at lr / ξ^(L + 1 − l). Depth 0 is the embeddings (a tied output head
+    shares them), 1 … L the decoder blocks, L + 1 what follows them (final norm, head).
+    Each group carries its ``lr_scale``; ξ = 1 gives one group at lr."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if xi == 1.0:
+        return [{"params": params, "lr_scale": 1.0, "depth": 0}]
+    depth: dict[int, int] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            for p in module.parameters(recurse=False):
+                depth.setdefault(id(p), 0)
+    blocks = distributed.blocks(model)
+    for k, block in enumerate(blocks, 1):
+        for p in block.parameters():
+            depth.setdefault(id(p), k)
+    top = len(blocks) + 1
+    by_depth: dict[int, list] = {}
+    for p in params:
+        by_depth.setdefault(depth.get(id(p), top), []).append(p)
+    return [{"params": ps, "lr_scale": xi ** -(top - d), "depth": d}
+            for d, ps in sorted(by_depth.items())]
+
+
+@torch.no_grad()
+def heldout_pass(model, rows: list[train_data.Example], *, batch_size: int, pad_id: int,
+                 device: torch.device, autocast, dist: distributed.Dist,
+                 base_logprobs: list[torch.Tensor] | None = None,
+                 keep_logprobs: bool = False) -> tuple[float, float | None, list[torch.Tensor]]:
+    """Mean token loss on held-out rows (each rank takes every world-th row; all ranks run
+    the same number of batches), and with ``base_logprobs`` the mean per-token KL(base ‖
+    model) at the labelled positions. ``keep_logprobs`` returns this model's log-probs at
+    those positions (on the CPU), to be the base of later calls."""
+    share = rows[dist.rank::dist.world_size]
+    n_batches = math.ceil(math.ceil(len(rows) / dist.world_size) / batch_size)
+    filler = train_data.Example((pad_id,), (train_data.IGNORE_INDEX,))
+    loss_sum, kl_sum, n_tokens, kept = 0.0, 0.0, 0, []
+    for b in range(n_batches):
+        chunk = share[b * batch_size:(b + 1) * batch_size] or [filler]
+        ids, mask, labels = next(train_data.batches(chunk, len(chunk), pad_id))
+        with autocast:
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        target = train_data.shift_labels(labels).to(device)
+        picked = target != train_data.IGNORE_INDEX
+        logp = torch.log_softmax(logits.float()[picked], dim=-1)
+        loss_sum += float(-logp.gather(1, target[picked].unsqueeze(1)).sum())
+        n_tokens += int(picked.sum())
+        if keep_logprobs:
+            kept.append(logp.cpu())
+        if base_logprobs is not None:
+            base = base_logprobs[b].to(device)
+            kl_sum += float((base.exp() * (base - logp)).sum())
+    loss_sum, kl_sum, n_tokens = distributed.all_reduce_sums([loss_sum, kl_sum, n_tokens], dist)
+    n_tokens = max(n_tokens, 1)
+    return loss_sum / n_tokens, (kl_sum / n_tokens if base_logprobs is not None else None), kept
+
+
 def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
                 out_dir: Path | None, log_path: Path | None,
-                checkpoint_dir: Path | None = None, stop_after: int | None = None) -> dict:
+                checkpoint_dir: Path | None = None, stop_after: int | None = None,
+                fisher_dir: Path | None = None) -> dict:
     """Fine-tune the base model at ``point``; rank 0 saves an HF directory to ``out_dir``
     and writes one JSON line per optimizer step to ``log_path``. Returns a summary.
 
     With ``checkpoint_dir``, training resumes from the newest complete checkpoint there and
-    saves one every ``train.checkpoint_every`` steps. ``stop_after`` ends the run after that
-    many optimizer steps with a checkpoint and no export (a time-limited job's slice).
+    saves one every ``train.checkpoint_every`` steps; early stopping keeps its best model
+    there too (and needs it). ``stop_after`` ends the run after that many optimizer steps
+    with a checkpoint and no export (a time-limited job's slice). ``fisher_dir`` caches the
+    EWC Fisher: read when complete, else estimated and written there.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -65,7 +131,10 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
     if cfg.activation_checkpointing:  # before sharding, so each block recomputes inside FSDP
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.compile:  # per block, before sharding (as torchtitan does): FSDP hooks stay outside
         for block in distributed.blocks(model):
             block.compile()
@@ -79,9 +148,16 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
         model.to(device)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     model.train()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=point.lr, weight_decay=cfg.weight_decay)
-    anchor = snapshot(params) if point.regularizer == "l2" else None  # sharded like params
+    groups = discriminative_groups(model, point.xi)
+    optimizer = torch.optim.AdamW(groups, lr=point.lr, weight_decay=cfg.weight_decay)
+    # θ0 for L2-SP and EWC, and EWC's Fisher: fp32, sharded like the parameters
+    anchor = snapshot(params) if point.regularizer in ("l2", "ewc") else None
+    fisher, fisher_info = None, None
+    if point.regularizer == "ewc":
+        fisher, fisher_info = _ewc_fisher(suite, model, names, params, tokenizer, dist,
+                                          autocast, fisher_dir)
 
     # --- data: target examples, replay mixed in at mix_ratio, shuffled by seed; every rank
     # builds the same stream and reads its own share of each global batch
@@ -101,21 +177,67 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     # an all-padding row: what a rank with no example left runs, contributing no loss
     filler = train_data.Example((tokenizer.pad_token_id,), (train_data.IGNORE_INDEX,))
 
-    # --- resume: model and optimizer shards, step and token count from the last checkpoint
+    # --- held-out sets, measured every eval_every steps: target validation (early stopping)
+    # and general rows never trained on (the forgetting curve, and KL to the base model)
+    heldout = {}
+    if cfg.eval_every:
+        for key, path in (("val_loss", suite.data.validation),
+                          ("general_loss", suite.data.general_heldout)):
+            if path is not None:
+                heldout[key] = train_data.tokenize(train_data.read_rows(path), tokenizer,
+                                                   cfg.max_seq_len)
+    eval_batch = max(1, math.ceil(cfg.batch_size / dist.world_size / cfg.grad_accum))
+
+    def measure(base_logprobs=None, keep=False):
+        model.eval()
+        out, kept, t0 = {}, [], time.monotonic()
+        for key, rows in heldout.items():
+            general = key == "general_loss"
+            loss, kl, logp = heldout_pass(
+                model, rows, batch_size=eval_batch, pad_id=tokenizer.pad_token_id, device=device,
+                autocast=autocast, dist=dist, base_logprobs=base_logprobs if general else None,
+                keep_logprobs=keep and general)
+            out[key] = round(loss, 6)
+            if kl is not None:
+                out["kl"] = round(kl, 6)
+            kept = logp or kept
+        model.train()
+        out["eval_s"] = round(time.monotonic() - t0, 3)
+        return out, kept
+
+    base_logprobs = None
+    if cfg.track_kl and "general_loss" in heldout:  # before resume: this is still the base model
+        _, base_logprobs = measure(keep=True)
+
+    # --- resume: model and optimizer shards, step, token count and early-stopping record
     first_step, tokens_seen = 0, 0
+    best = {"step": None, "val_loss": math.inf, "evals_since": 0}
+    best_dir = checkpoint_dir / "best" if checkpoint_dir is not None else None
+    if point.patience is not None and best_dir is None:
+        raise ValueError("early stopping keeps its best model in checkpoint_dir; pass one")
     resume_from = checkpoint.latest(checkpoint_dir) if checkpoint_dir is not None else None
     if resume_from is not None:
         meta = checkpoint.load(model, optimizer, resume_from)
         first_step, tokens_seen = meta["step"], meta["tokens"]
+        best = meta.get("best", best)
 
     # --- the loop: one iteration per optimizer step
     log = None
     if dist.main and log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        kept = log_path.read_text().splitlines()[:first_step] if first_step and log_path.exists() else []
+        kept = ([line for line in log_path.read_text().splitlines()
+                 if line.strip() and json.loads(line)["step"] <= first_step]
+                if first_step and log_path.exists() else [])
         log = open(log_path, "w", encoding="utf-8")
         log.writelines(line + "\n" for line in kept)  # steps after the checkpoint are redone
     start = time.monotonic()
+    eval_seconds, stopped_early, done = 0.0, False, first_step
+    if heldout and first_step == 0:  # step 0: the base model, where every curve starts
+        record, _ = measure(base_logprobs)
+        eval_seconds += record["eval_s"]
+        if log is not None:
+            log.write(json.dumps({"step": 0, **record}) + "\n")
+            log.flush()
     peak = throughput.peak_flops(device)
     mc = model.config
     n_layers = getattr(mc, "num_hidden_layers", None) or getattr(mc, "n_layer", 0)
@@ -124,9 +246,9 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
         for step in range(first_step, total_steps):
             step_start = time.monotonic()
             lr = lr_at(step, total_steps=total_steps, peak=point.lr, warmup_steps=warmup,
-                       kind=cfg.schedule, floor=point.lr * cfg.min_lr_ratio)
+                       kind=point.schedule, floor=point.lr * cfg.min_lr_ratio)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             chunk = stream[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             micro = [list(train_data.batches(mb or [filler], len(mb) or 1, tokenizer.pad_token_id))[0]
                      for mb in rank_micro_batches(chunk, dist.rank, dist.world_size, cfg.grad_accum)]
@@ -138,12 +260,8 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
                 ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
                 with autocast:
                     logits = model(input_ids=ids, attention_mask=mask).logits
-                # shift the labels, not the logits: slicing logits would copy a
-                # batch × length × vocab tensor
-                shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1),
-                                                  value=train_data.IGNORE_INDEX)
                 token_loss = torch.nn.functional.cross_entropy(
-                    logits.flatten(0, 1).float(), shifted.flatten(),
+                    logits.flatten(0, 1).float(), train_data.shift_labels(labels).flatten(),
                     ignore_index=train_data.IGNORE_INDEX, reduction="sum") / max(n_tokens, 1)
                 # FSDP averages gradients over ranks; × world size makes that a sum
                 (token_loss * dist.world_size).backward()
@@ -152,7 +270,8 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
             loss_sum, n_seen, n_rows = distributed.all_reduce_sums(
                 [loss_sum, n_seen, sum(int((m.sum(dim=1) > 0).sum()) for _, m, _ in micro)], dist)
             tokens_seen += int(n_seen)
-            penalty = l2_sp_penalty_(params, anchor, point.lam, dist) if anchor is not None else 0.0
+            penalty = (anchor_penalty_(params, anchor, point.lam, fisher, dist)
+                       if anchor is not None else 0.0)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             if not math.isfinite(grad_norm):
@@ -165,26 +284,45 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
             tokens_per_s = n_seen / max(time.monotonic() - step_start, 1e-9)
             # attention FLOPs grow with the context: use this step's mean row length
             fpt = throughput.flops_per_token(n_params, n_layers, hidden, n_seen / max(n_rows, 1))
-            if log is not None:
-                log.write(json.dumps({"step": step + 1, "loss": round(loss_sum, 6), "lr": lr,
-                                      "penalty": round(penalty, 6), "grad_norm": round(grad_norm, 6),
-                                      "tokens": tokens_seen, "tokens_per_s": round(tokens_per_s, 1),
-                                      "mfu": _round(throughput.mfu(tokens_per_s, fpt, peak, dist.world_size)),
-                                      "peak_mem_gb": round(throughput.peak_memory_gb(device), 3),
-                                      "elapsed_s": round(time.monotonic() - start, 3)}) + "\n")
-                log.flush()
             done = step + 1
+            record = {"step": done, "loss": round(loss_sum, 6), "lr": lr,
+                      "penalty": round(penalty, 6), "grad_norm": round(grad_norm, 6),
+                      "tokens": tokens_seen, "tokens_per_s": round(tokens_per_s, 1),
+                      "mfu": _round(throughput.mfu(tokens_per_s, fpt, peak, dist.world_size)),
+                      "peak_mem_gb": round(throughput.peak_memory_gb(device), 3)}
+            # --- held-out losses; early stopping keeps the best validation loss's model
+            if heldout and (done % cfg.eval_every == 0 or done == total_steps):
+                measured, _ = measure(base_logprobs)
+                eval_seconds += measured["eval_s"]
+                record.update(measured)
+                if point.patience is not None:
+                    if measured["val_loss"] < best["val_loss"]:
+                        best = {"step": done, "val_loss": measured["val_loss"], "evals_since": 0}
+                        checkpoint.save_model(model, best_dir, {"step": done}, dist)
+                    else:
+                        best["evals_since"] += 1
+                        stopped_early = best["evals_since"] >= point.patience
+            record["elapsed_s"] = round(time.monotonic() - start, 3)
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if stopped_early:
+                break
             every = cfg.checkpoint_every
             stopping = stop_after is not None and done >= stop_after and done < total_steps
             if checkpoint_dir is not None and done < total_steps and (
                     stopping or (every and done % every == 0)):
-                checkpoint.save(model, optimizer, step=done, tokens=tokens_seen,
-                                root=checkpoint_dir, d=dist)
+                checkpoint.save(model, optimizer, step=done, root=checkpoint_dir, d=dist,
+                                info={"tokens": tokens_seen, "best": best})
             if stopping:
                 return {"steps": total_steps, "stopped_at": done, "world_size": dist.world_size}
     finally:
         if log is not None:
             log.close()
+
+    # --- early stopping: the best validation loss's model is the one exported
+    if best["step"] is not None and best["step"] != done:
+        checkpoint.load_model(model, best_dir)
 
     # --- export: an ordinary HF directory, gathered on rank 0; what evaluation reads
     model.eval()
@@ -194,6 +332,51 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
         tokenizer.save_pretrained(out_dir)
     if dist.main and checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the exported model supersedes them
-    return {"steps": total_steps, "examples": len(stream), "world_size": dist.world_size,
-            "resumed_from_step": first_step,
-            "train_seconds": round(time.monotonic() - start, 2), "final_loss": round(loss_sum, 6)}
+    summary = {"steps": total_steps, "last_step": done, "examples": len(stream),
+               "world_size": dist.world_size, "resumed_from_step": first_step,
+               "train_seconds": round(time.monotonic() - start, 2),
+               "eval_seconds": round(eval_seconds, 2), "final_loss": round(loss_sum, 6)}
+    if point.patience is not None:
+        summary.update(best_step=best["step"], best_val_loss=best["val_loss"],
+                       stopped_early=stopped_early)
+    if fisher_info is not None:
+        summary["fisher"] = fisher_info
+    return summary
+
+
+def _ewc_fisher(suite: Suite, model, names: list[str], params: list, tokenizer,
+                dist: distributed.Dist, autocast, cache: Path | None) -> tuple[list, dict]:
+    """EWC's diagonal Fisher of the base model, sharded like ``params``: read from ``cache``
+    when it is complete there, else estimated on ``train.ewc.samples`` rows of data.fisher
+    (or data.replay), the same rows on every rank, and written to ``cache``."""
+    cfg = suite.train
+    like = {n: torch.zeros_like(p.detach(), dtype=torch.float32) for n, p in zip(names, params)}
+    if cache is not None and checkpoint.complete(cache):
+        state = {"fisher": like}
+        info = checkpoint.load_state(state, cache)
+        return [state["fisher"][n] for n in names], info
+    source = suite.data.fisher or suite.data.replay
+    rows = train_data.tokenize(train_data.read_rows(source), tokenizer, cfg.max_seq_len)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    picked = [rows[i] for i in order[:cfg.ewc.samples]]
+    device = dist.device
+
+    def logits_of(ids, mask):
+        with autocast:
+            return model(input_ids=ids, attention_mask=mask).logits
+
+    examples = ((ids.to(device), mask.to(device), labels.to(device)) for ids, mask, labels in
+                train_data.batches(picked, 1, tokenizer.pad_token_id))
+    start = time.monotonic()
+    model.eval()  # no dropout: the Fisher of the model as it predicts
+    fisher = fisher_diagonal(params, logits_of, examples, variant=cfg.ewc.fisher, dist=dist,
+                             generator=torch.Generator(device).manual_seed(cfg.seed))
+    model.train()
+    total = distributed.all_reduce_sums(
+        [sum(float(distributed.local(f).sum()) for f in fisher),
+         sum(distributed.local(f).numel() for f in fisher)], dist)
+    info = {"variant": cfg.ewc.fisher, "samples": len(picked), "data": str(source),
+            "mean": total[0] / total[1], "seconds": round(time.monotonic() - start, 2)}
+    if cache is not None:
+        checkpoint.save_state({"fisher": dict(zip(names, fisher))}, cache, info, dist)
+    return fisher, info

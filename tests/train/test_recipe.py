@@ -17,7 +17,7 @@ def small_suite(write_suite, tmp_path):
                                             "completion": " pain" * (1 + i % 5) + "\n"}) + "\n"
                                 for i in range(32)))
         raw = suite_dict(**{"data.target": str(rows)})
-        raw["train"].update(train)
+        raw["train"].update({"eval_every": None, "track_kl": False, **train})
         return load_suite(write_suite(raw))
     return make
 
@@ -109,3 +109,112 @@ def test_compiled_blocks_train_like_eager_ones(small_suite, tiny_model_dir, tmp_
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)  # kernel fusion reorders fp32 sums
     for p, q in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_discriminative_groups_scale_lr_by_depth_with_the_head_highest(tiny_model_dir):
+    from forgetbench.train.recipe import discriminative_groups
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    layers = model.config.num_hidden_layers  # 2
+    groups = discriminative_groups(model, 2.6)
+    assert [g["depth"] for g in groups] == list(range(layers + 2))
+    for g in groups:
+        assert g["lr_scale"] == pytest.approx(2.6 ** -(layers + 1 - g["depth"]))
+    emb = model.get_input_embeddings().weight
+    assert any(p is emb for p in groups[0]["params"])           # tied head: with the embeddings
+    assert any(p is model.model.norm.weight for p in groups[-1]["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert [g["lr_scale"] for g in discriminative_groups(model, 1.0)] == [1.0]
+
+
+def test_a_huge_xi_freezes_the_lower_layers_and_trains_the_top(small_suite, tiny_model_dir, tmp_path):
+    suite = small_suite(batch_size=8)
+    _, log, tuned = run(suite, tiny_model_dir, tmp_path, "xi", xi=1e6)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        moved = {n: float((p - q).abs().max()) for (n, p), q in
+                 zip(tuned.named_parameters(), base.parameters())}
+    assert moved["model.norm.weight"] > 1e-4                     # top: the full lr
+    assert moved["model.embed_tokens.weight"] < 1e-9             # lr / 1e18
+    assert all(v < 1e-8 for n, v in moved.items() if ".layers.0." in n)
+    assert log[-1]["lr"] == pytest.approx(1e-4)                  # the logged lr is the head's
+
+
+def test_heldout_losses_and_kl_are_logged_from_the_base_model_on(small_suite, tiny_model_dir, tmp_path):
+    suite = small_suite(batch_size=8, eval_every=3, track_kl=True)
+    summary, log, _ = run(suite, tiny_model_dir, tmp_path, "curve", epochs=2)
+    evals = [r for r in log if "general_loss" in r]
+    assert [r["step"] for r in evals] == [0, 3, 6, 8]           # and at the last step
+    assert evals[0]["kl"] == 0.0 and all(r["kl"] > 0 for r in evals[1:])
+    assert evals[-1]["general_loss"] > evals[0]["general_loss"]   # it forgets general text
+    assert all("val_loss" in r for r in evals)
+    assert 0 < summary["eval_seconds"] < summary["train_seconds"]
+
+
+def test_early_stopping_exports_the_best_validation_step(small_suite, tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from forgetbench.train import data as train_data
+    from forgetbench.train.distributed import Dist
+    from forgetbench.train.recipe import heldout_pass
+
+    # validation answers contradict the training answers: the validation loss rises as the
+    # model learns, so training stops `patience` evaluations after its best step
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps({"prompt": f"Drug{i} is used to treat",
+                                       "completion": " fever\n"}) + "\n" for i in range(40, 48)))
+    suite = small_suite(batch_size=4, eval_every=1)
+    suite = suite.model_copy(update={"data": suite.data.model_copy(update={"validation": val})})
+    point = Point(lr=3e-3, epochs=3, mix_ratio=0.0, regularizer="none", lam=0.0, patience=2)
+    out = tmp_path / "es"
+    summary = train_point(suite, point, base_model_dir=tiny_model_dir, out_dir=out,
+                          log_path=out / "log.jsonl", checkpoint_dir=tmp_path / "ckpt")
+    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["val_loss"] for r in log if r["step"] > 0}
+    best = min(losses, key=losses.get)
+    assert summary["stopped_early"] and summary["best_step"] == best
+    assert summary["last_step"] == best + 2 < summary["steps"]
+    assert log[-1]["step"] == summary["last_step"]
+    # the exported model is the best step's: its validation loss is the best one logged
+    tok = AutoTokenizer.from_pretrained(out)
+    rows = train_data.tokenize(train_data.read_rows(val), tok, 64)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    loss, _, _ = heldout_pass(model, rows, batch_size=4, pad_id=tok.pad_token_id,
+                              device=torch.device("cpu"), autocast=torch.autocast("cpu", enabled=False),
+                              dist=Dist(0, 1, torch.device("cpu")))
+    assert loss == pytest.approx(losses[best], rel=1e-5)
+    assert loss < losses[summary["last_step"]]
+
+
+def test_ewc_with_lambda_zero_is_plain_fine_tuning_and_its_fisher_is_cached(small_suite, tiny_model_dir, tmp_path):
+    suite = small_suite(batch_size=8, ewc={"samples": 16})
+    _, plain, m1 = run(suite, tiny_model_dir, tmp_path, "plain")
+    cache = tmp_path / "fisher"
+    p = Point(lr=1e-3, epochs=1, mix_ratio=0.0, regularizer="ewc", lam=0.0)
+    first = train_point(suite, p, base_model_dir=tiny_model_dir, out_dir=tmp_path / "e1",
+                        log_path=tmp_path / "e1.jsonl", fisher_dir=cache)
+    assert first["fisher"]["variant"] == "true" and first["fisher"]["samples"] == 16
+    m2 = AutoModelForCausalLM.from_pretrained(tmp_path / "e1")
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+    # a second point reads the Fisher from the cache: same numbers, no new estimate
+    (cache / "COMPLETE").write_text(json.dumps({**first["fisher"], "seconds": -1.0}))
+    p = p.model_copy(update={"lam": 1e4})
+    second = train_point(suite, p, base_model_dir=tiny_model_dir, out_dir=tmp_path / "e2",
+                         log_path=tmp_path / "e2.jsonl", fisher_dir=cache)
+    assert second["fisher"]["seconds"] == -1.0 and second["fisher"]["mean"] == first["fisher"]["mean"]
+    log = [json.loads(l) for l in (tmp_path / "e2.jsonl").read_text().splitlines()]
+    assert log[-1]["penalty"] > 0
+
+
+def test_strong_ewc_keeps_the_weights_the_fisher_marks_important(small_suite, tiny_model_dir, tmp_path):
+    suite = small_suite(batch_size=8, max_grad_norm=None, ewc={"samples": 32, "fisher": "empirical"})
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    _, _, free = run(suite, tiny_model_dir, tmp_path, "free")
+    _, _, held = run(suite, tiny_model_dir, tmp_path, "held", regularizer="ewc", lam=1e6)
+
+    def distance(m):
+        with torch.no_grad():
+            return sum(float((p - q).square().sum()) for p, q in zip(m.parameters(), base.parameters()))
+
+    assert distance(held) < 0.5 * distance(free)
