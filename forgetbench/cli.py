@@ -62,7 +62,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
-    from forgetbench.eval.harness import check_tasks
+    from forgetbench.eval.harness import check_tasks, eval_items
+    from forgetbench.leakage import check_leakage
     from forgetbench.plan import check_fits
     from forgetbench.report import write_outputs
     from forgetbench.report.tables import format_summary
@@ -74,7 +75,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, args.set)
     # Everything a user can get wrong is checked before the run directory is touched.
     check_tasks(suite, source=args.suite)
-    for path in (suite.data.target, suite.data.replay):
+    # no eval item, nor a held-out row, is trained on; always refused (see leakage.py)
+    check_leakage(suite, eval_items(suite, args.suite, show_progress=args.verbose))
+    d = suite.data
+    for path in (d.target, d.replay, d.validation, d.general_heldout, d.fisher):
         if path is not None:
             read_rows(path)
     planned = plan(suite)
@@ -90,8 +94,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             st = states.get(pp.id)
             status = ("pending" if st is None else "evaluated" if key in st.eval_keys
                       else "trained" if st.train else st.status)
-            _echo(f"  {pp.id}  lr={p.lr:g} epochs={p.epochs:g} mix_ratio={p.mix_ratio:g} "
-                  f"regularizer={p.regularizer} lam={p.lam:g}  [{status}]")
+            _echo(f"  {pp.id}  {p.label()}  [{status}]")
         return 0
     outcome = run_sweep(suite, Path(args.runs_dir), echo=_echo, show_progress=args.verbose)
     summary = write_outputs(outcome.store, suite, latest_sweep(outcome.store))

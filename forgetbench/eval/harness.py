@@ -169,6 +169,78 @@ def check_tasks(suite: Suite, source: str = "suite") -> None:
                                    f"{task.name!r}{hint}")
 
 
+def _load_tasks(manager, spec: str | dict) -> dict[str, Any]:
+    """lm-eval's leaf tasks (a group or tag expands to its subtasks) of one spec, by name."""
+    if hasattr(manager, "load"):  # newer lm-eval: flat dicts of tasks and groups
+        return manager.load([spec])["tasks"]
+    from lm_eval.tasks import get_task_dict  # older lm-eval: groups nest as dicts
+
+    found: dict[str, Any] = {}
+
+    def walk(node: dict) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value)
+            elif hasattr(value, "eval_docs"):
+                found[getattr(value, "task_name", None) or str(key)] = value
+
+    walk(get_task_dict([spec], manager))
+    return found
+
+
+def _question_answer(task, doc) -> tuple[str, str]:
+    """What an item asks and its gold answer, as text. Multiple choice: the gold choice (the
+    first, if several are gold); multiple-input tasks (winogrande) choose the context, so the
+    question is the gold context; generation: the reference (the first, if several)."""
+    text, target = task.doc_to_text(doc), task.doc_to_target(doc)
+    if task.OUTPUT_TYPE == "multiple_choice":
+        choices = task.doc_to_choice(doc)
+        if getattr(task, "multiple_input", 0):
+            return str(choices[text]), str(target)
+        gold = target[0] if isinstance(target, list) and target else target
+        if isinstance(gold, int) and 0 <= gold < len(choices):
+            gold = choices[gold]
+        return str(text), str(gold)
+    if isinstance(target, list):
+        target = target[0] if target else ""
+    return str(text), str(target)
+
+
+def eval_items(suite: Suite, source: str = "suite", *,
+               show_progress: bool = False) -> dict[str, list[tuple[str, str]]]:
+    """lm-eval task name -> (question, answer) of every document of its evaluation split,
+    in document order (``eval.limit`` ignored), for the suite's target and general tasks; a
+    group or tag is listed by its subtasks. The texts are lm-eval's own ``doc_to_text`` and
+    ``doc_to_target`` (see :func:`_question_answer`); leakage.py compares them with the
+    training data. Registry tasks load their datasets as an evaluation would."""
+    include = suite.tasks.include_path
+    local = _local_task_files(include)
+    registry = [t.name for t, _ in suite.all_tasks() if t.name not in local]
+    if registry:
+        manager = _task_manager(include)
+    else:  # bundled tasks only: skip indexing lm-eval's thousands of task YAMLs (~10 s)
+        from lm_eval.tasks import TaskManager
+
+        manager = TaskManager(include_path=str(include) if include else None,
+                              include_defaults=False)
+    items: dict[str, list[tuple[str, str]]] = {}
+    for task, role in suite.all_tasks():
+        spec = _local_task_config(local[task.name]) if task.name in local else task.name
+        with contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()):
+            try:
+                loaded = _load_tasks(manager, spec)
+                docs = {name: list(t.eval_docs) for name, t in loaded.items()}
+            except Exception as exc:  # a dataset lm-eval cannot get (offline, gated ...)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ForgetbenchError(
+                    f"{source}: tasks.{role}: lm-eval could not load the documents of task "
+                    f"{task.name!r} to check them against the training data "
+                    f"({type(exc).__name__}: {first[:200]})") from exc
+        for name, t in loaded.items():
+            items[name] = [_question_answer(t, doc) for doc in docs[name]]
+    return items
+
+
 def _split_metric_key(key: str) -> tuple[str, str] | None:
     """'acc,none' -> ('acc', 'none'); None for stderr and alias entries."""
     if "," not in key:
