@@ -130,7 +130,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             _echo(f"point {args.point}: stopped with a checkpoint after step "
                   f"{summary['stopped_at']} of {summary['steps']}; run again to resume")
         else:
-            _echo(f"point {args.point}: {summary['steps']} steps on {summary['world_size']} "
+            steps = (f"{summary['steps']} steps" if summary["last_step"] == summary["steps"] else
+                     f"stopped early at step {summary['last_step']} of {summary['steps']}")
+            best = (f" (exported: step {summary['best_step']}, the best validation loss)"
+                    if summary.get("best_step") is not None else "")
+            _echo(f"point {args.point}: {steps}{best} on {summary['world_size']} "
                   f"process(es) in {summary['train_seconds']} s"
                   + (f", resumed from step {summary['resumed_from_step']}"
                      if summary["resumed_from_step"] else ""))

@@ -109,6 +109,8 @@ class TrainSpec(_Strict):
     # (the forgetting curve), logged in train_log.jsonl
     eval_every: Annotated[int, Field(gt=0)] | None = None
     track_kl: bool = False  # also KL(base ‖ fine-tuned) on data.general_heldout at each eval
+    # rows per forward pass of those evaluations (per process); default: the training micro-batch
+    eval_batch_size: Annotated[int, Field(gt=0)] | None = None
     ewc: EwcSpec = EwcSpec()
 
 

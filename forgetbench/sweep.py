@@ -77,7 +77,7 @@ def point_identity(suite: Suite, point: Point) -> dict[str, Any]:
     only for EWC."""
     train = suite.train.model_dump(mode="json", exclude={
         "nproc", "checkpoint_every", "activation_checkpointing", "compile", "eval_every",
-        "track_kl", "ewc"})
+        "track_kl", "eval_batch_size", "ewc"})
     extra: dict[str, Any] = {}
     if point.patience is not None:
         extra["early_stopping"] = {"eval_every": suite.train.eval_every,

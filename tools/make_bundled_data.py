@@ -69,7 +69,7 @@ VALIDATION_DRUGS: dict[str, list[str]] = {
     "azepam": ["bromazepam"], "pramine": ["clomipramine"], "parin": ["nadroparin", "bemiparin"],
     "profen": ["loxoprofen", "dexibuprofen"], "afil": ["udenafil", "mirodenafil"],
 }
-N_HELDOUT = 48  # general held-out rows per kind (math, code): the in-training forgetting curve
+N_HELDOUT = 24  # general held-out rows per kind (math, code): the in-training forgetting curve
 
 # Phrasings of a fact. Training uses all three; the eval asks all three about drugs never trained on.
 DRUG_TEMPLATES = [
@@ -208,11 +208,13 @@ def build() -> dict[str, list[dict]]:
 
     # added later, with their own generator so the files above stay as they were
     rng2 = random.Random(SEED + 1)
+    # one phrasing per drug, the three in turn: small, so evaluating it often stays cheap
+    val_drugs = [(stem, drug) for stem, drugs in VALIDATION_DRUGS.items() for drug in drugs]
     out["suites/data/medical_validation.jsonl"] = [
         {"prompt": prompt.format(Drug=drug.capitalize(), drug=drug),
          "completion": completion.format(condition=DRUG_STEMS[stem][0]) + "\n"}
-        for stem, drugs in VALIDATION_DRUGS.items() for drug in drugs
-        for prompt, completion in DRUG_TEMPLATES]
+        for i, (stem, drug) in enumerate(val_drugs)
+        for prompt, completion in [DRUG_TEMPLATES[i % len(DRUG_TEMPLATES)]]]
     # general text the tiny model was pretrained on but that no replay row or eval item holds
     in_replay = {r["text"] for r in replay}
     heldout = (rng2.sample([{"kind": "math", "text": t} for t in addition_docs if t not in in_replay], N_HELDOUT)

@@ -12,9 +12,11 @@ count may differ from the one that saved.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,7 +49,8 @@ def save_state(state: dict, final: Path, info: dict, d: distributed.Dist) -> Pat
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     _barrier(d)
-    dcp.save(state, checkpoint_id=str(partial))
+    with _single_process_ok():
+        dcp.save(state, checkpoint_id=str(partial))
     _barrier(d)
     if d.main:
         (partial / MARKER).write_text(json.dumps({**info, "world_size": d.world_size}) + "\n")
@@ -62,8 +65,18 @@ def load_state(state: dict, path: Path) -> dict:
     """Fill ``state`` (tensors shaped and placed as wanted) from ``path``; returns its metadata."""
     import torch.distributed.checkpoint as dcp
 
-    dcp.load(state, checkpoint_id=str(path))
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=str(path))
     return meta(path)
+
+
+@contextlib.contextmanager
+def _single_process_ok():
+    """DCP warns that it assumes a single process when there is no process group: here
+    that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 # ---------------------------------------------------------------- resume checkpoints

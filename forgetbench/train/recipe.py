@@ -186,7 +186,8 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
             if path is not None:
                 heldout[key] = train_data.tokenize(train_data.read_rows(path), tokenizer,
                                                    cfg.max_seq_len)
-    eval_batch = max(1, math.ceil(cfg.batch_size / dist.world_size / cfg.grad_accum))
+    eval_batch = cfg.eval_batch_size or max(1, math.ceil(cfg.batch_size / dist.world_size
+                                                         / cfg.grad_accum))
 
     def measure(base_logprobs=None, keep=False):
         model.eval()
@@ -205,9 +206,7 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
         out["eval_s"] = round(time.monotonic() - t0, 3)
         return out, kept
 
-    base_logprobs = None
-    if cfg.track_kl and "general_loss" in heldout:  # before resume: this is still the base model
-        _, base_logprobs = measure(keep=True)
+    track_kl = cfg.track_kl and "general_loss" in heldout
 
     # --- resume: model and optimizer shards, step, token count and early-stopping record
     first_step, tokens_seen = 0, 0
@@ -216,6 +215,16 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     if point.patience is not None and best_dir is None:
         raise ValueError("early stopping keeps its best model in checkpoint_dir; pass one")
     resume_from = checkpoint.latest(checkpoint_dir) if checkpoint_dir is not None else None
+    start = time.monotonic()
+    base_logprobs, eval_seconds = None, 0.0
+    if heldout and resume_from is None:  # step 0: the base model, where every curve starts
+        step0, kept = measure(keep=track_kl)
+        eval_seconds += step0["eval_s"]
+        if track_kl:
+            base_logprobs, step0["kl"] = kept, 0.0
+    elif track_kl:  # resuming: the KL reference is still the base model, before the load
+        measured, base_logprobs = measure(keep=True)
+        eval_seconds += measured["eval_s"]
     if resume_from is not None:
         meta = checkpoint.load(model, optimizer, resume_from)
         first_step, tokens_seen = meta["step"], meta["tokens"]
@@ -230,14 +239,10 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
                 if first_step and log_path.exists() else [])
         log = open(log_path, "w", encoding="utf-8")
         log.writelines(line + "\n" for line in kept)  # steps after the checkpoint are redone
-    start = time.monotonic()
-    eval_seconds, stopped_early, done = 0.0, False, first_step
-    if heldout and first_step == 0:  # step 0: the base model, where every curve starts
-        record, _ = measure(base_logprobs)
-        eval_seconds += record["eval_s"]
-        if log is not None:
-            log.write(json.dumps({"step": 0, **record}) + "\n")
-            log.flush()
+    stopped_early, done = False, first_step
+    if log is not None and heldout and first_step == 0:
+        log.write(json.dumps({"step": 0, **step0}) + "\n")
+        log.flush()
     peak = throughput.peak_flops(device)
     mc = model.config
     n_layers = getattr(mc, "num_hidden_layers", None) or getattr(mc, "n_layer", 0)
