@@ -67,8 +67,7 @@ def run_forgetbench(model_dir: Path, work: Path, args) -> tuple[float, int]:
 
 def run_trainer(model_dir: Path, work: Path, args) -> tuple[float, int]:
     from datasets import Dataset
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq,
-                              Trainer, TrainingArguments)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from forgetbench.train import data as train_data
 

@@ -1,3 +1,5 @@
-from forgetbench.cli import main
 import sys
+
+from forgetbench.cli import main
+
 sys.exit(main())

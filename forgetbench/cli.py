@@ -60,13 +60,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_tables(summary) -> None:
+    from forgetbench.report.tables import format_mitigations, format_summary, mitigation_frame
+
+    _echo("\nlearning (target) and forgetting (general), headline metrics, in points:")
+    _echo(format_summary(summary))
+    mitigations = mitigation_frame(summary)
+    if not mitigations.empty:
+        _echo("\nwhat each mitigation buys:")
+        _echo(format_mitigations(mitigations))
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
     from forgetbench.eval.harness import check_tasks, eval_items
     from forgetbench.leakage import check_leakage
     from forgetbench.plan import check_fits
     from forgetbench.report import write_outputs
-    from forgetbench.report.tables import format_summary
     from forgetbench.store import RunStore
     from forgetbench.sweep import latest_sweep, plan, run_sweep
     from forgetbench.train.data import read_rows
@@ -98,8 +108,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     outcome = run_sweep(suite, Path(args.runs_dir), echo=_echo, show_progress=args.verbose)
     summary = write_outputs(outcome.store, suite, latest_sweep(outcome.store))
-    _echo("\nlearning (target) and forgetting (general), headline metrics, in points:")
-    _echo(format_summary(summary))
+    _print_tables(summary)
     _echo(f"\n{len(outcome.trained)} trained, {len(outcome.evaluated)} evaluated, "
           f"{len(outcome.skipped)} already complete, {len(outcome.failed)} failed "
           f"in {time.monotonic() - start:.0f} s")
@@ -144,7 +153,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from forgetbench.config import Suite
     from forgetbench.report import write_outputs
-    from forgetbench.report.tables import format_summary
     from forgetbench.store import RunStore
     from forgetbench.sweep import latest_sweep
 
@@ -154,7 +162,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     sweep = latest_sweep(store)
     # the suite that sweep ran with, not suite.yaml, which a later sweep may have rewritten
     summary = write_outputs(store, Suite.model_validate(sweep["suite"]), sweep)
-    _echo(format_summary(summary))
+    _print_tables(summary)
     _echo(f"report: {store.root / 'report.html'}")
     return 0
 

@@ -9,7 +9,7 @@ Definitions (scores are "higher is better" metrics such as accuracy):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def delta(before: float, after: float) -> float:

@@ -25,9 +25,9 @@ Two estimates, both in decimal GB (1e9 bytes):
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 from forgetbench.errors import ForgetbenchError
-from dataclasses import asdict, dataclass
 
 GB = 1e9
 

@@ -22,9 +22,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -75,6 +76,16 @@ def fresh_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn line from a crash mid-append
+    return out
+
+
 @dataclass
 class PointState:
     status: str = "pending"   # pending -> running [-> paused] -> trained -> evaluated, or failed
@@ -103,6 +114,12 @@ class RunStore:
     def baseline_path(self, model_hash: str, eval_key: str) -> Path:
         return self.root / "baseline" / f"{model_hash}-{eval_key}.json"
 
+    def train_log(self, point_id: str) -> list[dict]:
+        """A point's ``train_log.jsonl`` (one record per optimizer step, step 0 the base
+        model's held-out evaluation); empty when it has none. A torn last line is skipped."""
+        path = self.point_dir(point_id) / "train_log.jsonl"
+        return _read_jsonl(path) if path.exists() else []
+
     # --- writes
     def save_suite(self, resolved: dict) -> None:
         atomic_write_text(self.root / "suite.yaml", yaml.safe_dump(resolved, sort_keys=False))
@@ -129,15 +146,7 @@ class RunStore:
 
     # --- replay
     def events(self) -> list[dict]:
-        if not self.journal.exists():
-            return []
-        out = []
-        for line in self.journal.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn line from a crash mid-append
-        return out
+        return _read_jsonl(self.journal) if self.journal.exists() else []
 
     def states(self) -> dict[str, PointState]:
         """Each point's state, from the journal alone."""

@@ -13,9 +13,10 @@ import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError

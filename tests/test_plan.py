@@ -2,6 +2,7 @@ import pytest
 
 from forgetbench.plan import ModelShape, Workload, fsdp, textbook
 
+
 # The classic estimate quoted in the literature: 16 B/param, activations s·b·d·L·12,
 # LLaMA 7B / 13B / 70B at s 2048, b 1 on 80 GB cards.
 @pytest.mark.parametrize("params, d, L, state, acts, gpus", [

@@ -62,7 +62,7 @@ def test_sweep_end_to_end_on_a_local_model_directory(write_suite, tiny_model_dir
     assert len(heads) == 2 * 4
 
     html = (store.root / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2
+    assert html.count("data:image/png;base64,") == 3  # incl. the in-training curves
     assert 'src="http' not in html and "<link" not in html  # self-contained
     for pid in {r["point_id"] for r in rows}:
         log = [json.loads(line) for line in

@@ -155,7 +155,8 @@ def build_tiny_llama(recipe: TinyLlamaRecipe, out_dir: Path) -> dict:
     weights = torch.tensor([w for _, w in recipe.mix])
 
     def packed_sequence() -> list[int]:
-        # Random documents, each ended by EOS as in real pretraining data, cut to seq_len + 1 tokens (inputs and shifted labels).
+        # Random documents, each ended by EOS as in real pretraining data, cut to seq_len + 1
+        # tokens (inputs and shifted labels).
         seq: list[int] = []
         while len(seq) < recipe.seq_len + 1:
             kind = kinds[int(torch.multinomial(weights, 1, generator=gen))]

@@ -147,10 +147,19 @@ def eval_key(settings: dict[str, Any]) -> str:
     return _sha256(json.dumps(settings, sort_keys=True).encode())[:12]
 
 
-def _task_manager(include_path: Path | None):
+@lru_cache(maxsize=4)
+def _task_manager(include_path: Path | None, defaults: bool = True):
+    """lm-eval's task index, built once per process: indexing its thousands of built-in
+    task YAMLs takes ~10 s, so a suite with bundled tasks only (``defaults`` False) skips it."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(include_path) if include_path else None)
+    return TaskManager(include_path=str(include_path) if include_path else None,
+                       include_defaults=defaults)
+
+
+def _needs_registry(suite: Suite) -> bool:
+    local = _local_task_files(suite.tasks.include_path)
+    return any(t.name not in local for t, _ in suite.all_tasks())
 
 
 def check_tasks(suite: Suite, source: str = "suite") -> None:
@@ -215,14 +224,7 @@ def eval_items(suite: Suite, source: str = "suite", *,
     training data. Registry tasks load their datasets as an evaluation would."""
     include = suite.tasks.include_path
     local = _local_task_files(include)
-    registry = [t.name for t, _ in suite.all_tasks() if t.name not in local]
-    if registry:
-        manager = _task_manager(include)
-    else:  # bundled tasks only: skip indexing lm-eval's thousands of task YAMLs (~10 s)
-        from lm_eval.tasks import TaskManager
-
-        manager = TaskManager(include_path=str(include) if include else None,
-                              include_defaults=False)
+    manager = _task_manager(include, _needs_registry(suite))
     items: dict[str, list[tuple[str, str]]] = {}
     for task, role in suite.all_tasks():
         spec = _local_task_config(local[task.name]) if task.name in local else task.name
@@ -292,7 +294,8 @@ def evaluate(model_dir: Path | str, suite: Suite, *, show_progress: bool = False
                   batch_size=e.batch_size)
         out = lm_eval.simple_evaluate(
             model=lm, tasks=specs, num_fewshot=e.num_fewshot, limit=e.limit, log_samples=True,
-            task_manager=_task_manager(suite.tasks.include_path), bootstrap_iters=1000,
+            task_manager=_task_manager(suite.tasks.include_path, _needs_registry(suite)),
+            bootstrap_iters=1000,
             random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
             fewshot_random_seed=1234, confirm_run_unsafe_code=e.confirm_run_unsafe_code)
     tasks: dict[str, Any] = {}

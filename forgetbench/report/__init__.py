@@ -4,8 +4,13 @@ from __future__ import annotations
 import pandas as pd
 
 from forgetbench.config import Suite
-from forgetbench.report import html
-from forgetbench.report.tables import results_frame, summary_frame
+from forgetbench.report import html, plots
+from forgetbench.report.tables import (
+    mitigation_frame,
+    overhead_frame,
+    results_frame,
+    summary_frame,
+)
 from forgetbench.store import RunStore, atomic_write_text
 
 
@@ -15,12 +20,19 @@ def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> pd.DataFrame:
     from forgetbench.sweep import stored_results
 
     baseline, points = stored_results(store, sweep)
-    results = results_frame(suite, baseline, points)
-    summary = summary_frame(results)
     states = store.states()
+    # each point's training summary, from the journal's point_trained event
+    train = {pid: states[pid].train for pid, _, _ in points if pid in states and states[pid].train}
+    results = results_frame(suite, baseline, points, train)
+    summary = summary_frame(results)
     failed = {pid: states[pid].error or "failed" for pid, _, scores in points
               if scores is None and pid in states and states[pid].status == "failed"}
+    trained = [(pid, point, train[pid]) for pid, point, _ in points if pid in train]
+    curves = plots.training_curves([(point, store.train_log(pid), info)
+                                    for pid, point, info in trained])
     atomic_write_text(store.root / "results.csv", results.to_csv(index=False))
     atomic_write_text(store.root / "report.html",
-                      html.render(suite, baseline, results, summary, failed=failed))
+                      html.render(suite, baseline, results, summary, failed=failed,
+                                  mitigations=mitigation_frame(summary), curves=curves,
+                                  overhead=overhead_frame(trained)))
     return summary

@@ -20,16 +20,52 @@ def _img(png: bytes, alt: str) -> str:
 
 def _table(frame: pd.DataFrame, *, pareto: bool = False) -> str:
     shown = frame.copy()
-    if "lr" in shown:
-        shown["lr"] = shown["lr"].map(lambda v: f"{v:g}")
+    for col in ("lr", "epochs", "mix_ratio", "lam", "xi"):  # settings as written in a suite
+        if col in shown:
+            shown[col] = shown[col].map(lambda v: f"{v:g}")
+    for col in shown.select_dtypes("Int64"):  # to_html writes <NA> whatever na_rep says
+        shown[col] = shown[col].map(lambda v: "–" if pd.isna(v) else str(v))
     if pareto and "pareto" in shown:
         shown["pareto"] = shown["pareto"].map(lambda v: "★" if v else "")
+    if "best_lam" in shown:
+        shown["best_lam"] = shown["best_lam"].map(lambda v: "★" if v else "")
     return shown.to_html(index=False, border=0, classes="t", na_rep="–",
                          float_format=lambda v: f"{v:.3g}" if abs(v) < 1e-2 else f"{v:.2f}")
 
 
+def _mitigations(frame: pd.DataFrame | None) -> str:
+    if frame is None or frame.empty:
+        return ("<p>No point here differs from a plain point of the same learning rate, epochs "
+                "and schedule only by a mitigation.</p>")
+    shown = frame.drop(columns=[c for c in ("epochs", "schedule") if frame[c].nunique() == 1])
+    return _table(shown)
+
+
+def _training(curves: bytes | None, overhead: pd.DataFrame | None) -> str:
+    if curves is None:
+        return ("<p>No in-training evaluation was logged (set <code>train.eval_every</code> "
+                "and <code>data.general_heldout</code> for the forgetting curve).</p>")
+    out = (_img(curves, "held-out losses during training")
+           + "<p class=\"caption\">Loss on held-out general text during training: rising means "
+           "forgetting as it happens. KL(base ‖ model) on the same text where "
+           "<code>train.track_kl</code> is set; target validation loss where "
+           "<code>data.validation</code> is set. One line per point: its colour family and line "
+           "style say the mitigation (plain training: blue, solid), the shade its strength "
+           "(λ, mix, ξ), then its learning rate, darker for higher; ✕ where early stopping "
+           "stopped, ★ the step it exported.</p>")
+    if overhead is not None and not overhead.empty:
+        worst = overhead["eval_share"].max()
+        out += ("<h3>Cost of these evaluations</h3>"
+                "<p>eval_share = eval_seconds / train_seconds (the run's wall time, evaluations "
+                f"included), in percent; the target is under 10% (here at most {worst:.0f}%). "
+                "Raise <code>train.eval_every</code> or <code>train.eval_batch_size</code> to "
+                "lower it.</p>" + _table(overhead))
+    return out
+
+
 def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.DataFrame,
-           *, failed: dict[str, str]) -> str:
+           *, failed: dict[str, str], mitigations: pd.DataFrame | None = None,
+           curves: bytes | None = None, overhead: pd.DataFrame | None = None) -> str:
     base_rows = []
     for task, role in suite.all_tasks():
         for metric, v in baseline["tasks"][task.name]["metrics"].items():
@@ -52,6 +88,8 @@ def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.Data
         failures=f"<h2>Failed points</h2><ul>{failures}</ul>" if failures else "",
         baseline=_table(pd.DataFrame(base_rows)),
         figures=figures,
+        training=_training(curves, overhead),
+        mitigations=_mitigations(mitigations),
         summary=_table(summary, pareto=True) if not summary.empty else "<p>–</p>",
         results=_table(results) if not results.empty else "<p>–</p>",
         settings=html.escape(json.dumps({"eval": baseline["settings"],

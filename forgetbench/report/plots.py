@@ -4,18 +4,32 @@ from __future__ import annotations
 import io
 
 import matplotlib
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import pandas as pd
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from forgetbench.config import Point
 
-GROUP_KEYS = ["epochs", "mix_ratio", "regularizer", "lam"]
+matplotlib.use("Agg")  # no display; pyplot picks its backend at the first figure, not at import
+
+# the settings other than lr: one line (or marker colour) per combination of them
+GROUP_KEYS = ["epochs", "mix_ratio", "regularizer", "lam", "schedule", "xi", "patience"]
 
 
-def _group_label(epochs: float, mix: float, reg: str, lam: float) -> str:
+def _group_label(epochs: float, mix: float, reg: str, lam: float, schedule: str, xi: float,
+                 patience: int | None) -> str:
     label = f"{epochs:g} ep, mix {mix:g}"
-    return label + ("" if reg == "none" else f", {reg} λ={lam:g}")
+    label += "" if reg == "none" else f", {reg} λ={lam:g}"
+    label += "" if schedule == "cosine" else f", {schedule}"
+    label += "" if xi == 1 else f", ξ={xi:g}"
+    return label + ("" if pd.isna(patience) else f", patience {patience}")
+
+
+def _enough_colours(ax, frame: pd.DataFrame) -> None:
+    """tab20 when there are more groups than tab10 has colours, so no two share one."""
+    if len(frame.groupby(GROUP_KEYS, dropna=False)) > 10:
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
 
 
 def _png(fig) -> bytes:
@@ -33,9 +47,11 @@ def change_vs_lr(results: pd.DataFrame) -> bytes:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         rows = head[head["task"] == task]
+        _enough_colours(ax, rows)
         role, metric = rows["role"].iloc[0], rows["metric"].iloc[0]
         sign = -1 if role == "target" else 1  # learning = −forgetting, oriented per metric
-        for key, grp in rows.groupby(GROUP_KEYS):
+        # dropna=False: an unset patience (NaN) would otherwise drop the point
+        for key, grp in rows.groupby(GROUP_KEYS, dropna=False):
             grp = grp.sort_values("lr")
             ax.errorbar(grp["lr"], sign * grp["forgetting"] * 100, yerr=grp["stderr_delta"].fillna(0) * 100,
                         marker="o", capsize=3, label=_group_label(*key))
@@ -57,7 +73,8 @@ def change_vs_lr(results: pd.DataFrame) -> bytes:
 def learning_vs_forgetting(summary: pd.DataFrame) -> bytes:
     """Each point's mean learning against its mean forgetting; the Pareto front joined."""
     fig, ax = plt.subplots(figsize=(6.5, 4.6))
-    for key, grp in summary.groupby(GROUP_KEYS):
+    _enough_colours(ax, summary)
+    for key, grp in summary.groupby(GROUP_KEYS, dropna=False):
         ax.scatter(grp["forgetting"], grp["learning"], s=40, label=_group_label(*key))
         for _, row in grp.iterrows():
             ax.annotate(f"{row['lr']:g}", (row["forgetting"], row["learning"]), fontsize=7,
@@ -72,4 +89,102 @@ def learning_vs_forgetting(summary: pd.DataFrame) -> bytes:
     ax.set_title("Learning vs forgetting, one marker per point (labels: lr)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _png(fig)
+
+
+# what the in-training evaluations log (train_log.jsonl), in panel order
+CURVE_METRICS = {
+    "general_loss": "held-out general loss (forgetting)",
+    "kl": "KL(base ‖ model) on general text",
+    "val_loss": "target validation loss",
+}
+# a mitigation's colour family and line style; within a family the shade darkens with its
+# strength (λ, mix, ξ, patience), then with lr
+_KIND_STYLE = {"plain": ("Blues", "-"), "replay": ("Purples", "--"), "l2": ("Greens", ":"),
+               "ewc": ("Reds", "-."), "xi": ("RdPu", (0, (5, 1.5))),
+               "patience": ("Greys", (0, (3, 1, 1, 1, 1, 1))), "several": ("copper", (0, (1, 2)))}
+
+
+def _kind(point: Point) -> str:
+    kinds = [k for k, on in (("replay", point.mix_ratio > 0), ("l2", point.regularizer == "l2"),
+                             ("ewc", point.regularizer == "ewc"), ("xi", point.xi != 1),
+                             ("patience", point.patience is not None)) if on]
+    return "plain" if not kinds else kinds[0] if len(kinds) == 1 else "several"
+
+
+def _styles(points: list[Point]) -> list[dict]:
+    """Colour and line style per point: family by mitigation, shade by strength then lr."""
+    order = sorted(range(len(points)), key=lambda i: (
+        points[i].lam, points[i].mix_ratio, points[i].xi, points[i].patience or 0,
+        points[i].epochs, points[i].lr))
+    styles: list[dict] = [{} for _ in points]
+    for kind, (cmap, ls) in _KIND_STYLE.items():
+        members = [i for i in order if _kind(points[i]) == kind]
+        for rank, i in enumerate(members):
+            shade = 0.5 + 0.45 * rank / max(len(members) - 1, 1) if len(members) > 1 else 0.75
+            styles[i] = {"color": plt.get_cmap(cmap)(shade), "ls": ls, "lw": 1.4}
+    return styles
+
+
+def _short_labels(points: list[Point]) -> tuple[list[str], str]:
+    """Each point's label without the parts every point shares (returned apart, as a title)."""
+    parts = [p.label().split(", ") for p in points]
+    shared = [x for x in parts[0] if all(x in ps for ps in parts)] if len(parts) > 1 else []
+    return ([", ".join(x for x in ps if x not in shared) or "plain" for ps in parts],
+            ", ".join(shared))
+
+
+def training_curves(curves: list[tuple[Point, list[dict], dict | None]]) -> bytes | None:
+    """The held-out losses logged during training against the optimizer step, one panel per
+    metric (general loss, KL to the base model, target validation loss), one line per point.
+
+    ``curves``: (point, train_log records, training summary) per point. A line's colour
+    family and style say its mitigation (plain training blue and solid), the shade its
+    strength and lr; early-stopping points get an ✕ where they stopped and a ★ at the step
+    exported (``best_step``). None when no log has an evaluation line."""
+    logged = [(point, [r for r in log if any(m in r for m in CURVE_METRICS)], summary or {})
+              for point, log, summary in curves]
+    logged = [c for c in logged if c[1]]
+    metrics = [m for m in CURVE_METRICS if any(m in r for _, log, _ in logged for r in log)]
+    if not metrics:
+        return None
+    points = [point for point, _, _ in logged]
+    labels, shared = _short_labels(points)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.8), squeeze=False)
+    for (point, log, summary), label, style in zip(logged, labels, _styles(points)):
+        for ax, metric in zip(axes[0], metrics):
+            at = {r["step"]: r[metric] for r in log if r.get(metric) is not None}
+            if not at:
+                continue
+            ax.plot(list(at), list(at.values()), label=label, **style)
+            if point.patience is None:
+                continue
+            best = summary.get("best_step")
+            if summary.get("stopped_early"):
+                ax.plot([max(at)], [at[max(at)]], marker="X", ms=8, color=style["color"],
+                        ls="none", markeredgecolor="black", markeredgewidth=0.6)
+            if best in at:
+                ax.plot([best], [at[best]], marker="*", ms=13, color=style["color"], ls="none",
+                        markeredgecolor="black", markeredgewidth=0.6)
+    for ax, metric in zip(axes[0], metrics):
+        ax.set_title(CURVE_METRICS[metric], fontsize=10)
+        ax.set_xlabel("optimizer step")
+        if metric == "val_loss":
+            ax.set_yscale("log")  # from the base model's loss down to the fitted one
+        ax.grid(alpha=0.3)
+    legend = {}  # one entry per point, whichever panels it appears in
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    handles, names = list(legend.values()), list(legend)
+    if any(p.patience is not None for p in points):
+        handles += [Line2D([], [], marker="X", color="grey", ls="none", ms=8),
+                    Line2D([], [], marker="*", color="grey", ls="none", ms=13,
+                           markeredgecolor="black", markeredgewidth=0.6)]
+        names += ["where early stopping stopped", "step exported (best validation loss)"]
+    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8,
+               frameon=False, ncol=1 if len(names) <= 22 else 2,
+               title=f"all points: {shared}" if shared else None, title_fontsize=8,
+               alignment="left")
+    fig.tight_layout()
     return _png(fig)

@@ -26,8 +26,8 @@ import torch
 
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
-from forgetbench.train import data as train_data
 from forgetbench.train import checkpoint, distributed, throughput
+from forgetbench.train import data as train_data
 from forgetbench.train.regularizers import anchor_penalty_, fisher_diagonal, snapshot
 from forgetbench.train.schedule import lr_at
 

@@ -11,7 +11,7 @@ in fp32. No rank ever holds a full copy of θ0 or F.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 

@@ -1,7 +1,16 @@
+import pandas as pd
 import pytest
 
 from forgetbench.config import Point, load_suite
-from forgetbench.report.tables import results_frame, summary_frame
+from forgetbench.report.tables import (
+    RESULT_COLUMNS,
+    format_mitigations,
+    format_summary,
+    mitigation_frame,
+    overhead_frame,
+    results_frame,
+    summary_frame,
+)
 from tests.conftest import suite_dict
 
 
@@ -35,3 +44,144 @@ def test_learning_and_forgetting_are_oriented_by_the_metric_direction(write_suit
     summary = summary_frame(df.reset_index())
     assert summary.loc[0, "learn:fb_medical"] == pytest.approx(50.0)
     assert summary.loc[0, "forget:fb_capitals"] == pytest.approx(50.0)
+
+
+def medical_suite(write_suite):
+    """The default suite's tasks: fb_medical (target, acc), fb_capitals (acc), fb_addition
+    and fb_code (exact_match)."""
+    return load_suite(write_suite(suite_dict()))
+
+
+def medical_scores(medical: float, general: float) -> dict:
+    return scores({"fb_medical": ("acc", medical, True), "fb_capitals": ("acc", general, True),
+                   "fb_addition": ("exact_match", general, True),
+                   "fb_code": ("exact_match", general, True)})
+
+
+PLAIN = {"lr": 3e-3, "epochs": 4, "mix_ratio": 0, "regularizer": "none", "lam": 0}
+
+
+def test_results_carry_the_new_settings_and_the_training_summary(write_suite):
+    suite = medical_suite(write_suite)
+    plain, stopping = Point(**PLAIN), Point(**PLAIN, patience=2)
+    ewc = Point(**{**PLAIN, "regularizer": "ewc", "lam": 100.0})
+    train = {"plain": {"steps": 78, "last_step": 78, "train_seconds": 10, "eval_seconds": 1},
+             "stop": {"steps": 78, "last_step": 39, "best_step": 30, "stopped_early": True},
+             "ewc": {"steps": 78, "last_step": 78, "fisher": {"variant": "true", "mean": 1e-3}}}
+    df = results_frame(suite, medical_scores(0.25, 1.0),
+                       [("plain", plain, medical_scores(0.75, 0.5)),
+                        ("stop", stopping, medical_scores(0.5, 0.9)),
+                        ("ewc", ewc, medical_scores(0.7, 0.8)), ("failed", plain, None)], train)
+    assert list(df.columns[:13]) == ["point_id", "lr", "epochs", "mix_ratio", "regularizer",
+                                     "lam", "schedule", "xi", "patience", "steps", "last_step",
+                                     "best_step", "fisher"]
+    assert list(df.columns) == RESULT_COLUMNS
+    by_point = df.drop_duplicates("point_id").set_index("point_id")
+    assert set(by_point.index) == {"plain", "stop", "ewc"}
+    assert by_point.loc["stop", "patience"] == 2 and pd.isna(by_point.loc["plain", "patience"])
+    assert by_point.loc["stop", "last_step"] == 39 and by_point.loc["stop", "best_step"] == 30
+    assert pd.isna(by_point.loc["plain", "best_step"]) and pd.isna(by_point.loc["ewc", "best_step"])
+    assert by_point.loc["ewc", "fisher"] == "true" and pd.isna(by_point.loc["plain", "fisher"])
+    assert by_point.loc["plain", "schedule"] == "cosine" and by_point.loc["plain", "xi"] == 1.0
+    # integers stay integers in the CSV, and an unset patience is an empty cell
+    header, plain_row = df.to_csv(index=False).splitlines()[:2]
+    cells = dict(zip(header.split(","), plain_row.split(",")))
+    assert (cells["patience"], cells["steps"], cells["best_step"]) == ("", "78", "")
+
+
+def test_a_point_without_patience_survives_the_summary(write_suite):
+    suite = medical_suite(write_suite)
+    train = {"plain": {"steps": 78, "last_step": 78},
+             "stop": {"steps": 78, "last_step": 39, "best_step": 30, "stopped_early": True}}
+    df = results_frame(suite, medical_scores(0.25, 1.0),
+                       [("plain", Point(**PLAIN), medical_scores(0.75, 0.5)),
+                        ("stop", Point(**PLAIN, patience=2), medical_scores(0.5, 0.9))], train)
+    summary = summary_frame(df).set_index("point_id")
+    assert set(summary.index) == {"plain", "stop"}  # patience None is NaN: it used to vanish
+    assert summary.loc["plain", "learning"] == pytest.approx(50.0)
+    assert summary.loc["plain", "forgetting"] == pytest.approx(50.0)
+    assert summary.loc["stop", "forgetting"] == pytest.approx(10.0)
+    assert summary.loc["stop", "stopped"] == "39/78" and summary.loc["stop", "best_step"] == 30
+    assert pd.isna(summary.loc["plain", "stopped"]) and pd.isna(summary.loc["plain", "best_step"])
+    for col in ("schedule", "xi", "patience"):
+        assert col in summary
+
+    text = format_summary(summary_frame(df))
+    assert all(len(line) <= 100 for line in text.splitlines())
+    assert "learn:fb_medical" in text and "forget:fb_code" in text
+    assert "39/78" in text and "patience" in text
+    assert "schedule" not in text and "cosine" not in text  # the same for every point
+
+
+def summary_of(*rows: dict) -> pd.DataFrame:
+    """A summary frame as summary_frame builds it, from settings and mean scores."""
+    full = [{"point_id": f"p{i}", **PLAIN, "schedule": "cosine", "xi": 1.0, "patience": None,
+             "stopped": None, "best_step": None, "max_forgetting": None, **row}
+            for i, row in enumerate(rows)]
+    for row in full:
+        row["max_forgetting"] = row["max_forgetting"] or row["forgetting"]
+    frame = pd.DataFrame(full)
+    return frame.astype({"patience": "Int64", "best_step": "Int64"})
+
+
+def test_mitigations_are_paired_with_plain_training_at_the_same_lr():
+    summary = summary_of(
+        {"learning": 60, "forgetting": 40},                                    # p0 plain
+        {"lr": 1e-3, "learning": 50, "forgetting": 20},                        # p1 plain
+        {"regularizer": "l2", "lam": 0.01, "learning": 62, "forgetting": 35},  # p2 net 27
+        {"regularizer": "l2", "lam": 0.1, "learning": 55, "forgetting": 20},   # p3 net 35: best
+        {"regularizer": "l2", "lam": 1.0, "learning": 30, "forgetting": 2},    # p4 net 28
+        {"regularizer": "ewc", "lam": 100.0, "learning": 58, "forgetting": 10},  # p5 one λ
+        {"mix_ratio": 0.1, "learning": 59, "forgetting": 15},                  # p6
+        {"lr": 1e-3, "xi": 2.6, "learning": 40, "forgetting": 5},              # p7
+        {"patience": 2, "stopped": "39/78", "best_step": 30,
+         "learning": 57, "forgetting": 25},                                    # p8
+        {"lr": 1e-4, "mix_ratio": 0.1, "learning": 10, "forgetting": 1},       # p9: no plain
+        {"epochs": 12, "patience": 2, "stopped": "50/234", "best_step": 40,
+         "learning": 60, "forgetting": 30},                                    # p10: no plain
+    )
+    m = mitigation_frame(summary).set_index("point_id")
+    assert set(m.index) == {"p2", "p3", "p4", "p5", "p6", "p7", "p8"}
+    assert (m["plain_id"] == ["p1" if pid == "p7" else "p0" for pid in m.index]).all()
+    # reduced = plain − point forgetting; cost = plain − point learning
+    assert m.loc["p3", "forgetting_reduced"] == pytest.approx(20)
+    assert m.loc["p3", "learning_cost"] == pytest.approx(5)
+    assert m.loc["p2", "learning_cost"] == pytest.approx(-2)  # it learned more than plain
+    assert m.loc["p7", "forgetting_reduced"] == pytest.approx(15)
+    assert m.loc["p7", "learning_cost"] == pytest.approx(10)
+    # the best λ: highest learning − forgetting, not the least forgetting nor the most learning
+    assert m.loc["p3", "best_lam"] and not m.loc["p2", "best_lam"] and not m.loc["p4", "best_lam"]
+    assert not m.loc["p5", "best_lam"]  # a single λ is no choice
+    assert not m.loc[["p6", "p7", "p8"], "best_lam"].any()
+    assert m.loc["p2", "mitigation"] == "L2-SP λ=0.01"
+    assert m.loc["p5", "mitigation"] == "EWC λ=100"
+    assert m.loc["p6", "mitigation"] == "replay mix 0.1"
+    assert m.loc["p7", "mitigation"] == "discriminative lr ξ=2.6"
+    assert m.loc["p8", "mitigation"] == "early stopping (patience 2), stopped at 39/78"
+    # lr descending, then replay, L2-SP, EWC, discriminative lr, early stopping; λ ascending
+    assert list(m.index) == ["p6", "p2", "p3", "p4", "p5", "p8", "p7"]
+
+    text = format_mitigations(mitigation_frame(summary))
+    assert "L2-SP λ=0.1 *" in text and "L2-SP λ=1 *" not in text and "reduced" in text
+    assert all(len(line) <= 100 for line in text.splitlines())
+
+
+def test_best_lambda_ties_go_to_the_weaker_regularizer_and_no_plain_means_no_rows():
+    summary = summary_of({"learning": 60, "forgetting": 40},
+                         {"regularizer": "ewc", "lam": 1000.0, "learning": 50, "forgetting": 10},
+                         {"regularizer": "ewc", "lam": 10.0, "learning": 45, "forgetting": 5})
+    m = mitigation_frame(summary).set_index("point_id")
+    assert m["best_lam"].to_dict() == {"p2": True, "p1": False}
+    assert mitigation_frame(summary.iloc[1:]).empty  # no plain point to compare with
+    assert mitigation_frame(pd.DataFrame()).empty
+    assert "no mitigated point" in format_mitigations(mitigation_frame(pd.DataFrame()))
+
+
+def test_in_training_evaluation_overhead_is_eval_over_train_seconds():
+    point = Point(**PLAIN)
+    frame = overhead_frame([("a", point, {"train_seconds": 50.0, "eval_seconds": 4.0,
+                                          "last_step": 78}),
+                            ("b", point, {"train_seconds": 50.0, "eval_seconds": 0.0}),
+                            ("c", point, None)])
+    assert list(frame["point_id"]) == ["a"]
+    assert frame.loc[0, "eval_share"] == pytest.approx(8.0)

@@ -4,8 +4,7 @@ from torch.func import functional_call, grad
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from forgetbench.train import data as train_data
-from forgetbench.train.regularizers import (anchor_penalty_, fisher_diagonal, sample_labels,
-                                            snapshot)
+from forgetbench.train.regularizers import anchor_penalty_, fisher_diagonal, sample_labels, snapshot
 
 
 def moved_params():
