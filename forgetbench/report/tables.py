@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from forgetbench import metrics
-from forgetbench.config import Point, Suite
+from forgetbench.config import REGULARIZERS, Point, Suite
 
 # lr, epochs, mix_ratio, regularizer, lam, schedule, xi, patience
 POINT_COLUMNS = list(Point.model_fields)
@@ -113,9 +113,11 @@ def summary_frame(results: pd.DataFrame) -> pd.DataFrame:
         f"{last}/{steps}" if stop else None
         for stop, last, steps in zip(stopping, settings["last_step"], settings["steps"])])
     out = settings.drop(columns=["steps", "last_step"]).join(scores, how="inner")
+    # plain training first (regularizers in config order), patience unset before set
     out = out.reset_index().sort_values(
         ["regularizer", "mix_ratio", "xi", "patience", "schedule", "epochs", "lam", "lr"],
-        na_position="first")  # patience unset before set
+        na_position="first",
+        key=lambda col: col.map(REGULARIZERS.index) if col.name == "regularizer" else col)
     front = metrics.pareto_front(list(zip(out["learning"].fillna(0), out["forgetting"].fillna(0))))
     out["pareto"] = [i in front for i in range(len(out))]
     return out.reset_index(drop=True)

@@ -226,7 +226,7 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
         measured, base_logprobs = measure(keep=True)
         eval_seconds += measured["eval_s"]
     if resume_from is not None:
-        meta = checkpoint.load(model, optimizer, resume_from)
+        meta = checkpoint.load(model, optimizer, resume_from, dist)
         first_step, tokens_seen = meta["step"], meta["tokens"]
         best = meta.get("best", best)
 
