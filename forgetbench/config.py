@@ -133,8 +133,9 @@ class SweepSpec(_Strict):
     regularizer: Annotated[list[Literal[REGULARIZERS]], Field(min_length=1)] = ["none"]  # type: ignore[valid-type]
     lam: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [0.0]
     schedule: Annotated[list[Literal[SCHEDULES]], Field(min_length=1)] = ["cosine"]  # type: ignore[valid-type]
-    # discriminative learning rates (ULMFiT): layer l of L gets lr / xi^(L - l), the embeddings
-    # lowest, the head highest; 1 trains every layer at lr (ULMFiT used 2.6)
+    # discriminative learning rates (ULMFiT): depth l gets lr / xi^(L + 1 - l), with the
+    # embeddings at 0, the L decoder blocks at 1..L and the head at L + 1; 1 trains every
+    # depth at lr (ULMFiT used 2.6)
     xi: Annotated[list[Annotated[float, Field(ge=1)]], Field(min_length=1)] = [1.0]
     # early stopping: evaluations (every train.eval_every steps) without a new best validation
     # loss before training stops; the best step is exported. None: train to the end
