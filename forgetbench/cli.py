@@ -168,7 +168,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from forgetbench.store import RunStore
+    from forgetbench.config import Point
+    from forgetbench.store import RunStore, read_json
 
     store = RunStore(Path(args.run_dir))
     if not store.journal.exists():
@@ -177,8 +178,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for pid, st in sorted(states.items()):
         counts[st.status] = counts.get(st.status, 0) + 1
+        config = store.point_dir(pid) / "point.json"
+        label = f"  ({Point(**read_json(config)['point']).label()})" if config.exists() else ""
+        stopped = (f"  stopped early at step {st.train['last_step']} of {st.train['steps']}"
+                   if st.train.get("stopped_early") else "")
         extra = f"  {st.error}" if st.error else ""
-        _echo(f"{pid}  {st.status}{extra}")
+        _echo(f"{pid}  {st.status}{label}{stopped}{extra}")
     _echo(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no points yet")
     return 0
 
