@@ -76,7 +76,6 @@ class EvalIndex:
     # first two content tokens -> (length, last tokens) of the contents they open, by length
     openings: dict[tuple[str, str], tuple[tuple[int, frozenset[str]], ...]] = field(
         default_factory=dict)
-    size: int = 0
 
 
 def build_index(items: dict[str, list[tuple[str, str]]]) -> EvalIndex:
@@ -86,7 +85,6 @@ def build_index(items: dict[str, list[tuple[str, str]]]) -> EvalIndex:
     for task, docs in items.items():
         for doc, (question, answer) in enumerate(docs):
             item = EvalItem(task, doc, question, answer)
-            index.size += 1
             q = tokens(question)
             if q:
                 index.questions.setdefault(q, item)

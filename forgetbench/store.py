@@ -76,7 +76,8 @@ def fresh_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL file; a torn line (a crash mid-append) is skipped."""
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
@@ -118,7 +119,7 @@ class RunStore:
         """A point's ``train_log.jsonl`` (one record per optimizer step, step 0 the base
         model's held-out evaluation); empty when it has none. A torn last line is skipped."""
         path = self.point_dir(point_id) / "train_log.jsonl"
-        return _read_jsonl(path) if path.exists() else []
+        return read_jsonl(path) if path.exists() else []
 
     # --- writes
     def save_suite(self, resolved: dict) -> None:
@@ -146,7 +147,7 @@ class RunStore:
 
     # --- replay
     def events(self) -> list[dict]:
-        return _read_jsonl(self.journal) if self.journal.exists() else []
+        return read_jsonl(self.journal) if self.journal.exists() else []
 
     def states(self) -> dict[str, PointState]:
         """Each point's state, from the journal alone."""

@@ -7,6 +7,7 @@ point is complete when it has scores for the current key, and is never recompute
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +66,17 @@ def resolve_model(model: str) -> Path | str:
 
 
 def _digest(p: Path | None) -> str | None:
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p else None
+    if p is None:
+        return None
+    stat = p.stat()
+    return _file_digest(p, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _file_digest(p: Path, size: int, mtime_ns: int) -> str:
+    """A data file's hash, read once per process while the file is unchanged (size and
+    mtime are part of the cache key): a plan hashes the same replay file for many points."""
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
 
 
 def data_fingerprint(suite: Suite) -> dict[str, str | None]:
@@ -203,23 +215,19 @@ def train_one(suite: Suite, point_id: str, runs_root: Path, stop_after: int | No
     base = resolve_model(suite.model)
     ckpt = store.point_dir(pp.id) / "checkpoints"
     # one Fisher per model and Fisher settings, shared by every EWC point of the run
-    fisher_dir = store.root / "fisher" / _sha({"model": pp.config["model"],
-                                               **fisher_identity(suite)})[:12]
+    fisher_dir = (store.root / "fisher" / _sha({"model": pp.config["model"], **pp.config["fisher"]})[:12]
+                  if "fisher" in pp.config else None)
     if main:
         atomic_write_json(store.point_dir(pp.id) / "point.json", pp.config)
         store.append("point_started", point=pp.id, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     try:
-        if main:
-            with fresh_dir(store.model_dir(pp.id)) as tmp:
-                summary = train_point(suite, pp.point, base_model_dir=base, out_dir=tmp,
-                                      log_path=store.point_dir(pp.id) / "train_log.jsonl",
-                                      checkpoint_dir=ckpt, stop_after=stop_after,
-                                      fisher_dir=fisher_dir)
-                if "stopped_at" in summary:
-                    raise _Stopped  # leave no model directory: the point is not trained yet
-        else:
-            summary = train_point(suite, pp.point, base_model_dir=base, out_dir=None, log_path=None,
+        # rank 0 exports into a private directory that replaces model/ only on success
+        with fresh_dir(store.model_dir(pp.id)) if main else contextlib.nullcontext() as tmp:
+            summary = train_point(suite, pp.point, base_model_dir=base, out_dir=tmp,
+                                  log_path=store.point_dir(pp.id) / "train_log.jsonl" if main else None,
                                   checkpoint_dir=ckpt, stop_after=stop_after, fisher_dir=fisher_dir)
+            if main and "stopped_at" in summary:
+                raise _Stopped  # leave no model directory: the point is not trained yet
     except _Stopped:
         store.append("point_paused", point=pp.id, step=summary["stopped_at"])
         return summary
@@ -230,7 +238,7 @@ def train_one(suite: Suite, point_id: str, runs_root: Path, stop_after: int | No
             store.append("point_failed", point=pp.id, error=f"{type(exc).__name__}: {exc}",
                          traceback=traceback.format_exc(limit=8))
         raise
-    if main and "stopped_at" not in summary:
+    if main:
         store.append("point_trained", point=pp.id, summary=summary)
     return summary
 

@@ -148,7 +148,7 @@ def eval_key(settings: dict[str, Any]) -> str:
 
 
 @lru_cache(maxsize=4)
-def _task_manager(include_path: Path | None, defaults: bool = True):
+def _task_manager(include_path: Path | None, defaults: bool):
     """lm-eval's task index, built once per process: indexing its thousands of built-in
     task YAMLs takes ~10 s, so a suite with bundled tasks only (``defaults`` False) skips it."""
     from lm_eval.tasks import TaskManager
@@ -168,7 +168,7 @@ def check_tasks(suite: Suite, source: str = "suite") -> None:
     missing = [(t, role) for t, role in suite.all_tasks() if t.name not in local]
     if not missing:
         return
-    known = set(_task_manager(suite.tasks.include_path).all_tasks) | set(local)
+    known = set(_task_manager(suite.tasks.include_path, True).all_tasks) | set(local)
     for task, role in missing:
         if task.name not in known:
             close = difflib.get_close_matches(task.name, sorted(known), n=3)

@@ -26,6 +26,7 @@ import torch
 
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
+from forgetbench.store import read_jsonl
 from forgetbench.train import checkpoint, distributed, throughput
 from forgetbench.train import data as train_data
 from forgetbench.train.regularizers import anchor_penalty_, fisher_diagonal, snapshot
@@ -189,10 +190,12 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     eval_batch = cfg.eval_batch_size or max(1, math.ceil(cfg.batch_size / dist.world_size
                                                          / cfg.grad_accum))
 
-    def measure(base_logprobs=None, keep=False):
+    def measure(base_logprobs=None, keep=False, only=None):
         model.eval()
         out, kept, t0 = {}, [], time.monotonic()
         for key, rows in heldout.items():
+            if only is not None and key != only:
+                continue
             general = key == "general_loss"
             loss, kl, logp = heldout_pass(
                 model, rows, batch_size=eval_batch, pad_id=tokenizer.pad_token_id, device=device,
@@ -223,7 +226,7 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
         if track_kl:
             base_logprobs, step0["kl"] = kept, 0.0
     elif track_kl:  # resuming: the KL reference is still the base model, before the load
-        measured, base_logprobs = measure(keep=True)
+        measured, base_logprobs = measure(keep=True, only="general_loss")
         eval_seconds += measured["eval_s"]
     if resume_from is not None:
         meta = checkpoint.load(model, optimizer, resume_from, dist)
@@ -234,11 +237,10 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     log = None
     if dist.main and log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        kept = ([line for line in log_path.read_text().splitlines()
-                 if line.strip() and json.loads(line)["step"] <= first_step]
+        kept = ([r for r in read_jsonl(log_path) if r["step"] <= first_step]
                 if first_step and log_path.exists() else [])
         log = open(log_path, "w", encoding="utf-8")
-        log.writelines(line + "\n" for line in kept)  # steps after the checkpoint are redone
+        log.writelines(json.dumps(r) + "\n" for r in kept)  # steps after the checkpoint are redone
     stopped_early, done = False, first_step
     if log is not None and heldout and first_step == 0:
         log.write(json.dumps({"step": 0, **step0}) + "\n")
@@ -355,9 +357,9 @@ def _ewc_fisher(suite: Suite, model, names: list[str], params: list, tokenizer,
     when it is complete there, else estimated on ``train.ewc.samples`` rows of data.fisher
     (or data.replay), the same rows on every rank, and written to ``cache``."""
     cfg = suite.train
-    like = {n: torch.zeros_like(p.detach(), dtype=torch.float32) for n, p in zip(names, params)}
     if cache is not None and checkpoint.complete(cache):
-        state = {"fisher": like}
+        state = {"fisher": {n: torch.zeros_like(p.detach(), dtype=torch.float32)
+                            for n, p in zip(names, params)}}
         info = checkpoint.load_state(state, cache)
         return [state["fisher"][n] for n in names], info
     source = suite.data.fisher or suite.data.replay
