@@ -52,7 +52,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise ForgetbenchError("plan: give a SUITE, or --params, --hidden, --layers and "
                                    f"--seq-len (missing: {', '.join('--' + m.replace('_', '-') for m in missing)})")
         shape = planner.ModelShape(params=args.params, hidden=args.hidden, layers=args.layers,
-                                   heads=args.heads, vocab=args.vocab)
+                                   heads=args.heads, vocab=args.vocab, intermediate=args.intermediate,
+                                   kv_heads=args.kv_heads)
         work = planner.Workload(seq_len=args.seq_len, batch_size=args.batch_size, gpus=args.gpus or 1,
                                 gpu_memory_gb=memory, regularizer=args.regularizer)
         plan = planner.FORMULAS[args.formula](shape, work)
@@ -236,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int)
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--kv-heads", type=int, help="key/value heads (grouped-query attention; default: --heads)")
+    p.add_argument("--intermediate", type=int,
+                   help="MLP width (default: what the parameters leave for a gated MLP)")
     p.add_argument("--seq-len", type=int)
     p.add_argument("--batch-size", type=int, default=1, help="micro-batch per GPU")
     p.add_argument("--gpus", type=int, help="GPU count (default: the suite's train.nproc, or 1)")

@@ -10,16 +10,24 @@ Two estimates, both in decimal GB (1e9 bytes):
     activations = s · b · d · L · 12
     min GPUs    = ceil((state + activations) / GPU memory)
 
-``fsdp`` (what forgetbench's recipe holds per GPU with FSDP2 over n GPUs)
+``fsdp`` (what forgetbench's recipe holds per GPU: FSDP2 over n > 1 GPUs, or one process)
     sharded     = (4 master + 4 grad + 8 Adam m, v [+ 4 L2-SP θ0 | + 8 EWC θ0, Fisher]) B/param / n
-    working set = the largest decoder block gathered in the compute dtype, twice (the one
-                  computing and the one prefetched), plus the root group (embeddings, head,
-                  final norm), which stays gathered from forward to backward
-    activations = per-GPU micro-batch b (with activation checkpointing: each block's input,
-                  L · s·b·d·2, plus one block's full set), else L · s·b·d·34 bytes for bf16 compute (Korthikanti et
-                  al. 2022, no recomputation; ×2 for fp32), + L · 5·a·s²·b when attention
-                  scores are materialised (eager attention; SDPA/flash do not store them),
-                  plus the logits and their gradient in fp32, 2 · s·b·V·4
+    working set = n > 1: the largest decoder block gathered in the compute dtype, twice (the
+                  one computing and the one prefetched), plus the root group (embeddings,
+                  head, final norm), which stays gathered from forward to backward.
+                  n = 1 with bf16: autocast's bf16 copy of every weight, which the forward
+                  saves for the backward (2 B/param; one block's with activation checkpointing)
+    activations = per-GPU micro-batch b, per layer per token (s·b), in multiples of d:
+                  bf16 parameters (FSDP)   20 + 4·g + 8·r     (r = intermediate / d,
+                  bf16 autocast (1 GPU)    30 + 4·g + 8·r      g = kv heads / heads)
+                  fp32                     32 + 8·g + 16·r
+                  counted from what autograd saves in transformers' Llama-family decoder
+                  layer (RMSNorm, gated MLP, SDPA/flash attention, which stores no scores;
+                  tests/test_plan.py checks the counts against a real forward). Eager
+                  attention adds 5·a·s per token and layer. With activation checkpointing,
+                  each block keeps only its input (s·b·d in the residual's dtype) and one
+                  block recomputes at a time. The loss adds 12 B per token and vocabulary
+                  entry: the fp32 log-softmax, its gradient and the gradient of the logits
     min GPUs    = the smallest n whose per-GPU total fits in the GPU memory
 """
 from __future__ import annotations
@@ -41,12 +49,27 @@ class ModelShape:
     vocab: int = 32000     # V
     block_params: float | None = None  # parameters of one decoder block; default (N − 2·V·d) / L
     tied_embeddings: bool = False
+    intermediate: int | None = None    # MLP width; default: what the block's parameters leave for a gated MLP
+    kv_heads: int | None = None        # key/value heads (grouped-query attention); default: heads
 
     @property
     def per_block(self) -> float:
         if self.block_params is not None:
             return self.block_params
         return max(self.params - self.root_params, 0) / self.layers
+
+    @property
+    def mlp_ratio(self) -> float:
+        """r = intermediate / d. Without an intermediate size, the block's parameters left
+        after attention (2·d² for q and o, 2·d²·g for k and v) are taken as a gated MLP's 3·d·i."""
+        if self.intermediate:
+            return self.intermediate / self.hidden
+        d = self.hidden
+        return max(self.per_block - (2 + 2 * self.kv_ratio) * d * d, 0) / (3 * d * d)
+
+    @property
+    def kv_ratio(self) -> float:
+        return (self.kv_heads or self.heads) / self.heads
 
     @property
     def root_params(self) -> float:
@@ -95,20 +118,41 @@ def textbook(model: ModelShape, work: Workload) -> Plan:
                 work.gpu_memory_gb, fits=work.gpus >= need)
 
 
+def activation_bytes_per_layer(model: ModelShape, work: Workload, sharded: bool) -> float:
+    """Bytes autograd keeps per token for one decoder layer's backward (the module docstring
+    says where the counts come from); ``sharded`` is FSDP's bf16 parameters, else autocast."""
+    g, r = model.kv_ratio, model.mlp_ratio
+    if work.dtype == "float32":
+        per_d = 32 + 8 * g + 16 * r
+    elif sharded:  # FSDP casts the parameters: the residual stream is bf16
+        per_d = 20 + 4 * g + 8 * r
+    else:  # autocast over fp32 weights: fp32 residual and norms, one bf16 cast per projection input
+        per_d = 30 + 4 * g + 8 * r
+    scores = 5 * model.heads * work.seq_len / model.hidden if work.attention == "eager" else 0.0
+    return (per_d + scores) * model.hidden
+
+
 def _fsdp_per_gpu(model: ModelShape, work: Workload, n: int) -> tuple[float, ...]:
     p = model.params
-    compute_bytes = 4 if work.dtype == "float32" else 2
+    sharded, bf16 = n > 1, work.dtype != "float32"
+    compute_bytes = 2 if bf16 else 4
     weights, grads, optim = 4 * p / n / GB, 4 * p / n / GB, 8 * p / n / GB
     anchors = {"none": 0, "l2": 4, "ewc": 8}[work.regularizer] * p / n / GB
-    working = (2 * model.per_block + model.root_params) * compute_bytes / GB if n > 1 else 0.0
-    s, b, d, a, L = work.seq_len, work.batch_size, model.hidden, model.heads, model.layers
-    scores = 5 * a * s / d if work.attention == "eager" else 0.0
-    per_layer = s * b * d * (34 + scores) * (compute_bytes / 2)
-    logits = 2 * s * b * model.vocab * 4
-    if work.activation_checkpointing:  # each block keeps its input; one block recomputes at a time
-        acts = (L * s * b * d * compute_bytes + per_layer + logits) / GB
+    if sharded:
+        working = (2 * model.per_block + model.root_params) * compute_bytes / GB
+    elif bf16:  # autocast's weight copies live from the forward to the backward
+        copied = model.per_block + model.root_params if work.activation_checkpointing else p
+        working = 2 * copied / GB
     else:
-        acts = (L * per_layer + logits) / GB
+        working = 0.0
+    tokens, L = work.seq_len * work.batch_size, model.layers
+    per_layer = tokens * activation_bytes_per_layer(model, work, sharded)
+    loss = 12 * tokens * model.vocab
+    if work.activation_checkpointing:  # each block keeps its input; one block recomputes at a time
+        residual_bytes = 2 if sharded and bf16 else 4
+        acts = (L * tokens * model.hidden * residual_bytes + per_layer + loss) / GB
+    else:
+        acts = (L * per_layer + loss) / GB
     return weights, grads, optim, anchors, working, acts
 
 
@@ -143,7 +187,9 @@ def shape_of(model_ref: str) -> ModelShape:
                       hidden=get("hidden_size", "n_embd"), layers=get("num_hidden_layers", "n_layer"),
                       heads=get("num_attention_heads", "n_head"), vocab=get("vocab_size"),
                       block_params=sum(p.numel() for p in block.parameters()),
-                      tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)))
+                      tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+                      intermediate=get("intermediate_size", "n_inner") or None,
+                      kv_heads=get("num_key_value_heads") or None)
 
 
 def workload_of(suite, gpu_memory_gb: float, regularizer: str = "none") -> Workload:
