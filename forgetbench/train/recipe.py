@@ -270,6 +270,7 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
                 token_loss = torch.nn.functional.cross_entropy(
                     logits.flatten(0, 1).float(), train_data.shift_labels(labels).flatten(),
                     ignore_index=train_data.IGNORE_INDEX, reduction="sum") / max(n_tokens, 1)
+                del logits  # the loss saved what it needs; the logits need not live through the backward
                 # FSDP averages gradients over ranks; × world size makes that a sum
                 (token_loss * dist.world_size).backward()
                 loss_sum += token_loss.item()
