@@ -14,7 +14,9 @@ Two estimates, both in decimal GB (1e9 bytes):
     sharded     = (4 master + 4 grad + 8 Adam m, v [+ 4 L2-SP θ0 | + 8 EWC θ0, Fisher]) B/param / n
     working set = n > 1: the largest decoder block gathered in the compute dtype, twice (the
                   one computing and the one prefetched), plus the root group (embeddings,
-                  head, final norm), which stays gathered from forward to backward.
+                  head, final norm), which stays gathered from forward to backward, plus
+                  one block's unsharded gradient on its way to the reduce-scatter (in the
+                  compute dtype and again in fp32, the reduce dtype).
                   n = 1 with bf16: autocast's bf16 copy of every weight, which the forward
                   saves for the backward (2 B/param; one block's with activation checkpointing)
     activations = per-GPU micro-batch b, per layer per token (s·b), in multiples of d:
@@ -26,8 +28,11 @@ Two estimates, both in decimal GB (1e9 bytes):
                   tests/test_plan.py checks the counts against a real forward). Eager
                   attention adds 5·a·s per token and layer. With activation checkpointing,
                   each block keeps only its input (s·b·d in the residual's dtype) and one
-                  block recomputes at a time. The loss adds 12 B per token and vocabulary
-                  entry: the fp32 log-softmax, its gradient and the gradient of the logits
+                  block recomputes at a time. One layer's backward adds its temporaries,
+                  the gradients of the MLP's three intermediates and of the residual,
+                  (3·r + 1)·d per token in the compute dtype. The loss adds 12 B per token
+                  and vocabulary entry: the fp32 log-softmax, its gradient and the gradient
+                  of the logits
     min GPUs    = the smallest n whose per-GPU total fits in the GPU memory
 """
 from __future__ import annotations
@@ -139,7 +144,8 @@ def _fsdp_per_gpu(model: ModelShape, work: Workload, n: int) -> tuple[float, ...
     weights, grads, optim = 4 * p / n / GB, 4 * p / n / GB, 8 * p / n / GB
     anchors = {"none": 0, "l2": 4, "ewc": 8}[work.regularizer] * p / n / GB
     if sharded:
-        working = (2 * model.per_block + model.root_params) * compute_bytes / GB
+        gathered = (2 * model.per_block + model.root_params) * compute_bytes
+        working = (gathered + model.per_block * (compute_bytes + 4)) / GB
     elif bf16:  # autocast's weight copies live from the forward to the backward
         copied = model.per_block + model.root_params if work.activation_checkpointing else p
         working = 2 * copied / GB
@@ -148,6 +154,7 @@ def _fsdp_per_gpu(model: ModelShape, work: Workload, n: int) -> tuple[float, ...
     tokens, L = work.seq_len * work.batch_size, model.layers
     per_layer = tokens * activation_bytes_per_layer(model, work, sharded)
     loss = 12 * tokens * model.vocab
+    per_layer += tokens * model.hidden * (3 * model.mlp_ratio + 1) * compute_bytes  # backward temporaries
     if work.activation_checkpointing:  # each block keeps its input; one block recomputes at a time
         residual_bytes = 2 if sharded and bf16 else 4
         acts = (L * tokens * model.hidden * residual_bytes + per_layer + loss) / GB
