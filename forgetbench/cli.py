@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             best = (f" (exported: step {summary['best_step']}, the best validation loss)"
                     if summary.get("best_step") is not None else "")
             _echo(f"point {args.point}: {steps}{best} on {summary['world_size']} "
-                  f"process(es) in {summary['train_seconds']} s"
+                  f"process(es){' (FSDP2)' if summary['sharded'] else ''} in {summary['train_seconds']} s"
                   + (f", resumed from step {summary['resumed_from_step']}"
                      if summary["resumed_from_step"] else ""))
     return 0

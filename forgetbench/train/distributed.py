@@ -1,8 +1,9 @@
 """Process groups, FSDP2 wrapping, and rank helpers for the training recipe.
 
-Under ``torchrun`` each process trains a shard: NCCL on GPUs, gloo on CPU. Without torchrun
-(WORLD_SIZE unset) everything here degrades to a single process and no wrapping, so the
-recipe reads the same either way.
+Under ``torchrun`` each process trains a shard: NCCL on GPUs, gloo on CPU, also with one
+process (FSDP2 over one GPU: the same code path as many, and how one GPU checks it).
+Without torchrun (WORLD_SIZE unset) everything here degrades to a single process and no
+wrapping, so the recipe reads the same either way.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Dist:
     rank: int
     world_size: int
     device: torch.device
+    launched: bool = False  # under torchrun: a process group, and the model sharded by FSDP2
 
     @property
     def main(self) -> bool:
@@ -25,7 +27,7 @@ class Dist:
 
     @property
     def active(self) -> bool:
-        return self.world_size > 1
+        return self.launched or self.world_size > 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,17 +39,18 @@ def resolve_device(name: str) -> torch.device:
 
 def init(device_name: str) -> Dist:
     """Join the torchrun process group if there is one; pick this rank's device."""
+    launched = "WORLD_SIZE" in os.environ
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name)
     if device.type == "cuda":
         # one GPU per process under torchrun; the named (or first) GPU otherwise
-        device = torch.device("cuda", local if world > 1 else (device.index or 0))
+        device = torch.device("cuda", local if launched else (device.index or 0))
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    if launched and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=rank, world_size=world, device=device)
+    return Dist(rank=rank, world_size=world, device=device, launched=launched)
 
 
 def shutdown_group() -> None:

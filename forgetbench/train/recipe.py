@@ -341,7 +341,7 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     if dist.main and checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the exported model supersedes them
     summary = {"steps": total_steps, "last_step": done, "examples": len(stream),
-               "world_size": dist.world_size, "resumed_from_step": first_step,
+               "world_size": dist.world_size, "sharded": dist.active, "resumed_from_step": first_step,
                "train_seconds": round(time.monotonic() - start, 2),
                "eval_seconds": round(eval_seconds, 2), "final_loss": round(loss_sum, 6)}
     if point.patience is not None:
