@@ -1,84 +1,66 @@
 """Training throughput: forgetbench's recipe against Hugging Face ``Trainer``, same run.
 
-Both train the same randomly initialised Llama on the same tokenised examples (the
-default suite's target data, completion-only labels) with the same global batch, AdamW,
-cosine schedule and clipping, for the same number of optimizer steps, one process. The
-script prints tokens/s (non-padding tokens over wall time of the training loop) for each
-and the ratio forgetbench / Trainer; above 1 means forgetbench is faster.
+Both train the same randomly initialised Llama on the same tokenised examples with the same
+global batch, AdamW, cosine schedule and clipping, for the same number of optimizer steps,
+in one process. The script prints tokens/s (non-padding tokens over the wall time of the
+training loop) for each and the ratio forgetbench / Trainer (above 1: forgetbench is
+faster), then forgetbench's steady-state figures from its per-step log (tokens/s, MFU, peak
+memory after the warm-up steps) next to the memory planner's prediction.
 
-    python benchmarks/train_throughput.py                       # CPU-sized model
-    python benchmarks/train_throughput.py --hidden 2048 --layers 16 --dtype bfloat16   # GPU
+    python benchmarks/train_throughput.py                       # CPU-sized, the medical rows
+    # GPU, ~0.94B parameters, full 2048-token rows, Llama-2's vocabulary:
+    python benchmarks/train_throughput.py --hidden 2048 --layers 16 --vocab 32000 \\
+        --data long --seq-len 2048 --batch-size 8 --steps 30 --dtype bfloat16
+    # the same under torchrun: FSDP2 (NCCL on GPUs); the Trainer is skipped
+    torchrun --nproc_per_node N benchmarks/train_throughput.py ... --skip-trainer
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-
-def make_model(out: Path, args) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from forgetbench.builtin import builtin_model_dir
-
-    tok_dir = builtin_model_dir("tiny-llama")  # its tokenizer; the weights are fresh
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
-                      num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
-                      num_key_value_heads=max(1, args.hidden // 64), max_position_embeddings=2048,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, make_model, one_point_suite, write_long_rows  # noqa: E402
 
 
-def run_forgetbench(model_dir: Path, work: Path, args) -> tuple[float, int]:
+def run_forgetbench(model_dir: Path, target: Path, work: Path, args) -> list[dict]:
     from forgetbench.config import Point, load_suite
     from forgetbench.train.recipe import train_point
 
-    raw = yaml.safe_load((REPO / "suites/medical.yaml").read_text())
-    raw["model"] = str(model_dir)
-    raw["data"] = {"target": str(REPO / "suites/data/medical_train.jsonl")}
-    raw["tasks"]["include_path"] = str(REPO / "suites/tasks")
-    raw["train"].update(batch_size=args.batch_size, max_seq_len=args.seq_len, dtype=args.dtype,
-                        device=args.device)
-    raw["sweep"] = {"lr": [1e-4], "mix_ratio": [0.0]}
-    path = work / "suite.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    suite = load_suite(path)
+    suite = load_suite(one_point_suite(work, model_dir=model_dir, target=target, batch_size=args.batch_size,
+                                       seq_len=args.seq_len, dtype=args.dtype, device=args.device,
+                                       compile=args.compile,
+                                       activation_checkpointing=args.activation_checkpointing))
     point = Point(lr=1e-4, epochs=args.epochs, mix_ratio=0.0, regularizer="none", lam=0.0)
     log = work / "fb_log.jsonl"
     train_point(suite, point, base_model_dir=model_dir, out_dir=None, log_path=log)
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
-    return rows[-1]["elapsed_s"], rows[-1]["tokens"]
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def run_trainer(model_dir: Path, work: Path, args) -> tuple[float, int]:
+def run_trainer(model_dir: Path, target: Path, work: Path, args) -> tuple[float, int]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from forgetbench.train import data as train_data
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    examples = train_data.tokenize(train_data.read_rows(REPO / "suites/data/medical_train.jsonl"),
-                                   tok, args.seq_len)
+    examples = train_data.tokenize(train_data.read_rows(target), tok, args.seq_len)
     stream = train_data.mixture(examples, [], epochs=args.epochs, mix_ratio=0.0, seed=0)
     ds = Dataset.from_list([{"input_ids": list(e.input_ids), "attention_mask": [1] * len(e.input_ids),
                              "labels": list(e.labels)} for e in stream])
     steps = math.ceil(len(stream) / args.batch_size)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if args.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     targs = TrainingArguments(
         output_dir=str(work / "hf"), per_device_train_batch_size=args.batch_size, max_steps=steps,
         learning_rate=1e-4, lr_scheduler_type="cosine", warmup_steps=round(0.1 * steps),
@@ -94,27 +76,74 @@ def run_trainer(model_dir: Path, work: Path, args) -> tuple[float, int]:
     return elapsed, tokens
 
 
+def plan(model_dir: Path, args, gpus: int) -> tuple[float, float]:
+    """The model's parameter count and the planner's GB per device for this run."""
+    from forgetbench.plan import Workload, fsdp, shape_of
+
+    shape = shape_of(str(model_dir))
+    micro = math.ceil(args.batch_size / gpus)
+    return shape.params, fsdp(shape, Workload(
+        seq_len=args.seq_len, batch_size=micro, gpus=gpus, dtype=args.dtype,
+        activation_checkpointing=args.activation_checkpointing)).total_gb
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--vocab", type=int, default=None, help="model vocabulary (default: the tokenizer's 640)")
+    p.add_argument("--data", default="medical", choices=["medical", "long"],
+                   help="the default suite's short target rows, or synthetic rows that fill --seq-len")
+    p.add_argument("--batch-size", type=int, default=16, help="global batch (rows per optimizer step)")
     p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--epochs", type=float, default=2.0, help="passes over the medical rows")
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps with --data long")
+    p.add_argument("--warmup-steps", type=int, default=5, help="steps left out of the steady-state figures")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="train.compile: torch.compile each decoder block")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--skip-trainer", action="store_true", help="forgetbench only (implied under torchrun)")
     args = p.parse_args()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    skip_trainer = args.skip_trainer or "WORLD_SIZE" in os.environ
+    # every rank builds the same files in its own directory (cheap next to training)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        make_model(work / "model", args)
-        fb_s, fb_tok = run_forgetbench(work / "model", work, args)
-        hf_s, hf_tok = run_trainer(work / "model", work, args)
-    fb_rate, hf_rate = fb_tok / fb_s, hf_tok / hf_s
-    print(f"model: Llama hidden {args.hidden}, {args.layers} layers, {args.dtype} on {args.device}; "
-          f"batch {args.batch_size}, {args.epochs:g} epochs of the medical target data")
-    print(f"forgetbench recipe : {fb_tok} tokens in {fb_s:.2f} s = {fb_rate:,.0f} tokens/s")
-    print(f"HF Trainer         : {hf_tok} tokens in {hf_s:.2f} s = {hf_rate:,.0f} tokens/s")
-    print(f"ratio forgetbench / Trainer: {fb_rate / hf_rate:.2f}")
+        make_model(work / "model", hidden=args.hidden, layers=args.layers, vocab=args.vocab,
+                   seq_len=args.seq_len)
+        target = REPO / "suites/data/medical_train.jsonl"
+        if args.data == "long":
+            target = work / "long.jsonl"
+            write_long_rows(target, rows=args.steps * args.batch_size, tokens=args.seq_len, model_dir=work / "model")
+            args.epochs = 1.0
+        log = run_forgetbench(work / "model", target, work, args)
+        hf = None if skip_trainer else run_trainer(work / "model", target, work, args)
+        n_params, plan_gb = plan(work / "model", args, world)
+    if not main_rank:
+        return 0
+    fb_s, fb_tok = log[-1]["elapsed_s"], log[-1]["tokens"]
+    print(f"model: Llama {n_params / 1e6:,.1f}M parameters (hidden {args.hidden}, {args.layers} layers), "
+          f"{args.dtype} on {args.device} x{world}{' (FSDP2)' if 'WORLD_SIZE' in os.environ else ''}; "
+          f"global batch {args.batch_size}, {len(log)} steps of {args.data} rows (max {args.seq_len} tokens)"
+          + (", compiled blocks" if args.compile else "")
+          + (", activation checkpointing" if args.activation_checkpointing else ""))
+    print(f"forgetbench recipe : {fb_tok} tokens in {fb_s:.2f} s = {fb_tok / fb_s:,.0f} tokens/s")
+    if hf is not None:
+        hf_s, hf_tok = hf
+        print(f"HF Trainer         : {hf_tok} tokens in {hf_s:.2f} s = {hf_tok / hf_s:,.0f} tokens/s")
+        print(f"ratio forgetbench / Trainer: {(fb_tok / fb_s) / (hf_tok / hf_s):.2f}")
+    steady = log[args.warmup_steps:] or log
+    rate = statistics.median(r["tokens_per_s"] for r in steady)
+    mfu = [r["mfu"] for r in steady if r.get("mfu") is not None]
+    mfu_text = f"MFU {statistics.median(mfu):.1%}" if mfu else "MFU n/a (no GPU peak known)"
+    print(f"steady state (steps {steady[0]['step']}-{steady[-1]['step']}, median per step): "
+          f"{rate:,.0f} tokens/s per job, {mfu_text}")
+    measured = max(r["peak_mem_gb"] for r in log)
+    what = "CUDA allocator peak" if args.device.startswith("cuda") else "process peak RSS (not comparable to the plan)"
+    print(f"peak memory: {measured:.2f} GB ({what}); planned per device: {plan_gb:.2f} GB "
+          f"(ratio measured / planned {measured / plan_gb:.2f})")
     return 0
 
 
