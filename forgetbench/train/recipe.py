@@ -130,7 +130,7 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     # fp32 master weights and optimizer state; bf16 only for compute. Updating bf16
     # weights in place would round most fine-tuning-sized steps to zero.
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = throughput.matmul_params(model)  # before sharding: for MFU
     if cfg.activation_checkpointing:  # before sharding, so each block recomputes inside FSDP
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
