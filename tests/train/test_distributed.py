@@ -106,3 +106,31 @@ def test_the_gathered_export_reloads_to_the_in_memory_fsdp_model(tiny_model_dir,
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():
         assert not torch.allclose(base(**saved["inputs"]).logits, logits, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_bf16_fsdp_computes_in_bf16_and_reduces_to_the_single_process_result(write_suite, tiny_model_dir, tmp_path):
+    """FSDP's mixed precision (bf16 parameters for compute, fp32 gradient reduction, fp32
+    sharded master weights) against one process's bf16 autocast: both follow the fp32 run to
+    bf16's precision, and neither is the fp32 run."""
+    from forgetbench.config import load_suite
+    from forgetbench.sweep import plan
+    from forgetbench.train.recipe import train_point
+
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        raw = suite_dict(**{"model": str(tiny_model_dir), "train.batch_size": 8, "train.dtype": dtype,
+                            "train.eval_every": None, "train.track_kl": False})
+        raw["sweep"] = {"lr": [1e-3], "epochs": [1], "mix_ratio": [0.0]}
+        path = write_suite(raw)
+        suite = load_suite(path)
+        [pp] = plan(suite)
+        log = tmp_path / f"{dtype}.jsonl"
+        train_point(suite, pp.point, base_model_dir=tiny_model_dir, out_dir=None, log_path=log)
+        losses[dtype, 1] = [json.loads(line)["loss"] for line in log.read_text().splitlines()]
+    two, model = train(path, pp.id, tmp_path / "two", 2)
+    losses["bfloat16", 2] = [r["loss"] for r in two]
+    fp32 = losses["float32", 1]
+    for run in (losses["bfloat16", 1], losses["bfloat16", 2]):
+        assert run != fp32 and run == pytest.approx(fp32, rel=2e-3)  # measured: <= 3e-4
+    assert all(p.dtype == torch.float32 for p in model.parameters())
