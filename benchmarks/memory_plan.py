@@ -83,7 +83,7 @@ def measure(args, dtype: str, work: Path) -> dict:
     model, rows = work / "model", work / "rows.jsonl"
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         work = Path(tmp)
-        ewc = {"samples": 8} if args.regularizer == "ewc" else {}
+        ewc = {"samples": args.fisher_samples} if args.regularizer == "ewc" else {}
         suite_file = one_point_suite(work, model_dir=model, target=rows, batch_size=args.batch_size,
                                      seq_len=args.seq_len, dtype=dtype, device=args.device,
                                      activation_checkpointing=args.activation_checkpointing,
@@ -112,7 +112,7 @@ def measure(args, dtype: str, work: Path) -> dict:
         allocator = (torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None)
         steps = summary["last_step"]
         return {"params": shape.params, "plan": plan, "plan_text": format_plan(plan), "tracked_gb": tracked,
-                "allocator_gb": allocator, "steps": steps}
+                "allocator_gb": allocator, "steps": steps, "fisher": summary.get("fisher")}
 
 
 def main() -> int:
@@ -125,6 +125,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both")
     p.add_argument("--regularizer", choices=["none", "l2", "ewc"], default="none")
+    p.add_argument("--fisher-samples", type=int, default=8, help="EWC: examples in the Fisher estimate")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", action="store_true", help="also print one JSON line per run")
@@ -159,6 +160,9 @@ def main() -> int:
         if r["allocator_gb"] is not None:
             allocated = max(a for _, a in per_rank)
             print(f"  CUDA allocator peak: {allocated:.3f} GB; ratio / planned {allocated / plan.total_gb:.2f}")
+        if r["fisher"]:
+            print(f"  EWC Fisher: {r['fisher']['samples']} examples in {r['fisher']['seconds']} s "
+                  "(inside the tracked run, its peak included)")
         if args.json:
             print(json.dumps({"world": world, "dtype": dtype, "planned_gb": plan.total_gb,
                               "tracked_gb": [t for t, _ in per_rank], "allocator_gb": [a for _, a in per_rank],
