@@ -154,12 +154,12 @@ def _fsdp_per_gpu(model: ModelShape, work: Workload, n: int) -> tuple[float, ...
     tokens, L = work.seq_len * work.batch_size, model.layers
     per_layer = tokens * activation_bytes_per_layer(model, work, sharded)
     loss = 12 * tokens * model.vocab
-    per_layer += tokens * model.hidden * (3 * model.mlp_ratio + 1) * compute_bytes  # backward temporaries
+    temporaries = tokens * model.hidden * (3 * model.mlp_ratio + 1) * compute_bytes  # one layer's backward
     if work.activation_checkpointing:  # each block keeps its input; one block recomputes at a time
         residual_bytes = 2 if sharded and bf16 else 4
-        acts = (L * tokens * model.hidden * residual_bytes + per_layer + loss) / GB
+        acts = (L * tokens * model.hidden * residual_bytes + per_layer + temporaries + loss) / GB
     else:
-        acts = (L * per_layer + loss) / GB
+        acts = (L * per_layer + temporaries + loss) / GB
     return weights, grads, optim, anchors, working, acts
 
 

@@ -74,6 +74,10 @@ def test_activation_checkpointing_keeps_only_block_inputs():
     full = fsdp(m, Workload(seq_len=2048, gpus=8))
     ac = fsdp(m, Workload(seq_len=2048, gpus=8, activation_checkpointing=True))
     assert ac.activations_gb < full.activations_gb / 5
+    # without checkpointing: every layer's saved tensors, one layer's backward temporaries
+    saved = 2048 * 4096 * (20 + 4 + 8 * m.mlp_ratio)
+    temporaries = 2048 * 4096 * 2 * (3 * m.mlp_ratio + 1)
+    assert full.activations_gb == pytest.approx((32 * saved + temporaries + 12 * 2048 * 32000) / 1e9)
     # bf16 parameters under FSDP, and one layer's backward temporaries
     per_layer = 2048 * 4096 * (20 + 4 + 8 * m.mlp_ratio + 2 * (3 * m.mlp_ratio + 1))
     assert ac.activations_gb == pytest.approx((32 * 2048 * 4096 * 2 + per_layer + 12 * 2048 * 32000) / 1e9)
