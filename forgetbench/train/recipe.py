@@ -71,15 +71,43 @@ def discriminative_groups(model: torch.nn.Module, xi: float) -> list[dict]:
             for d, ps in sorted(by_depth.items())]
 
 
+# track_kl keeps, per held-out token, the base model's KL_TOP_K largest log-probabilities,
+# their token ids and the log of the mass outside them: ~2 KB a token whatever the
+# vocabulary (the full distribution would be 4 B × V: 0.5 MB a token at V = 128k)
+KL_TOP_K = 256
+
+
+def _rest_logmass(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log Σ exp(logp) over the vocabulary outside ``ids``, per row (−inf when empty)."""
+    return torch.logsumexp(logp.scatter(1, ids, float("-inf")), dim=-1)
+
+
+def top_logprobs(logp: torch.Tensor, k: int = KL_TOP_K) -> tuple[torch.Tensor, ...]:
+    """A distribution's top-k log-probs, their ids (int32) and its log-mass outside them."""
+    top, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)
+    return top, ids.to(torch.int32), _rest_logmass(logp, ids)
+
+
+def top_kl(base: tuple[torch.Tensor, ...], logp: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(base ‖ model) over the base's top-k tokens and the rest merged into one
+    outcome: exact when the rest has no mass, else a lower bound of the full KL (merging
+    outcomes never raises a divergence), tight when the rest is small."""
+    top, ids, rest = base
+    ids = ids.long()
+    kl = (top.exp() * (top - logp.gather(1, ids))).sum(-1)
+    p_rest = rest.exp()
+    return kl + torch.where(p_rest > 0, p_rest * (rest - _rest_logmass(logp, ids)), 0.0)
+
+
 @torch.no_grad()
 def heldout_pass(model, rows: list[train_data.Example], *, batch_size: int, pad_id: int,
                  device: torch.device, autocast, dist: distributed.Dist,
-                 base_logprobs: list[torch.Tensor] | None = None,
-                 keep_logprobs: bool = False) -> tuple[float, float | None, list[torch.Tensor]]:
+                 base_logprobs: list[tuple[torch.Tensor, ...]] | None = None,
+                 keep_logprobs: bool = False) -> tuple[float, float | None, list[tuple[torch.Tensor, ...]]]:
     """Mean token loss on held-out rows (each rank takes every world-th row; all ranks run
     the same number of batches), and with ``base_logprobs`` the mean per-token KL(base ‖
-    model) at the labelled positions. ``keep_logprobs`` returns this model's log-probs at
-    those positions (on the CPU), to be the base of later calls."""
+    model) at the labelled positions (``top_kl``). ``keep_logprobs`` returns this model's
+    top log-probs at those positions (on the CPU), to be the base of later calls."""
     share = rows[dist.rank::dist.world_size]
     n_batches = math.ceil(math.ceil(len(rows) / dist.world_size) / batch_size)
     filler = train_data.Example((pad_id,), (train_data.IGNORE_INDEX,))
@@ -95,10 +123,9 @@ def heldout_pass(model, rows: list[train_data.Example], *, batch_size: int, pad_
         loss_sum += float(-logp.gather(1, target[picked].unsqueeze(1)).sum())
         n_tokens += int(picked.sum())
         if keep_logprobs:
-            kept.append(logp.cpu())
+            kept.append(tuple(t.cpu() for t in top_logprobs(logp)))
         if base_logprobs is not None:
-            base = base_logprobs[b].to(device)
-            kl_sum += float((base.exp() * (base - logp)).sum())
+            kl_sum += float(top_kl(tuple(t.to(device) for t in base_logprobs[b]), logp).sum())
     loss_sum, kl_sum, n_tokens = distributed.all_reduce_sums([loss_sum, kl_sum, n_tokens], dist)
     n_tokens = max(n_tokens, 1)
     return loss_sum / n_tokens, (kl_sum / n_tokens if base_logprobs is not None else None), kept
