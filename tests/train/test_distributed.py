@@ -68,23 +68,23 @@ def test_two_fsdp_processes_match_one_process(write_suite, tiny_model_dir, tmp_p
     if mitigation["regularizer"] == ["none"]:  # FSDP2 over one process: one GPU's sharded path
         runs["torchrun-one"] = train(path, pp.id, tmp_path / "torchrun-one", 1, torchrun=True)
     for name, (log2, m2) in runs.items():
-        _assert_same_training(log1, m1, log2, m2)
+        _assert_same_training(log1, m1, log2, m2, name)
 
 
-def _assert_same_training(log1, m1, log2, m2):
-    assert len(log1) == len(log2) >= 20
+def _assert_same_training(log1, m1, log2, m2, name):
+    assert len(log1) == len(log2) >= 20, name
     # Same global batches, same normalisation: only the order of fp32 sums differs (gradient
     # all-reduce over 2 ranks), which moves losses by ~1e-6 here; 1e-5 relative is far below
     # any real difference (one wrong token count or a per-rank mean shifts the loss by >1e-2).
     for a, b in zip(log1, log2):
         for key in ("loss", "val_loss", "general_loss", "kl"):
             assert b.get(key) == (None if a.get(key) is None else
-                                  pytest.approx(a[key], rel=1e-5, abs=1e-7)), (key, a["step"])
+                                  pytest.approx(a[key], rel=1e-5, abs=1e-7)), (name, key, a["step"])
         assert b.get("penalty") == (None if a.get("penalty") is None else
                                     pytest.approx(a["penalty"], rel=1e-4, abs=1e-9))
         assert b.get("tokens") == a.get("tokens")
     for p, q in zip(m1.parameters(), m2.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.slow
