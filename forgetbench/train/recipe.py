@@ -155,8 +155,10 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     # fp32 master weights and optimizer state; bf16 only for compute. Updating bf16
-    # weights in place would round most fine-tuning-sized steps to zero.
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    # weights in place would round most fine-tuning-sized steps to zero. Sharded, the model
+    # starts without weights: rank 0 reads them once it is sharded (load_full_weights)
+    model = (distributed.empty_model(base_model_dir) if dist.active else
+             AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32))
     n_params = throughput.matmul_params(model)  # before sharding: for MFU
     if cfg.activation_checkpointing:  # before sharding, so each block recomputes inside FSDP
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
@@ -168,9 +170,10 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
             block.compile()
     bf16 = cfg.dtype == "bfloat16"
     if dist.active:
-        # fully_shard moves each unit to the device as it shards it: a GPU never holds the
-        # whole model (each process still loads it once into host memory)
+        # each unit is sharded on the device, then filled from rank 0's copy: no GPU and no
+        # other process ever holds the whole model
         distributed.wrap_fsdp(model, dist, bf16=bf16)  # FSDP casts to bf16 by policy
+        distributed.load_full_weights(model, base_model_dir, dist)
         autocast = nullcontext()
     else:
         model.to(device)

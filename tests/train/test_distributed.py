@@ -134,3 +134,29 @@ def test_bf16_fsdp_computes_in_bf16_and_reduces_to_the_single_process_result(wri
     for run in (losses["bfloat16", 1], losses["bfloat16", 2]):
         assert run != fp32 and run == pytest.approx(fp32, rel=2e-3)  # measured: <= 3e-4
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_only_rank_0_reads_the_weights_into_the_sharded_model(tiny_model_dir, tmp_path):
+    """The embedded model (tied embeddings), an untied Llama, Qwen2 and GPT-2: an empty
+    sharded model filled from rank 0 equals the checkpoint, tensor for tensor."""
+    import os
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    dirs = [str(tiny_model_dir)]
+    for family, kw in [
+        ("llama", {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "vocab_size": 64, "tie_word_embeddings": False}),
+        ("qwen2", {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "vocab_size": 64}),
+        ("gpt2", {"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 64, "n_positions": 32})]:
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(AutoConfig.for_model(family, **kw)).save_pretrained(tmp_path / family)
+        dirs.append(str(tmp_path / family))
+    worker = Path(__file__).with_name("fsdp_load_worker.py")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(worker), *dirs], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert done.returncode == 0, done.stderr[-3000:]
