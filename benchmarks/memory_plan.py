@@ -1,8 +1,8 @@
 """The memory planner against memory measured in a real training run of forgetbench's recipe.
 
-One process trains a randomly initialised Llama on rows that fill the context, for a few
-optimizer steps, and the script prints the planner's per-device estimate (``forgetbench
-plan``'s fsdp formula, one device) next to:
+One process (or each rank under torchrun, with FSDP2) trains a randomly initialised Llama
+on rows that fill the context, for a few optimizer steps, and the script prints the
+planner's per-device estimate (``forgetbench plan``'s fsdp formula) next to:
 
 - the peak of live tensor bytes, tracked op by op (a TorchDispatchMode that counts every
   tensor storage an operation touches or creates, until it is freed) around the whole
