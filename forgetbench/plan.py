@@ -107,9 +107,27 @@ class Plan:
     min_gpus: int
     gpu_memory_gb: float
     fits: bool
+    basis: str = ""        # the model and workload the numbers are for
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def describe(model: ModelShape, work: Workload, *, detail: bool = True) -> str:
+    """One line: what a plan assumed, to check against what will run."""
+    n = model.params
+    size = f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M"
+    if not detail:  # the textbook formula reads nothing else
+        return (f"{size} parameters (d {model.hidden}, {model.layers} layers); "
+                f"{work.batch_size} x {work.seq_len} tokens")
+    kv = model.kv_heads or model.heads
+    extras = [x for x, on in (("activation checkpointing", work.activation_checkpointing),
+                              (f"{work.attention} attention", work.attention == "eager"),
+                              (f"regulariser {work.regularizer}", work.regularizer != "none")) if on]
+    return (f"{size} parameters (d {model.hidden}, {model.layers} layers, MLP {model.mlp_ratio:.3g}·d, "
+            f"{kv} of {model.heads} heads for keys/values, vocab {model.vocab}); {work.batch_size} x "
+            f"{work.seq_len} tokens per GPU per micro-batch, {'FSDP2' if work.gpus > 1 else 'one process'}, "
+            f"{work.dtype}" + "".join(f", {x}" for x in extras))
 
 
 def textbook(model: ModelShape, work: Workload) -> Plan:
@@ -120,7 +138,7 @@ def textbook(model: ModelShape, work: Workload) -> Plan:
     total = weights + grads + optim + acts
     need = math.ceil(total / work.gpu_memory_gb)
     return Plan("textbook", weights, grads, optim, 0.0, 0.0, acts, total, work.gpus, need,
-                work.gpu_memory_gb, fits=work.gpus >= need)
+                work.gpu_memory_gb, fits=work.gpus >= need, basis=describe(model, work, detail=False))
 
 
 def activation_bytes_per_layer(model: ModelShape, work: Workload, sharded: bool) -> float:
@@ -171,7 +189,8 @@ def fsdp(model: ModelShape, work: Workload) -> Plan:
     need = next((n for n in range(1, 4097)
                  if sum(_fsdp_per_gpu(model, work, n)) <= work.gpu_memory_gb), 0)
     return Plan("fsdp", *parts, total_gb=total, gpus=work.gpus, min_gpus=need,
-                gpu_memory_gb=work.gpu_memory_gb, fits=total <= work.gpu_memory_gb)
+                gpu_memory_gb=work.gpu_memory_gb, fits=total <= work.gpu_memory_gb,
+                basis=describe(model, work))
 
 
 FORMULAS = {"fsdp": fsdp, "textbook": textbook}
@@ -214,7 +233,7 @@ def format_plan(plan: Plan) -> str:
             ("optimizer state", plan.optimizer_gb), ("regulariser anchors", plan.anchors_gb),
             ("unsharded working set", plan.working_set_gb), ("activations", plan.activations_gb),
             (f"total ({where})", plan.total_gb)]
-    lines = [f"memory plan ({plan.formula}), decimal GB"]
+    lines = [f"memory plan ({plan.formula}), decimal GB"] + ([f"  for {plan.basis}"] if plan.basis else [])
     lines += [f"  {name:<24} {value:10.3f}" for name, value in rows]
     verdict = "fits" if plan.fits else "does NOT fit"
     lines.append(f"  minimum GPUs of {plan.gpu_memory_gb:g} GB: {plan.min_gpus} "

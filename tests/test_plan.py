@@ -45,6 +45,9 @@ def test_plan_command_from_flags_and_from_a_suite(capsys):
     assert main(["plan", str(SUITES / "medical.yaml"), "--gpu-memory", "80", "--json"]) == 0
     tiny = json.loads(capsys.readouterr().out)
     assert tiny["fits"] and tiny["min_gpus"] == 1
+    # what the plan assumed: the embedded model, the suite's batch, and its costliest regulariser
+    assert tiny["basis"].startswith("0.935M parameters (d 128, 4 layers, MLP 3·d")
+    assert "16 x 64 tokens per GPU" in tiny["basis"] and tiny["basis"].endswith("regulariser ewc")
     # 935,040 params × 16 B of fp32 state, one GPU
     assert tiny["weights_gb"] + tiny["gradients_gb"] + tiny["optimizer_gb"] == pytest.approx(935040 * 16 / 1e9)
     assert main(["plan", "--params", "7e9"]) == 2
