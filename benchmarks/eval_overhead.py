@@ -37,8 +37,7 @@ def main() -> int:
     suite = load_suite(args.suite, args.set)
     if not suite.train.eval_every:
         p.error("the suite has no train.eval_every: nothing to measure")
-    plain = [pt for pt in suite.points() if pt.regularizer == "none" and pt.mix_ratio == 0
-             and pt.xi == 1 and pt.patience is None]
+    plain = [pt for pt in suite.points() if not pt.mitigations()]
     lr = args.lr or max(pt.lr for pt in plain)
     point = next((pt for pt in plain if pt.lr == lr), None) or Point(
         lr=lr, epochs=plain[0].epochs, mix_ratio=0.0, regularizer="none", lam=0.0)

@@ -161,6 +161,12 @@ class Point(_Strict):
     xi: float = 1.0
     patience: int | None = None
 
+    def mitigations(self) -> list[str]:
+        """The mitigations this point has on, in the report's order; none: plain training."""
+        return [kind for kind, on in (
+            ("replay", self.mix_ratio > 0), ("l2", self.regularizer == "l2"), ("ewc", self.regularizer == "ewc"),
+            ("xi", self.xi != 1), ("patience", self.patience is not None)) if on]
+
     def label(self) -> str:
         """Short, for progress lines and plot legends: only what differs from plain training."""
         parts = [f"lr {self.lr:g}", f"epochs {self.epochs:g}", f"mix {self.mix_ratio:g}"]

@@ -106,9 +106,7 @@ _KIND_STYLE = {"plain": ("Blues", "-"), "replay": ("Purples", "--"), "l2": ("Gre
 
 
 def _kind(point: Point) -> str:
-    kinds = [k for k, on in (("replay", point.mix_ratio > 0), ("l2", point.regularizer == "l2"),
-                             ("ewc", point.regularizer == "ewc"), ("xi", point.xi != 1),
-                             ("patience", point.patience is not None)) if on]
+    kinds = point.mitigations()
     return "plain" if not kinds else kinds[0] if len(kinds) == 1 else "several"
 
 

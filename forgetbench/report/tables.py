@@ -155,7 +155,7 @@ def format_summary(summary: pd.DataFrame, width: int = 100) -> str:
 
 # ---------------------------------------------------------------- mitigations
 
-MITIGATION_KINDS = ["replay", "l2", "ewc", "xi", "patience"]  # the order of the table
+MITIGATION_KINDS = ["replay", "l2", "ewc", "xi", "patience"]  # the order of the table, as Point.mitigations
 
 
 def _mitigations(row: Mapping[str, Any]) -> list[tuple[str, str]]:
