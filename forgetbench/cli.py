@@ -42,7 +42,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     memory = args.gpu_memory or planner.gpu_memory_gb() or 80.0
     if args.suite:
+        from forgetbench.sweep import check_model
+
         suite = load_suite(args.suite, args.set)
+        check_model(suite, args.suite)
         if args.gpus:
             suite = suite.model_copy(update={"train": suite.train.model_copy(update={"nproc": args.gpus})})
         plan = planner.suite_plan(suite, memory, args.formula)
@@ -79,12 +82,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.plan import check_fits
     from forgetbench.report import write_outputs
     from forgetbench.store import RunStore
-    from forgetbench.sweep import latest_sweep, plan, run_sweep
+    from forgetbench.sweep import check_model, latest_sweep, plan, run_sweep
     from forgetbench.train.data import read_rows
 
     start = time.monotonic()
     suite = load_suite(args.suite, args.set)
     # Everything a user can get wrong is checked before the run directory is touched.
+    check_model(suite, args.suite)
     check_tasks(suite, source=args.suite)
     # no eval item, nor a held-out row, is trained on; always refused (see leakage.py)
     check_leakage(suite, eval_items(suite, args.suite, show_progress=args.verbose))

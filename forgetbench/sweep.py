@@ -65,6 +65,26 @@ def resolve_model(model: str) -> Path | str:
     return model
 
 
+def check_model(suite: Suite, source: str) -> None:
+    """Refuse, in one line, a model whose config cannot be read here: a hub id with no
+    network and not in the Hugging Face cache, or a folder that is no model."""
+    from transformers import AutoConfig
+
+    from forgetbench.builtin import BUILTIN_PREFIX
+
+    if suite.model.startswith(BUILTIN_PREFIX):  # built here, from bundled data
+        return
+    try:
+        AutoConfig.from_pretrained(suite.model)
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split()).split(". ")[0].rstrip(".")[:300]  # its first sentence
+        fix = ("set model to a folder written by save_pretrained (config.json and weights)"
+               if Path(suite.model).is_dir() else
+               f"with no network here, download it where there is one (hf download {suite.model}) and "
+               "copy the Hugging Face cache, or set model to a local save_pretrained folder")
+        raise ForgetbenchError(f"{source}: model: cannot load {suite.model} ({reason}); {fix}") from None
+
+
 def _digest(p: Path | None) -> str | None:
     if p is None:
         return None

@@ -135,3 +135,23 @@ def test_dry_run_lists_points_and_writes_nothing(write_suite, tiny_model_dir, tm
     out = capsys.readouterr().out
     assert "2 points" in out and out.count("[pending]") == 2
     assert not runs.exists()
+
+
+def test_a_model_that_cannot_be_loaded_here_is_refused_before_anything_is_written(write_suite, tmp_path):
+    """A hub id with no network and no cached copy, and a folder that holds no model: one
+    line naming the suite file and field and the fix, exit code 2, no run directory."""
+    import os
+    import subprocess
+
+    (tmp_path / "empty").mkdir()
+    for model, expect in (("no-such-org/no-such-model", "hf download no-such-org/no-such-model"),
+                          (str(tmp_path / "empty"), "folder written by save_pretrained")):
+        path = write_suite(suite_dict(model=model))
+        runs = tmp_path / "runs"
+        for command in (["sweep", str(path), "--runs-dir", str(runs)], ["plan", str(path)]):
+            done = subprocess.run([sys.executable, "-m", "forgetbench", *command], capture_output=True, text=True,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+            assert done.returncode == 2, done.stderr[-2000:]
+            assert done.stderr.count("\n") == 1 and f"{path}: model: cannot load {model}" in done.stderr
+            assert expect in done.stderr
+        assert not runs.exists()
