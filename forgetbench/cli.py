@@ -121,10 +121,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
-    from forgetbench.sweep import train_command, train_one
+    from forgetbench.sweep import check_model, train_command, train_one
     from forgetbench.train import distributed
 
     suite = load_suite(args.suite, args.set)
+    check_model(suite, args.suite)
     nproc = args.nproc or suite.train.nproc
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # not yet under torchrun: start it, with this same command in each process

@@ -148,7 +148,8 @@ def test_a_model_that_cannot_be_loaded_here_is_refused_before_anything_is_writte
                           (str(tmp_path / "empty"), "folder written by save_pretrained")):
         path = write_suite(suite_dict(model=model))
         runs = tmp_path / "runs"
-        for command in (["sweep", str(path), "--runs-dir", str(runs)], ["plan", str(path)]):
+        for command in (["sweep", str(path), "--runs-dir", str(runs)], ["plan", str(path)],
+                        ["train", str(path), "--point", "0" * 12, "--runs-dir", str(runs)]):
             done = subprocess.run([sys.executable, "-m", "forgetbench", *command], capture_output=True, text=True,
                                   env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
             assert done.returncode == 2, done.stderr[-2000:]
