@@ -77,7 +77,7 @@ class LiveTensors(TorchDispatchMode):
 
 def measure(args, dtype: str, work: Path) -> dict:
     from forgetbench.config import Point, load_suite
-    from forgetbench.plan import Workload, format_plan, fsdp, shape_of
+    from forgetbench.planner import Workload, format_plan, fsdp, shape_of
     from forgetbench.train.recipe import train_point
 
     model, rows = work / "model", work / "rows.jsonl"

@@ -78,7 +78,7 @@ def run_trainer(model_dir: Path, target: Path, work: Path, args) -> tuple[float,
 
 def plan(model_dir: Path, args, gpus: int) -> tuple[float, float]:
     """The model's parameter count and the planner's GB per device for this run."""
-    from forgetbench.plan import Workload, fsdp, shape_of
+    from forgetbench.planner import Workload, fsdp, shape_of
 
     shape = shape_of(str(model_dir))
     micro = math.ceil(args.batch_size / gpus)

@@ -37,7 +37,7 @@ def _echo(msg: str) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from forgetbench import plan as planner
+    from forgetbench import planner
     from forgetbench.config import load_suite
 
     memory = args.gpu_memory or planner.gpu_memory_gb() or 80.0
@@ -79,7 +79,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
     from forgetbench.eval.harness import check_tasks, eval_items
     from forgetbench.leakage import check_leakage
-    from forgetbench.plan import check_fits
+    from forgetbench.planner import check_fits
     from forgetbench.report import write_outputs
     from forgetbench.store import RunStore
     from forgetbench.sweep import check_model, latest_sweep, plan, run_sweep

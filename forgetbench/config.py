@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from forgetbench.errors import ForgetbenchError
 from forgetbench.train.schedule import SCHEDULES
 
-REGULARIZERS = ("none", "l2", "ewc")  # in order of memory cost (see plan.py)
+REGULARIZERS = ("none", "l2", "ewc")  # in order of memory cost (see planner.py)
 FISHER_VARIANTS = ("true", "empirical")
 
 PositiveFloat = Annotated[float, Field(gt=0)]

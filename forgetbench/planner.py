@@ -25,7 +25,7 @@ Two estimates, both in decimal GB (1e9 bytes):
                   fp32                     32 + 8·g + 16·r
                   counted from what autograd saves in transformers' Llama-family decoder
                   layer (RMSNorm, gated MLP, SDPA/flash attention, which stores no scores;
-                  tests/test_plan.py checks the counts against a real forward). Eager
+                  tests/test_planner.py checks the counts against a real forward). Eager
                   attention adds 5·a·s per token and layer. With activation checkpointing,
                   each block keeps only its input (s·b·d in the residual's dtype) and one
                   block recomputes at a time. One layer's backward adds its temporaries,

@@ -1,6 +1,6 @@
 import pytest
 
-from forgetbench.plan import ModelShape, Workload, fsdp, textbook
+from forgetbench.planner import ModelShape, Workload, fsdp, textbook
 
 
 # The classic estimate quoted in the literature: 16 B/param, activations s·b·d·L·12,
@@ -57,11 +57,11 @@ def test_plan_command_from_flags_and_from_a_suite(capsys):
 def test_sweep_refuses_a_suite_that_cannot_fit_unless_forced(monkeypatch, tmp_path, capsys):
     import torch
 
-    from forgetbench import cli, plan
+    from forgetbench import cli, planner
     from forgetbench.train import distributed
     from tests.conftest import SUITES
 
-    monkeypatch.setattr(plan, "gpu_memory_gb", lambda: 0.001)  # a 1 MB "GPU"
+    monkeypatch.setattr(planner, "gpu_memory_gb", lambda: 0.001)  # a 1 MB "GPU"
     monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))
     runs = tmp_path / "runs"
     args = ["sweep", str(SUITES / "medical.yaml"), "--runs-dir", str(runs), "--dry-run"]
@@ -133,7 +133,7 @@ def test_activation_formula_matches_what_a_real_forward_saves(family, mode):
     shape = ModelShape(params=1.0, hidden=256, layers=2, heads=config.num_attention_heads, vocab=128,
                        intermediate=config.intermediate_size, kv_heads=config.num_key_value_heads)
     work = Workload(seq_len=s, batch_size=b, dtype="float32" if mode == "fp32" else "bfloat16")
-    from forgetbench.plan import activation_bytes_per_layer
+    from forgetbench.planner import activation_bytes_per_layer
 
     expected = s * b * activation_bytes_per_layer(shape, work, sharded=mode == "bf16 params")
     if mode == "autocast":
