@@ -4,6 +4,7 @@ that trains one point of it with forgetbench's recipe."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -58,16 +59,22 @@ def write_long_rows(path: Path, *, rows: int, tokens: int, model_dir: Path) -> N
 
 
 def one_point_suite(work: Path, *, model_dir: Path, target: Path, batch_size: int, seq_len: int,
-                    dtype: str, device: str, **train) -> Path:
-    """A suite of one plain point over ``target``, from the default suite's settings."""
+                    dtype: str, device: str, epochs: float = 1.0, regularizer: str = "none", **train) -> Path:
+    """A suite of one point (lr 1e-4, ``epochs``, no replay, ``regularizer`` at λ 1) over ``target``, from
+    the default suite's settings, for the processes torchrun started (one without it): the
+    recipe trains it, and ``planner.suite_plan`` reads it as the recipe runs it."""
     raw = yaml.safe_load((REPO / "suites/medical.yaml").read_text())
     raw["model"] = str(model_dir)
     raw["data"] = {"target": str(target)}
+    if regularizer == "ewc":
+        raw["data"]["fisher"] = str(target)
     raw["tasks"]["include_path"] = str(REPO / "suites/tasks")
     for key in ("eval_every", "track_kl", "eval_batch_size", "ewc"):
         raw["train"].pop(key, None)
-    raw["train"].update(batch_size=batch_size, max_seq_len=seq_len, dtype=dtype, device=device, **train)
-    raw["sweep"] = {"lr": [1e-4], "mix_ratio": [0.0]}
+    raw["train"].update(batch_size=batch_size, max_seq_len=seq_len, dtype=dtype, device=device,
+                        nproc=int(os.environ.get("WORLD_SIZE", "1")), **train)
+    raw["sweep"] = {"lr": [1e-4], "epochs": [epochs], "mix_ratio": [0.0], "regularizer": [regularizer],
+                    "lam": [1.0 if regularizer != "none" else 0.0]}
     path = work / "suite.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

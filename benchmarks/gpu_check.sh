@@ -25,7 +25,7 @@ run() {
     echo "== $name: $*" | tee -a "$out/summary.txt"
     "$@" >"$out/$name.log" 2>&1
     local rc=$?
-    grep -E "^(model|forgetbench|HF|ratio|steady|peak|fastest|Llama)|^  (total|measured|CUDA|EWC)" \
+    grep -E "^(model|forgetbench|HF|ratio|steady|peak|fastest|random)|^  (for|total|measured|CUDA|EWC)" \
         "$out/$name.log" | tee -a "$out/summary.txt"
     [ $rc -eq 0 ] || { echo "   FAILED (exit $rc), the end of $out/$name.log:"; tail -20 "$out/$name.log"; } |
         tee -a "$out/summary.txt"

@@ -76,43 +76,31 @@ class LiveTensors(TorchDispatchMode):
 
 
 def measure(args, dtype: str, work: Path) -> dict:
-    from forgetbench.config import Point, load_suite
-    from forgetbench.planner import Workload, format_plan, fsdp, shape_of
+    from forgetbench.config import load_suite
+    from forgetbench.planner import format_plan, suite_plan
     from forgetbench.train.recipe import train_point
 
     model, rows = work / "model", work / "rows.jsonl"
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         work = Path(tmp)
-        ewc = {"samples": args.fisher_samples} if args.regularizer == "ewc" else {}
-        suite_file = one_point_suite(work, model_dir=model, target=rows, batch_size=args.batch_size,
-                                     seq_len=args.seq_len, dtype=dtype, device=args.device,
-                                     activation_checkpointing=args.activation_checkpointing,
-                                     **({"ewc": ewc} if ewc else {}))
-        suite = load_suite(suite_file)
-        if args.regularizer == "ewc":
-            suite = suite.model_copy(update={"data": suite.data.model_copy(update={"fisher": rows})})
-        point = Point(lr=1e-4, epochs=1.0, mix_ratio=0.0, regularizer=args.regularizer,
-                      lam=1.0 if args.regularizer != "none" else 0.0)
-        shape = shape_of(str(model))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        plan = fsdp(shape, Workload(seq_len=args.seq_len, batch_size=args.batch_size // world, gpus=world,
-                                    dtype=dtype,
-                                    regularizer=args.regularizer,
-                                    activation_checkpointing=args.activation_checkpointing))
+        ewc = {"ewc": {"samples": args.fisher_samples}} if args.regularizer == "ewc" else {}
+        suite = load_suite(one_point_suite(work, model_dir=model, target=rows, batch_size=args.batch_size,
+                                           seq_len=args.seq_len, dtype=dtype, device=args.device,
+                                           regularizer=args.regularizer,
+                                           activation_checkpointing=args.activation_checkpointing, **ewc))
+        [point] = suite.points()
+        plan = suite_plan(suite, gpu_memory_gb=80.0)
         device = torch.device(args.device)
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.reset_peak_memory_stats(device)
         tracker = LiveTensors(device.type)
-        log = work / "log.jsonl"
         with tracker:
-            summary = train_point(suite, point, base_model_dir=model, out_dir=None, log_path=log,
+            summary = train_point(suite, point, base_model_dir=model, out_dir=None, log_path=work / "log.jsonl",
                                   fisher_dir=work / "fisher")
-        tracked = tracker.peak / 1e9
         allocator = (torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None)
-        steps = summary["last_step"]
-        return {"params": shape.params, "plan": plan, "plan_text": format_plan(plan), "tracked_gb": tracked,
-                "allocator_gb": allocator, "steps": steps, "fisher": summary.get("fisher")}
+        return {"plan": plan, "plan_text": format_plan(plan), "tracked_gb": tracker.peak / 1e9,
+                "allocator_gb": allocator, "steps": summary["last_step"], "fisher": summary.get("fisher")}
 
 
 def main() -> int:
@@ -148,11 +136,8 @@ def main() -> int:
             torch.distributed.all_gather_object(per_rank, figures)
         if rank != 0:
             continue
-        print(f"\nLlama {r['params'] / 1e6:,.1f}M parameters (hidden {args.hidden}, {args.layers} layers, "
-              f"vocab {args.vocab}), {dtype} on {args.device} x{world}"
-              f"{' (FSDP2)' if 'WORLD_SIZE' in os.environ else ''}, {args.batch_size} x {args.seq_len} "
-              f"tokens per step, {r['steps']} steps, regulariser {args.regularizer}"
-              + (", activation checkpointing" if args.activation_checkpointing else ""))
+        print(f"\nrandom Llama on {args.device} x{world}{' (FSDP2)' if 'WORLD_SIZE' in os.environ else ''}, "
+              f"global batch {args.batch_size} x {args.seq_len} tokens, {r['steps']} steps")
         print(r["plan_text"])
         tracked = max(t for t, _ in per_rank)
         print(f"  measured peak of live tensors{' (largest rank)' if world > 1 else ''}: {tracked:.3f} GB; "
@@ -166,7 +151,7 @@ def main() -> int:
         if args.json:
             print(json.dumps({"world": world, "dtype": dtype, "planned_gb": plan.total_gb,
                               "tracked_gb": [t for t, _ in per_rank], "allocator_gb": [a for _, a in per_rank],
-                              "params": r["params"], "args": vars(args)}))
+                              "basis": plan.basis, "args": vars(args)}))
     return 0
 
 

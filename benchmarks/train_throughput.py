@@ -32,15 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, make_model, one_point_suite, write_long_rows  # noqa: E402
 
 
-def run_forgetbench(model_dir: Path, target: Path, work: Path, args) -> list[dict]:
-    from forgetbench.config import Point, load_suite
+def run_forgetbench(suite, model_dir: Path, work: Path) -> list[dict]:
     from forgetbench.train.recipe import train_point
 
-    suite = load_suite(one_point_suite(work, model_dir=model_dir, target=target, batch_size=args.batch_size,
-                                       seq_len=args.seq_len, dtype=args.dtype, device=args.device,
-                                       compile=args.compile,
-                                       activation_checkpointing=args.activation_checkpointing))
-    point = Point(lr=1e-4, epochs=args.epochs, mix_ratio=0.0, regularizer="none", lam=0.0)
+    [point] = suite.points()
     log = work / "fb_log.jsonl"
     train_point(suite, point, base_model_dir=model_dir, out_dir=None, log_path=log)
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -76,17 +71,6 @@ def run_trainer(model_dir: Path, target: Path, work: Path, args) -> tuple[float,
     return elapsed, tokens
 
 
-def plan(model_dir: Path, args, gpus: int) -> tuple[float, float]:
-    """The model's parameter count and the planner's GB per device for this run."""
-    from forgetbench.planner import Workload, fsdp, shape_of
-
-    shape = shape_of(str(model_dir))
-    micro = math.ceil(args.batch_size / gpus)
-    return shape.params, fsdp(shape, Workload(
-        seq_len=args.seq_len, batch_size=micro, gpus=gpus, dtype=args.dtype,
-        activation_checkpointing=args.activation_checkpointing)).total_gb
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hidden", type=int, default=256)
@@ -119,20 +103,27 @@ def main() -> int:
             target = work / "long.jsonl"
             write_long_rows(target, rows=args.steps * args.batch_size, tokens=args.seq_len, model_dir=work / "model")
             args.epochs = 1.0
+        from forgetbench.config import load_suite
+        from forgetbench.planner import suite_plan
+
+        suite = load_suite(one_point_suite(
+            work, model_dir=work / "model", target=target, batch_size=args.batch_size, seq_len=args.seq_len,
+            dtype=args.dtype, device=args.device, epochs=args.epochs, compile=args.compile,
+            activation_checkpointing=args.activation_checkpointing))
+        plan = suite_plan(suite, gpu_memory_gb=80.0)
         # alternate the two, keep each one's fastest run: a busy machine slows both alike
         log, hf = None, None
         for _ in range(args.repeats):
-            run = run_forgetbench(work / "model", target, work, args)
+            run = run_forgetbench(suite, work / "model", work)
             if log is None or run[-1]["elapsed_s"] < log[-1]["elapsed_s"]:
                 log = run
             if not skip_trainer:
                 run = run_trainer(work / "model", target, work, args)
                 hf = run if hf is None or run[0] < hf[0] else hf
-        n_params, plan_gb = plan(work / "model", args, world)
     if not main_rank:
         return 0
     fb_s, fb_tok = log[-1]["elapsed_s"], log[-1]["tokens"]
-    print(f"model: Llama {n_params / 1e6:,.1f}M parameters (hidden {args.hidden}, {args.layers} layers), "
+    print(f"model: random Llama, {plan.basis.split(';')[0]}, "
           f"{args.dtype} on {args.device} x{world}{' (FSDP2)' if 'WORLD_SIZE' in os.environ else ''}; "
           f"global batch {args.batch_size}, {len(log)} steps of {args.data} rows (max {args.seq_len} tokens)"
           + (", compiled blocks" if args.compile else "")
@@ -152,8 +143,8 @@ def main() -> int:
           f"{rate:,.0f} tokens/s per job, {mfu_text}")
     measured = max(r["peak_mem_gb"] for r in log)
     what = "CUDA allocator peak" if args.device.startswith("cuda") else "process peak RSS (not comparable to the plan)"
-    print(f"peak memory: {measured:.2f} GB ({what}); planned per device: {plan_gb:.2f} GB "
-          f"(ratio measured / planned {measured / plan_gb:.2f})")
+    print(f"peak memory: {measured:.2f} GB ({what}); planned per device: {plan.total_gb:.2f} GB "
+          f"(ratio measured / planned {measured / plan.total_gb:.2f})")
     return 0
 
 
