@@ -34,11 +34,12 @@ def test_ranks_split_a_global_batch_into_equal_counts_of_micro_batches():
 
 
 def train(suite, point, runs, nproc, torchrun=False):
-    cmd = [sys.executable, "-m", "forgetbench", "train", str(suite), "--point", point,
-           "--runs-dir", str(runs), "--nproc", str(nproc)]
+    args = ["train", str(suite), "--point", point, "--runs-dir", str(runs)]
     if torchrun:  # launched by hand: FSDP2 even over one process
-        cmd[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
-        cmd = cmd[:-2]  # torchrun would read --nproc as its own option
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "forgetbench", *args]
+    else:  # forgetbench starts torchrun itself when nproc > 1
+        cmd = [sys.executable, "-m", "forgetbench", *args, "--nproc", str(nproc)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert ("(FSDP2)" in done.stdout) == (nproc > 1 or torchrun), done.stdout
