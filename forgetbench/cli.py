@@ -64,12 +64,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_tables(summary) -> None:
-    from forgetbench.report.tables import format_mitigations, format_summary, mitigation_frame
+def _print_tables(summary, mitigations) -> None:
+    from forgetbench.report.tables import format_mitigations, format_summary
 
     _echo("\nlearning (target) and forgetting (general), headline metrics, in points:")
     _echo(format_summary(summary))
-    mitigations = mitigation_frame(summary)
     if not mitigations.empty:
         _echo("\nwhat each mitigation buys:")
         _echo(format_mitigations(mitigations))
@@ -110,8 +109,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             _echo(f"  {pp.id}  {p.label()}  [{status}]")
         return 0
     outcome = run_sweep(suite, Path(args.runs_dir), echo=_echo, show_progress=args.verbose)
-    summary = write_outputs(outcome.store, suite, latest_sweep(outcome.store))
-    _print_tables(summary)
+    _print_tables(*write_outputs(outcome.store, suite, latest_sweep(outcome.store)))
     _echo(f"\n{len(outcome.trained)} trained, {len(outcome.evaluated)} evaluated, "
           f"{len(outcome.skipped)} already complete, {len(outcome.failed)} failed "
           f"in {time.monotonic() - start:.0f} s")
@@ -165,8 +163,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ForgetbenchError(f"{store.root}: no journal.jsonl; not a forgetbench run directory")
     sweep = latest_sweep(store)
     # the suite that sweep ran with, not suite.yaml, which a later sweep may have rewritten
-    summary = write_outputs(store, Suite.model_validate(sweep["suite"]), sweep)
-    _print_tables(summary)
+    _print_tables(*write_outputs(store, Suite.model_validate(sweep["suite"]), sweep))
     _echo(f"report: {store.root / 'report.html'}")
     return 0
 

@@ -14,9 +14,9 @@ from forgetbench.report.tables import (
 from forgetbench.store import RunStore, atomic_write_text
 
 
-def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> pd.DataFrame:
+def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write results.csv and report.html for the sweep recorded in ``sweep``; returns the
-    per-point summary."""
+    per-point summary and the mitigation table, the two the CLI prints."""
     from forgetbench.sweep import stored_results
 
     baseline, points = stored_results(store, sweep)
@@ -31,8 +31,9 @@ def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> pd.DataFrame:
     curves = plots.training_curves([(point, store.train_log(pid), info)
                                     for pid, point, info in trained])
     atomic_write_text(store.root / "results.csv", results.to_csv(index=False))
+    mitigations = mitigation_frame(summary)
     atomic_write_text(store.root / "report.html",
                       html.render(suite, baseline, results, summary, failed=failed,
-                                  mitigations=mitigation_frame(summary), curves=curves,
+                                  mitigations=mitigations, curves=curves,
                                   overhead=overhead_frame(trained)))
-    return summary
+    return summary, mitigations
