@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 def main() -> int:
     from forgetbench.config import Point, load_suite
-    from forgetbench.sweep import resolve_model
+    from forgetbench.models import resolve_model
     from forgetbench.train.recipe import train_point
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

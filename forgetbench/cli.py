@@ -42,10 +42,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     memory = args.gpu_memory or planner.gpu_memory_gb() or 80.0
     if args.suite:
-        from forgetbench.sweep import check_model
+        from forgetbench.models import check_model
 
         suite = load_suite(args.suite, args.set)
-        check_model(suite, args.suite)
+        check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
         if args.gpus:
             suite = suite.model_copy(update={"train": suite.train.model_copy(update={"nproc": args.gpus})})
         plan = planner.suite_plan(suite, memory, args.formula)
@@ -81,13 +81,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.planner import check_fits
     from forgetbench.report import write_outputs
     from forgetbench.store import RunStore
-    from forgetbench.sweep import check_model, latest_sweep, plan, run_sweep
+    from forgetbench.models import check_model
+    from forgetbench.sweep import latest_sweep, plan, run_sweep
     from forgetbench.train.data import read_rows
 
     start = time.monotonic()
     suite = load_suite(args.suite, args.set)
     # Everything a user can get wrong is checked before the run directory is touched.
-    check_model(suite, args.suite)
+    check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
     check_tasks(suite, source=args.suite)
     # no eval item, nor a held-out row, is trained on; always refused (see leakage.py)
     check_leakage(suite, eval_items(suite, args.suite, show_progress=args.verbose))
@@ -119,11 +120,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
-    from forgetbench.sweep import check_model, train_command, train_one
+    from forgetbench.models import check_model
+    from forgetbench.sweep import train_command, train_one
     from forgetbench.train import distributed
 
     suite = load_suite(args.suite, args.set)
-    check_model(suite, args.suite)
+    check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
     nproc = args.nproc or suite.train.nproc
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # not yet under torchrun: start it, with this same command in each process
@@ -192,13 +194,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
     from forgetbench.eval.harness import check_tasks, evaluate
+    from forgetbench.models import check_model, resolve_model
 
     suite = load_suite(args.suite, args.set)
+    # the same forms as a suite's model: builtin:NAME, a save_pretrained folder, a hub id
+    check_model(args.model, "forgetbench eval", field="MODEL", trust_remote_code=suite.trust_remote_code)
     check_tasks(suite, source=args.suite)
-    model = Path(args.model_dir)
-    if not (model / "config.json").exists():
-        raise ForgetbenchError(f"{model}: not a Hugging Face model directory (no config.json)")
-    scores = evaluate(model, suite, show_progress=args.verbose)
+    scores = evaluate(resolve_model(args.model), suite, show_progress=args.verbose)
     if args.json:
         for task in scores["tasks"].values():
             task.pop("samples")
@@ -264,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the next run of the same command resumes")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", parents=[common], help="evaluate one HF model directory on a suite's tasks")
-    p.add_argument("model_dir")
+    p = sub.add_parser("eval", parents=[common], help="evaluate a model on a suite's tasks")
+    p.add_argument("model", help="builtin:NAME, a Hugging Face model folder, or a hub id")
     p.add_argument("--suite", required=True)
     with_set(p)
     p.add_argument("--json", action="store_true", help="print the scores as JSON (no per-sample logs)")

@@ -184,6 +184,8 @@ class Point(_Strict):
 class Suite(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     model: Annotated[str, Field(min_length=1)]  # builtin:tiny-llama, a local HF dir, or a hub id
+    # run Python code shipped with a model (its config's auto_map); off: such a model is refused
+    trust_remote_code: bool = False
     data: DataSpec
     tasks: TasksSpec
     train: TrainSpec = TrainSpec()

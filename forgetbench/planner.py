@@ -196,14 +196,14 @@ def fsdp(model: ModelShape, work: Workload) -> Plan:
 FORMULAS = {"fsdp": fsdp, "textbook": textbook}
 
 
-def shape_of(model_ref: str) -> ModelShape:
+def shape_of(model_ref: str, trust_remote_code: bool = False) -> ModelShape:
     """The shape of an HF model from its config alone: built on the meta device, no weights."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.from_pretrained(model_ref)
+    cfg = AutoConfig.from_pretrained(model_ref, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
+        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
     from forgetbench.train.distributed import block_classes
 
     blocks = block_classes(model)
@@ -254,11 +254,11 @@ def gpu_memory_gb() -> float | None:
 
 def suite_plan(suite, gpu_memory_gb: float, formula: str = "fsdp") -> Plan:
     from forgetbench.config import REGULARIZERS
-    from forgetbench.sweep import resolve_model
+    from forgetbench.models import resolve_model
 
     # the costliest regulariser swept decides what must fit (REGULARIZERS is in cost order)
     worst = max((r for g in suite.grids for r in g.regularizer), key=REGULARIZERS.index)
-    shape = shape_of(str(resolve_model(suite.model)))
+    shape = shape_of(str(resolve_model(suite.model)), suite.trust_remote_code)
     return FORMULAS[formula](shape, workload_of(suite, gpu_memory_gb, worst))
 
 

@@ -22,67 +22,15 @@ from typing import Any
 
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
+from forgetbench.models import model_fingerprint, model_hash, resolve_model
 from forgetbench.store import RunStore, atomic_write_json, read_json
 
 # Bump when a change to the training recipe changes what a point produces.
 TRAINING_VERSION = 1
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt")
 
 
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def model_fingerprint(model: str) -> dict[str, Any]:
-    """What identifies the base model without reading its weights: the builtin recipe hash,
-    the files (name, size, mtime) of a local directory (not its path: a moved model keeps
-    its points), or a hub id."""
-    from forgetbench.builtin import BUILTIN_PREFIX, RECIPES, recipe_hash
-
-    if model.startswith(BUILTIN_PREFIX):
-        name = model[len(BUILTIN_PREFIX):]
-        if name not in RECIPES:
-            raise ForgetbenchError(f"model: unknown builtin model {model!r}; available: "
-                                   + ", ".join(BUILTIN_PREFIX + n for n in RECIPES))
-        return {"builtin": name, "recipe": recipe_hash(RECIPES[name])}
-    path = Path(model)
-    if path.is_dir():
-        files = {f.name: [f.stat().st_size, f.stat().st_mtime_ns]
-                 for f in sorted(path.iterdir()) if f.is_file() and f.suffix in _WEIGHT_SUFFIXES}
-        if "config.json" not in files:
-            raise ForgetbenchError(f"model: {path} has no config.json; point it at a Hugging "
-                                   "Face model directory (the output of save_pretrained)")
-        return {"dir_files": _sha(files)[:16]}
-    return {"hub": model}
-
-
-def resolve_model(model: str) -> Path | str:
-    """A directory or hub id that ``from_pretrained`` loads; builds the builtin model if needed."""
-    from forgetbench.builtin import BUILTIN_PREFIX, builtin_model_dir
-
-    if model.startswith(BUILTIN_PREFIX):
-        return builtin_model_dir(model[len(BUILTIN_PREFIX):])
-    return model
-
-
-def check_model(suite: Suite, source: str) -> None:
-    """Refuse, in one line, a model whose config cannot be read here: a hub id with no
-    network and not in the Hugging Face cache, or a folder that is no model."""
-    from transformers import AutoConfig
-
-    from forgetbench.builtin import BUILTIN_PREFIX
-
-    if suite.model.startswith(BUILTIN_PREFIX):  # built here, from bundled data
-        return
-    try:
-        AutoConfig.from_pretrained(suite.model)
-    except (OSError, ValueError) as exc:
-        reason = " ".join(str(exc).split()).split(". ")[0].rstrip(".")[:300]  # its first sentence
-        fix = ("set model to a folder written by save_pretrained (config.json and weights)"
-               if Path(suite.model).is_dir() else
-               f"with no network here, download it where there is one (hf download {suite.model}) and "
-               "copy the Hugging Face cache, or set model to a local save_pretrained folder")
-        raise ForgetbenchError(f"{source}: model: cannot load {suite.model} ({reason}); {fix}") from None
 
 
 def _digest(p: Path | None) -> str | None:
@@ -169,7 +117,7 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
     store.save_suite(suite.resolved())
     outcome = SweepOutcome(store=store, eval_key=key)
 
-    bpath = store.baseline_path(_sha(model_fingerprint(suite.model))[:8], key)
+    bpath = store.baseline_path(model_hash(suite.model), key)
     if not bpath.exists():
         echo(f"evaluating the base model {suite.model} ...")
         atomic_write_json(bpath, evaluate(base, suite, show_progress=show_progress))

@@ -1,193 +1,46 @@
-"""The embedded default model, ``builtin:tiny-llama``: built here, cached, then an ordinary HF dir.
+"""The embedded default models (``builtin:tiny-llama``): weights shipped with the package.
 
-forgetbench trains a byte-level BPE tokenizer and pretrains a ~1M-parameter
-``LlamaForCausalLM`` on the bundled general corpus (world capitals, 2-digit addition, small
-Python functions), deterministically from a seed. The result is saved with
-``save_pretrained`` in a cache directory keyed by the recipe's hash; from there on it takes
-the same code path as any Hugging Face model directory.
+Each one is an ordinary Hugging Face model directory inside the package
+(``forgetbench/builtin/<name>/``: config, safetensors, tokenizer), so every machine starts
+fine-tuning from the same base and nothing is built or downloaded at run time. Its
+fingerprint is the hash of those files. ``build.py`` holds the recipe that made them;
+``tools/build_builtin_model.py`` rebuilds and checks them.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
-import os
-import shutil
-import tempfile
-import time
-from dataclasses import asdict, dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from forgetbench.errors import ForgetbenchError
 
 BUILTIN_PREFIX = "builtin:"
-RECIPE_VERSION = 1  # bump when the build code changes what it produces
+NAMES = ("tiny-llama",)
+# the files that make a shipped model: what from_pretrained reads, hashed into its fingerprint
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+               "tokenizer_config.json")
 
 
-@dataclass(frozen=True)
-class TinyLlamaRecipe:
-    vocab_size: int = 640
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_layers: int = 4
-    num_heads: int = 4
-    max_position: int = 512
-    seq_len: int = 64
-    batch_size: int = 16
-    steps: int = 1200
-    peak_lr: float = 3e-3
-    floor_lr: float = 3e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    # share of pretraining documents drawn from each kind of the corpus; with math at 0.4
-    # held-out addition stayed at ~8% for some corpus shuffles (units digit not learned)
-    mix: tuple[tuple[str, float], ...] = (("qa", 0.2), ("math", 0.5), ("code", 0.3))
-    seed: int = 0
+def builtin_model_dir(name: str) -> Path:
+    """The shipped HF directory of ``builtin:<name>``."""
+    if name not in NAMES:
+        raise ForgetbenchError(f"model: unknown builtin model {BUILTIN_PREFIX}{name!r}; "
+                               f"available: {', '.join(BUILTIN_PREFIX + n for n in NAMES)}")
+    path = Path(str(resources.files("forgetbench.builtin").joinpath(name)))
+    missing = [f for f in MODEL_FILES if not (path / f).is_file()]
+    if missing:  # a broken install or checkout, not a user's mistake in a suite
+        raise ForgetbenchError(f"{path}: the shipped model {BUILTIN_PREFIX}{name} lacks "
+                               f"{', '.join(missing)}; reinstall forgetbench, or rebuild it with "
+                               "`python tools/build_builtin_model.py`")
+    return path
 
 
-RECIPES = {"tiny-llama": TinyLlamaRecipe()}
-
-
-def corpus_path() -> Path:
-    return Path(str(resources.files("forgetbench.builtin").joinpath("pretrain.jsonl")))
-
-
-def cache_root() -> Path:
-    """``$FORGETBENCH_CACHE``, else ``$XDG_CACHE_HOME/forgetbench``, else ``~/.cache/forgetbench``."""
-    if os.environ.get("FORGETBENCH_CACHE"):
-        return Path(os.environ["FORGETBENCH_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "forgetbench"
-
-
-def recipe_hash(recipe: TinyLlamaRecipe) -> str:
-    import torch
-    import transformers
-
+@lru_cache(maxsize=len(NAMES))
+def builtin_fingerprint(name: str) -> str:
+    """A hash of the shipped files' names and contents (a few MB, read once per process)."""
+    path = builtin_model_dir(name)
     h = hashlib.sha256()
-    h.update(json.dumps({"recipe": asdict(recipe), "version": RECIPE_VERSION,
-                         "torch": torch.__version__.split("+")[0],
-                         "transformers": transformers.__version__}, sort_keys=True).encode())
-    h.update(corpus_path().read_bytes())
+    for f in MODEL_FILES:
+        h.update(f.encode() + b"\0" + (path / f).read_bytes())
     return h.hexdigest()[:16]
-
-
-def builtin_model_dir(name: str, cache: Path | None = None) -> Path:
-    """The HF directory of the named builtin model, building it first if it is not cached."""
-    from forgetbench.errors import ForgetbenchError
-    from forgetbench.store import current_umask
-
-    if name not in RECIPES:
-        raise ForgetbenchError(f"unknown builtin model {BUILTIN_PREFIX}{name!r}; "
-                               f"available: {', '.join(BUILTIN_PREFIX + n for n in RECIPES)}")
-    recipe = RECIPES[name]
-    final = (cache or cache_root()) / "builtin" / f"{name}-{recipe_hash(recipe)}"
-    if (final / "config.json").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Build into a private directory, then rename: a crash never leaves a half-built model
-    # where the cache looks, and two concurrent builders cannot mix files.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build_tiny_llama(recipe, tmp)
-        os.chmod(tmp, 0o777 & ~current_umask())  # a shared cache must be readable by others
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _train_tokenizer(texts: list[str], recipe: TinyLlamaRecipe):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    # Single digits, as Llama's tokenizers split them: arithmetic stays learnable.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|pad|>", "<|bos|>", "<|eos|>"]
-    trainer = trainers.BpeTrainer(vocab_size=recipe.vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=specials[0],
-                                   bos_token=specials[1], eos_token=specials[2],
-                                   model_max_length=recipe.max_position)
-
-
-def build_tiny_llama(recipe: TinyLlamaRecipe, out_dir: Path) -> dict:
-    """Train the tokenizer, pretrain the model, and save both to ``out_dir``; returns build stats."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from forgetbench.train.schedule import lr_at
-
-    start = time.monotonic()
-    docs = [json.loads(line) for line in corpus_path().read_text().splitlines()]
-    tokenizer = _train_tokenizer([d["text"] for d in docs], recipe)
-    eos = [tokenizer.eos_token_id]
-    by_kind: dict[str, list[list[int]]] = {}
-    encoded = tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
-    for doc, ids in zip(docs, encoded):
-        by_kind.setdefault(doc["kind"], []).append(ids + eos)
-
-    torch.manual_seed(recipe.seed)
-    gen = torch.Generator().manual_seed(recipe.seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size,
-        intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.num_layers,
-        num_attention_heads=recipe.num_heads, num_key_value_heads=recipe.num_heads,
-        max_position_embeddings=recipe.max_position, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.peak_lr, betas=(0.9, 0.95),
-                                  weight_decay=recipe.weight_decay)
-    kinds = [k for k, _ in recipe.mix]
-    weights = torch.tensor([w for _, w in recipe.mix])
-
-    def packed_sequence() -> list[int]:
-        # Random documents, each ended by EOS as in real pretraining data, cut to seq_len + 1
-        # tokens (inputs and shifted labels).
-        seq: list[int] = []
-        while len(seq) < recipe.seq_len + 1:
-            kind = kinds[int(torch.multinomial(weights, 1, generator=gen))]
-            pool = by_kind[kind]
-            seq.extend(pool[int(torch.randint(len(pool), (1,), generator=gen))])
-        return seq[: recipe.seq_len + 1]
-
-    losses = []
-    for step in range(recipe.steps):
-        lr = lr_at(step, total_steps=recipe.steps, peak=recipe.peak_lr, floor=recipe.floor_lr,
-                   warmup_steps=recipe.warmup_steps, kind="cosine")
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = torch.tensor([packed_sequence() for _ in range(recipe.batch_size)])
-        logits = model(input_ids=batch[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)),
-                                                 batch[:, 1:].reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step % 250 == 0 or step == recipe.steps - 1:
-            log.info("builtin pretraining step %d/%d loss %.3f", step, recipe.steps, losses[-1])
-
-    model.eval()
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    stats = {"recipe": asdict(recipe), "recipe_version": RECIPE_VERSION,
-             "parameters": sum(p.numel() for p in model.parameters()),
-             "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-             "build_seconds": round(time.monotonic() - start, 1)}
-    (out_dir / "forgetbench_builtin.json").write_text(json.dumps(stats, indent=2) + "\n")
-    return stats

@@ -291,7 +291,7 @@ def evaluate(model_dir: Path | str, suite: Suite, *, show_progress: bool = False
     start = time.monotonic()
     with contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()):
         lm = HFLM(pretrained=str(model_dir), device=str(resolve_device(e.device)), dtype=e.dtype,
-                  batch_size=e.batch_size)
+                  batch_size=e.batch_size, trust_remote_code=suite.trust_remote_code)
         out = lm_eval.simple_evaluate(
             model=lm, tasks=specs, num_fewshot=e.num_fewshot, limit=e.limit, log_samples=True,
             task_manager=_task_manager(suite.tasks.include_path, _needs_registry(suite)),

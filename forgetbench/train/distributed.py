@@ -105,7 +105,7 @@ def wrap_fsdp(model: torch.nn.Module, d: Dist, *, bf16: bool) -> torch.nn.Module
     return model
 
 
-def empty_model(model_dir) -> torch.nn.Module:
+def empty_model(model_dir, trust_remote_code: bool = False) -> torch.nn.Module:
     """The model of ``model_dir`` without its weights: parameters on the meta device (no
     memory), buffers computed for real (rotary frequencies are not in checkpoints), tied
     embeddings tied. ``load_full_weights`` fills it once it is sharded."""
@@ -113,12 +113,14 @@ def empty_model(model_dir) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code),
+            dtype=torch.float32, trust_remote_code=trust_remote_code)
     model.tie_weights()  # init_empty_weights swaps in new meta parameters, untying them
     return model.eval()  # as from_pretrained returns it
 
 
-def load_full_weights(model: torch.nn.Module, model_dir, d: Dist) -> None:
+def load_full_weights(model: torch.nn.Module, model_dir, d: Dist, trust_remote_code: bool = False) -> None:
     """Fill an ``empty_model`` that ``wrap_fsdp`` sharded: rank 0 alone reads the weights
     (one fp32 copy in its host memory) and broadcasts them tensor by tensor; every rank
     keeps its shard. N processes reading the whole model each would need N copies in host
@@ -126,7 +128,8 @@ def load_full_weights(model: torch.nn.Module, model_dir, d: Dist) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    full = (AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
+    full = (AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                 trust_remote_code=trust_remote_code).state_dict()
             if d.main else {})
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     # loading assigns each key its own tensor; FSDP tracks a tied table through the input

@@ -92,14 +92,15 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     dist = distributed.init(cfg.device)
     torch.manual_seed(cfg.seed + dist.rank)
     device = dist.device
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    trust = suite.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=trust)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     # fp32 master weights and optimizer state; bf16 only for compute. Updating bf16
     # weights in place would round most fine-tuning-sized steps to zero. Sharded, the model
     # starts without weights: rank 0 reads them once it is sharded (load_full_weights)
-    model = (distributed.empty_model(base_model_dir) if dist.active else
-             AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32))
+    model = (distributed.empty_model(base_model_dir, trust) if dist.active else
+             AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32, trust_remote_code=trust))
     n_params = throughput.matmul_params(model)  # before sharding: for MFU
     if cfg.activation_checkpointing:  # before sharding, so each block recomputes inside FSDP
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
@@ -114,7 +115,7 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
         # each unit is sharded on the device, then filled from rank 0's copy: no GPU and no
         # other process ever holds the whole model
         distributed.wrap_fsdp(model, dist, bf16=bf16)  # FSDP casts to bf16 by policy
-        distributed.load_full_weights(model, base_model_dir, dist)
+        distributed.load_full_weights(model, base_model_dir, dist, trust)
         autocast = nullcontext()
     else:
         model.to(device)
