@@ -42,7 +42,7 @@ def write_long_rows(path: Path, *, rows: int, tokens: int, model_dir: Path) -> N
     so no batch carries padding."""
     from transformers import AutoTokenizer
 
-    from forgetbench.builtin import corpus_path
+    from forgetbench.builtin.build import corpus_path
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     docs = [json.loads(line)["text"] for line in corpus_path().read_text().splitlines()]

@@ -18,7 +18,7 @@ TINY = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2, 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """An ordinary HF model directory (config, safetensors, tokenizer) of a ~30k-param Llama."""
-    from forgetbench.builtin import TinyLlamaRecipe, build_tiny_llama
+    from forgetbench.builtin.build import TinyLlamaRecipe, build_tiny_llama
 
     out = tmp_path_factory.mktemp("tiny-model")
     build_tiny_llama(dataclasses.replace(TinyLlamaRecipe(), **TINY), out)
