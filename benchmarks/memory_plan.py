@@ -97,7 +97,7 @@ def measure(args, dtype: str, work: Path) -> dict:
         tracker = LiveTensors(device.type)
         with tracker:
             summary = train_point(suite, point, base_model_dir=model, out_dir=None, log_path=work / "log.jsonl",
-                                  fisher_dir=work / "fisher")
+                                  state_dir=work / "fisher")
         allocator = (torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None)
         return {"plan": plan, "plan_text": format_plan(plan), "tracked_gb": tracker.peak / 1e9,
                 "allocator_gb": allocator, "steps": summary["last_step"], "fisher": summary.get("fisher")}

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from forgetbench import regularizers
 from forgetbench.errors import ForgetbenchError
 
 
@@ -78,10 +79,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
     from forgetbench.eval.harness import check_tasks, eval_items
     from forgetbench.leakage import check_leakage
+    from forgetbench.models import check_model
     from forgetbench.planner import check_fits
     from forgetbench.report import write_outputs
     from forgetbench.store import RunStore
-    from forgetbench.models import check_model
     from forgetbench.sweep import latest_sweep, plan, run_sweep
     from forgetbench.train.data import read_rows
 
@@ -248,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="micro-batch per GPU")
     p.add_argument("--gpus", type=int, help="GPU count (default: the suite's train.nproc, or 1)")
     p.add_argument("--gpu-memory", type=float, help="GB per GPU (default: this machine's GPU, else 80)")
-    p.add_argument("--regularizer", default="none", choices=["none", "l2", "ewc"])
+    p.add_argument("--regularizer", default="none", choices=regularizers.names())
     p.add_argument("--formula", default="fsdp", choices=["fsdp", "textbook"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)

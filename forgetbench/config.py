@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from forgetbench import regularizers
 from forgetbench.errors import ForgetbenchError
 from forgetbench.train.schedule import SCHEDULES
 
-REGULARIZERS = ("none", "l2", "ewc")  # in order of memory cost (see planner.py)
 FISHER_VARIANTS = ("true", "empirical")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -29,6 +37,15 @@ class _Strict(BaseModel):
 
 
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")]
+
+
+def _registered(name: str) -> str:
+    """A regulariser's name as the registry knows it (looked up when a suite loads, so one
+    registered after this module was imported is accepted too)."""
+    known = regularizers.names()
+    if name not in known:
+        raise ValueError("Input should be " + ", ".join(repr(n) for n in known[:-1]) + f" or {known[-1]!r}")
+    return name
 
 
 class TaskSpec(_Strict):
@@ -130,7 +147,8 @@ class SweepSpec(_Strict):
     lr: Annotated[list[PositiveFloat], Field(min_length=1)]
     epochs: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0]
     mix_ratio: Annotated[list[MixRatio], Field(min_length=1)] = [0.0]
-    regularizer: Annotated[list[Literal[REGULARIZERS]], Field(min_length=1)] = ["none"]  # type: ignore[valid-type]
+    # none, or a registered regulariser (forgetbench/regularizers.py: l2 is L2-SP, ewc is EWC)
+    regularizer: Annotated[list[Annotated[str, AfterValidator(_registered)]], Field(min_length=1)] = ["none"]
     lam: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [0.0]
     schedule: Annotated[list[Literal[SCHEDULES]], Field(min_length=1)] = ["cosine"]  # type: ignore[valid-type]
     # discriminative learning rates (ULMFiT): depth l gets lr / xi^(L + 1 - l), with the
@@ -149,6 +167,20 @@ class SweepSpec(_Strict):
                     self.schedule, self.xi, self.patience)]
 
 
+class Mitigation(NamedTuple):
+    """One mitigation a point has on, as every table, label and figure names it."""
+
+    kind: str        # replay, a regulariser's name (l2, ewc, ...), xi or patience
+    strength: float  # its setting: the mix ratio, λ, ξ or the patience
+    text: str        # "replay mix 0.1", "L2-SP λ=0.1", "discriminative lr ξ=2.6", ...
+    short: str       # in point labels: "mix 0.1", "L2-SP λ=0.1", "ξ=2.6", "patience 2"
+
+
+def mitigation_kinds() -> list[str]:
+    """Every kind of mitigation, in the order reports list them."""
+    return ["replay", *regularizers.names()[1:], "xi", "patience"]
+
+
 class Point(_Strict):
     """One grid point: the values a sweep varies."""
 
@@ -161,24 +193,36 @@ class Point(_Strict):
     xi: float = 1.0
     patience: int | None = None
 
-    def mitigations(self) -> list[str]:
-        """The mitigations this point has on, in the report's order; none: plain training."""
-        return [kind for kind, on in (
-            ("replay", self.mix_ratio > 0), ("l2", self.regularizer == "l2"), ("ewc", self.regularizer == "ewc"),
-            ("xi", self.xi != 1), ("patience", self.patience is not None)) if on]
+    def describe(self) -> list[Mitigation]:
+        """The mitigations this point has on, in the reports' order; empty: plain training."""
+        out = []
+        if self.mix_ratio > 0:
+            out.append(Mitigation("replay", self.mix_ratio, f"replay mix {self.mix_ratio:g}",
+                                  f"mix {self.mix_ratio:g}"))
+        if self.regularizer != regularizers.NONE:
+            text = f"{regularizers.title(self.regularizer)} λ={self.lam:g}"
+            out.append(Mitigation(self.regularizer, self.lam, text, text))
+        if self.xi != 1:
+            out.append(Mitigation("xi", self.xi, f"discriminative lr ξ={self.xi:g}", f"ξ={self.xi:g}"))
+        if self.patience is not None:
+            out.append(Mitigation("patience", self.patience, f"early stopping (patience {self.patience})",
+                                  f"patience {self.patience}"))
+        return out
 
-    def label(self) -> str:
-        """Short, for progress lines and plot legends: only what differs from plain training."""
+    def mitigations(self) -> list[str]:
+        """The kinds of :meth:`describe`."""
+        return [m.kind for m in self.describe()]
+
+    def label_parts(self) -> list[str]:
+        """lr, epochs, mix (always), a schedule other than cosine, then each other mitigation."""
         parts = [f"lr {self.lr:g}", f"epochs {self.epochs:g}", f"mix {self.mix_ratio:g}"]
-        if self.regularizer != "none":
-            parts.append(f"{self.regularizer} λ={self.lam:g}")
         if self.schedule != "cosine":
             parts.append(self.schedule)
-        if self.xi != 1.0:
-            parts.append(f"ξ={self.xi:g}")
-        if self.patience is not None:
-            parts.append(f"patience {self.patience}")
-        return ", ".join(parts)
+        return parts + [m.short for m in self.describe() if m.kind != "replay"]
+
+    def label(self) -> str:
+        """Short, for progress lines and plot legends."""
+        return ", ".join(self.label_parts())
 
 
 class Suite(_Strict):
@@ -209,9 +253,11 @@ class Suite(_Strict):
             if any(r > 0 for r in grid.mix_ratio) and self.data.replay is None:
                 raise ValueError(f"{where}.mix_ratio has values above 0 but data.replay is not "
                                  "set: add a replay JSONL or use mix_ratio: [0.0]")
-            if "ewc" in grid.regularizer and (self.data.fisher or self.data.replay) is None:
-                raise ValueError(f"{where}.regularizer ewc needs general data for its Fisher: "
-                                 "set data.fisher (or data.replay)")
+            for name in dict.fromkeys(grid.regularizer):
+                reg = regularizers.get(name)
+                problem = reg.check(self) if reg is not None and reg.check is not None else None
+                if problem:
+                    raise ValueError(f"{where}.regularizer {name} {problem}")
             if any(p is not None for p in grid.patience) and (
                     self.train.eval_every is None or self.data.validation is None):
                 raise ValueError(f"{where}.patience needs train.eval_every and data.validation "

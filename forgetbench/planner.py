@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from forgetbench import regularizers
 from forgetbench.errors import ForgetbenchError
 
 GB = 1e9
@@ -88,7 +89,7 @@ class Workload:
     gpus: int = 1          # n
     gpu_memory_gb: float = 80.0
     dtype: str = "bfloat16"          # compute dtype
-    regularizer: str = "none"        # none | l2 | ewc
+    regularizer: str = "none"        # none, or a registered regulariser (forgetbench/regularizers.py)
     attention: str = "sdpa"          # sdpa | flash_attention_2 | eager
     activation_checkpointing: bool = False
 
@@ -160,7 +161,7 @@ def _fsdp_per_gpu(model: ModelShape, work: Workload, n: int) -> tuple[float, ...
     sharded, bf16 = n > 1, work.dtype != "float32"
     compute_bytes = 2 if bf16 else 4
     weights, grads, optim = 4 * p / n / GB, 4 * p / n / GB, 8 * p / n / GB
-    anchors = {"none": 0, "l2": 4, "ewc": 8}[work.regularizer] * p / n / GB
+    anchors = regularizers.state_bytes(work.regularizer) * p / n / GB
     if sharded:
         gathered = (2 * model.per_block + model.root_params) * compute_bytes
         working = (gathered + model.per_block * (compute_bytes + 4)) / GB
@@ -253,11 +254,10 @@ def gpu_memory_gb() -> float | None:
 
 
 def suite_plan(suite, gpu_memory_gb: float, formula: str = "fsdp") -> Plan:
-    from forgetbench.config import REGULARIZERS
     from forgetbench.models import resolve_model
 
-    # the costliest regulariser swept decides what must fit (REGULARIZERS is in cost order)
-    worst = max((r for g in suite.grids for r in g.regularizer), key=REGULARIZERS.index)
+    # the regulariser with the most state per parameter decides what must fit
+    worst = max((r for g in suite.grids for r in g.regularizer), key=regularizers.state_bytes)
     shape = shape_of(str(resolve_model(suite.model)), suite.trust_remote_code)
     return FORMULAS[formula](shape, workload_of(suite, gpu_memory_gb, worst))
 

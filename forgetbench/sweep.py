@@ -16,14 +16,14 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from forgetbench import regularizers
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
 from forgetbench.models import model_fingerprint, model_hash, resolve_model
-from forgetbench.store import RunStore, atomic_write_json, read_json
+from forgetbench.store import RunStore, atomic_write_json, file_digest, read_json
 
 # Bump when a change to the training recipe changes what a point produces.
 TRAINING_VERSION = 1
@@ -33,47 +33,26 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def _digest(p: Path | None) -> str | None:
-    if p is None:
-        return None
-    stat = p.stat()
-    return _file_digest(p, stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=64)
-def _file_digest(p: Path, size: int, mtime_ns: int) -> str:
-    """A data file's hash, read once per process while the file is unchanged (size and
-    mtime are part of the cache key): a plan hashes the same replay file for many points."""
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-
-
 def data_fingerprint(suite: Suite) -> dict[str, str | None]:
-    return {"target": _digest(suite.data.target), "replay": _digest(suite.data.replay)}
+    return {"target": file_digest(suite.data.target), "replay": file_digest(suite.data.replay)}
 
 
 def point_identity(suite: Suite, point: Point) -> dict[str, Any]:
     """The settings one point's result depends on, beyond the model and the data: hashed
     into its id. Process count and checkpointing change speed and memory, not the result;
-    held-out evaluation only matters when it decides early stopping; the Fisher settings
-    only for EWC."""
+    held-out evaluation only matters when it decides early stopping; the settings of a
+    regulariser's estimated state (EWC's Fisher) only for its points."""
     train = suite.train.model_dump(mode="json", exclude={
         "nproc", "checkpoint_every", "activation_checkpointing", "compile", "eval_every",
         "track_kl", "eval_batch_size", "ewc"})
     extra: dict[str, Any] = {}
     if point.patience is not None:
         extra["early_stopping"] = {"eval_every": suite.train.eval_every,
-                                   "validation": _digest(suite.data.validation)}
-    if point.regularizer == "ewc":
-        extra["fisher"] = fisher_identity(suite)
+                                   "validation": file_digest(suite.data.validation)}
+    reg = regularizers.get(point.regularizer)
+    if reg is not None and reg.cache is not None:
+        extra[reg.cache] = {**reg.identity(suite), "training_version": TRAINING_VERSION}
     return {"train": train, "point": point.model_dump(), **extra}
-
-
-def fisher_identity(suite: Suite) -> dict[str, Any]:
-    """What the EWC Fisher of a suite depends on (its cache key, with the model)."""
-    t = suite.train
-    return {"data": _digest(suite.data.fisher or suite.data.replay),
-            "ewc": t.ewc.model_dump(mode="json"), "seed": t.seed, "max_seq_len": t.max_seq_len,
-            "dtype": t.dtype, "training_version": TRAINING_VERSION}
 
 
 @dataclass(frozen=True)
@@ -182,9 +161,11 @@ def train_one(suite: Suite, point_id: str, runs_root: Path, stop_after: int | No
     main = int(os.environ.get("RANK", "0")) == 0
     base = resolve_model(suite.model)
     ckpt = store.point_dir(pp.id) / "checkpoints"
-    # one Fisher per model and Fisher settings, shared by every EWC point of the run
-    fisher_dir = (store.root / "fisher" / _sha({"model": pp.config["model"], **pp.config["fisher"]})[:12]
-                  if "fisher" in pp.config else None)
+    # a regulariser's estimated state (EWC's Fisher) is cached once per model and settings,
+    # shared by every point of the run that uses it
+    reg = regularizers.get(pp.point.regularizer)
+    state_dir = (store.root / reg.cache / _sha({"model": pp.config["model"], **pp.config[reg.cache]})[:12]
+                 if reg is not None and reg.cache is not None else None)
     if main:
         atomic_write_json(store.point_dir(pp.id) / "point.json", pp.config)
         store.append("point_started", point=pp.id, world_size=int(os.environ.get("WORLD_SIZE", "1")))
@@ -193,7 +174,7 @@ def train_one(suite: Suite, point_id: str, runs_root: Path, stop_after: int | No
         with fresh_dir(store.model_dir(pp.id)) if main else contextlib.nullcontext() as tmp:
             summary = train_point(suite, pp.point, base_model_dir=base, out_dir=tmp,
                                   log_path=store.point_dir(pp.id) / "train_log.jsonl" if main else None,
-                                  checkpoint_dir=ckpt, stop_after=stop_after, fisher_dir=fisher_dir)
+                                  checkpoint_dir=ckpt, stop_after=stop_after, state_dir=state_dir)
             if main and "stopped_at" in summary:
                 raise _Stopped  # leave no model directory: the point is not trained yet
     except _Stopped:

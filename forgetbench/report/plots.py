@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from forgetbench.config import Point
+from forgetbench.report.tables import point_of
 
 matplotlib.use("Agg")  # no display; pyplot picks its backend at the first figure, not at import
 
@@ -17,13 +18,9 @@ matplotlib.use("Agg")  # no display; pyplot picks its backend at the first figur
 GROUP_KEYS = ["epochs", "mix_ratio", "regularizer", "lam", "schedule", "xi", "patience"]
 
 
-def _group_label(epochs: float, mix: float, reg: str, lam: float, schedule: str, xi: float,
-                 patience: int | None) -> str:
-    label = f"{epochs:g} ep, mix {mix:g}"
-    label += "" if reg == "none" else f", {reg} λ={lam:g}"
-    label += "" if schedule == "cosine" else f", {schedule}"
-    label += "" if xi == 1 else f", ξ={xi:g}"
-    return label + ("" if pd.isna(patience) else f", patience {patience}")
+def _group_label(rows: pd.DataFrame) -> str:
+    """The label of a group of points that differ only in lr: the point's without its lr."""
+    return ", ".join(point_of(rows.iloc[0]).label_parts()[1:])
 
 
 def _enough_colours(ax, frame: pd.DataFrame) -> None:
@@ -51,10 +48,10 @@ def change_vs_lr(results: pd.DataFrame) -> bytes:
         role, metric = rows["role"].iloc[0], rows["metric"].iloc[0]
         sign = -1 if role == "target" else 1  # learning = −forgetting, oriented per metric
         # dropna=False: an unset patience (NaN) would otherwise drop the point
-        for key, grp in rows.groupby(GROUP_KEYS, dropna=False):
+        for _, grp in rows.groupby(GROUP_KEYS, dropna=False):
             grp = grp.sort_values("lr")
             ax.errorbar(grp["lr"], sign * grp["forgetting"] * 100, yerr=grp["stderr_delta"].fillna(0) * 100,
-                        marker="o", capsize=3, label=_group_label(*key))
+                        marker="o", capsize=3, label=_group_label(grp))
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
         lrs = sorted(rows["lr"].unique())
@@ -74,8 +71,8 @@ def learning_vs_forgetting(summary: pd.DataFrame) -> bytes:
     """Each point's mean learning against its mean forgetting; the Pareto front joined."""
     fig, ax = plt.subplots(figsize=(6.5, 4.6))
     _enough_colours(ax, summary)
-    for key, grp in summary.groupby(GROUP_KEYS, dropna=False):
-        ax.scatter(grp["forgetting"], grp["learning"], s=40, label=_group_label(*key))
+    for _, grp in summary.groupby(GROUP_KEYS, dropna=False):
+        ax.scatter(grp["forgetting"], grp["learning"], s=40, label=_group_label(grp))
         for _, row in grp.iterrows():
             ax.annotate(f"{row['lr']:g}", (row["forgetting"], row["learning"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
@@ -99,10 +96,13 @@ CURVE_METRICS = {
     "val_loss": "target validation loss",
 }
 # a mitigation's colour family and line style; within a family the shade darkens with its
-# strength (λ, mix, ξ, patience), then with lr
+# strength (λ, mix, ξ, patience), then with lr; a regulariser registered beyond L2-SP and EWC
+# takes the next free family
 _KIND_STYLE = {"plain": ("Blues", "-"), "replay": ("Purples", "--"), "l2": ("Greens", ":"),
                "ewc": ("Reds", "-."), "xi": ("RdPu", (0, (5, 1.5))),
                "patience": ("Greys", (0, (3, 1, 1, 1, 1, 1))), "several": ("copper", (0, (1, 2)))}
+_SPARE_STYLES = [("Oranges", (0, (4, 1, 1, 1))), ("YlGn", (0, (2, 1))), ("BuGn", (0, (6, 2))),
+                 ("PuBu", (0, (1, 1)))]
 
 
 def _kind(point: Point) -> str:
@@ -113,11 +113,15 @@ def _kind(point: Point) -> str:
 def _styles(points: list[Point]) -> list[dict]:
     """Colour and line style per point: family by mitigation, shade by strength then lr."""
     order = sorted(range(len(points)), key=lambda i: (
-        points[i].lam, points[i].mix_ratio, points[i].xi, points[i].patience or 0,
-        points[i].epochs, points[i].lr))
+        [m.strength for m in points[i].describe()], points[i].epochs, points[i].lr))
+    kinds = [_kind(p) for p in points]
+    families = dict(_KIND_STYLE)
+    spare = iter(_SPARE_STYLES * (1 + len(kinds) // len(_SPARE_STYLES)))
+    for kind in dict.fromkeys(kinds):
+        families.setdefault(kind, next(spare))
     styles: list[dict] = [{} for _ in points]
-    for kind, (cmap, ls) in _KIND_STYLE.items():
-        members = [i for i in order if _kind(points[i]) == kind]
+    for kind, (cmap, ls) in families.items():
+        members = [i for i in order if kinds[i] == kind]
         for rank, i in enumerate(members):
             shade = 0.5 + 0.45 * rank / max(len(members) - 1, 1) if len(members) > 1 else 0.75
             styles[i] = {"color": plt.get_cmap(cmap)(shade), "ls": ls, "lw": 1.4}
@@ -126,7 +130,7 @@ def _styles(points: list[Point]) -> list[dict]:
 
 def _short_labels(points: list[Point]) -> tuple[list[str], str]:
     """Each point's label without the parts every point shares (returned apart, as a title)."""
-    parts = [p.label().split(", ") for p in points]
+    parts = [p.label_parts() for p in points]
     shared = [x for x in parts[0] if all(x in ps for ps in parts)] if len(parts) > 1 else []
     return ([", ".join(x for x in ps if x not in shared) or "plain" for ps in parts],
             ", ".join(shared))

@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from forgetbench import metrics
-from forgetbench.config import REGULARIZERS, Point, Suite
+from forgetbench import metrics, regularizers
+from forgetbench.config import Mitigation, Point, Suite, mitigation_kinds
 
 # lr, epochs, mix_ratio, regularizer, lam, schedule, xi, patience
 POINT_COLUMNS = list(Point.model_fields)
@@ -36,11 +36,17 @@ def headline_metric(task_name: str, declared: str | None, scores: dict) -> str:
     return available[0]
 
 
+def point_of(row: Mapping[str, Any]) -> Point:
+    """The point a results or summary row describes (its point columns; an empty cell is unset)."""
+    return Point(**{c: None if pd.isna(row[c]) else row[c] for c in POINT_COLUMNS})
+
+
 def training_columns(point: Point, summary: Mapping[str, Any] | None) -> dict[str, Any]:
     """A point's training summary (the journal's ``point_trained``) as the results columns:
-    best_step only for early-stopping points, fisher (its variant) only for EWC points."""
+    best_step only for early-stopping points, fisher (its variant) where the training
+    estimated one (EWC's)."""
     summary = summary or {}
-    fisher = summary.get("fisher") if point.regularizer == "ewc" else None
+    fisher = summary.get("fisher")
     return {"steps": summary.get("steps"), "last_step": summary.get("last_step"),
             "best_step": summary.get("best_step") if point.patience is not None else None,
             "fisher": fisher.get("variant") if isinstance(fisher, dict) else None}
@@ -85,8 +91,9 @@ def results_frame(suite: Suite, baseline: dict, points: list[tuple[str, Point, d
 
 
 def summary_frame(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per point: its settings, where early stopping stopped (``stopped``: last step /
-    planned steps, and ``best_step``, the step exported), learning per target task and
+    """One row per point: its settings, its planned ``steps`` and ``last_step``, where early
+    stopping stopped (``stopped``: "last step/planned steps" to read, and ``best_step``, the
+    step exported), learning per target task and
     forgetting per general task (headline metrics, in points of the metric ×100), and the
     means of both."""
     # (the "points" unit suits 0-1 metrics such as accuracy; others are shown ×100 too)
@@ -112,12 +119,13 @@ def summary_frame(results: pd.DataFrame) -> pd.DataFrame:
     settings.insert(len(POINT_COLUMNS), "stopped", [
         f"{last}/{steps}" if stop else None
         for stop, last, steps in zip(stopping, settings["last_step"], settings["steps"])])
-    out = settings.drop(columns=["steps", "last_step"]).join(scores, how="inner")
-    # plain training first (regularizers in config order), patience unset before set
+    out = settings.join(scores, how="inner")
+    # plain training first (regularizers in the registry's order), patience unset before set
+    order = regularizers.names()
     out = out.reset_index().sort_values(
         ["regularizer", "mix_ratio", "xi", "patience", "schedule", "epochs", "lam", "lr"],
         na_position="first",
-        key=lambda col: col.map(REGULARIZERS.index) if col.name == "regularizer" else col)
+        key=lambda col: col.map(order.index) if col.name == "regularizer" else col)
     front = metrics.pareto_front(list(zip(out["learning"].fillna(0), out["forgetting"].fillna(0))))
     out["pareto"] = [i in front for i in range(len(out))]
     return out.reset_index(drop=True)
@@ -155,29 +163,17 @@ def format_summary(summary: pd.DataFrame, width: int = 100) -> str:
 
 # ---------------------------------------------------------------- mitigations
 
-MITIGATION_KINDS = ["replay", "l2", "ewc", "xi", "patience"]  # the order of the table, as Point.mitigations
+def _mitigations(row: Mapping[str, Any]) -> list[Mitigation]:
+    """The mitigations of a summary row's point; early stopping's says where it stopped
+    (the step exported is the summary's best_step)."""
+    def where(m: Mitigation) -> Mitigation:
+        last, steps = row.get("last_step"), row.get("steps")
+        if m.kind != "patience" or pd.isna(last) or pd.isna(steps):
+            return m
+        return m._replace(text=m.text + (f", stopped at {last}/{steps}" if last != steps
+                                         else f", ran all {steps} steps"))
 
-
-def _mitigations(row: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(kind, description) of each mitigation a summary row has on."""
-    out = []
-    if row["mix_ratio"] > 0:
-        out.append(("replay", f"replay mix {row['mix_ratio']:g}"))
-    if row["regularizer"] == "l2":
-        out.append(("l2", f"L2-SP λ={row['lam']:g}"))
-    elif row["regularizer"] == "ewc":
-        out.append(("ewc", f"EWC λ={row['lam']:g}"))
-    if row["xi"] != 1:
-        out.append(("xi", f"discriminative lr ξ={row['xi']:g}"))
-    if pd.notna(row["patience"]):
-        text = f"early stopping (patience {row['patience']})"
-        last, _, steps = (row["stopped"] if isinstance(row["stopped"], str) else "").partition("/")
-        if last and last != steps:
-            text += f", stopped at {last}/{steps}"
-        elif last:
-            text += f", ran all {steps} steps"
-        out.append(("patience", text))  # the step exported is the summary's best_step
-    return out
+    return [where(m) for m in point_of(row).describe()]
 
 
 def mitigation_frame(summary: pd.DataFrame) -> pd.DataFrame:
@@ -203,7 +199,7 @@ def mitigation_frame(summary: pd.DataFrame) -> pd.DataFrame:
     plain = summary[(summary["mix_ratio"] == 0) & (summary["regularizer"] == "none")
                     & (summary["xi"] == 1) & summary["patience"].isna()]
     plain = plain.drop_duplicates(pair_keys).set_index(pair_keys)
-    rows = []
+    rows, kinds = [], mitigation_kinds()
     for _, row in summary.iterrows():
         found = _mitigations(row)
         key = tuple(row[k] for k in pair_keys)
@@ -211,7 +207,7 @@ def mitigation_frame(summary: pd.DataFrame) -> pd.DataFrame:
             continue
         base = plain.loc[key]
         rows.append({
-            "point_id": row["point_id"], "mitigation": " + ".join(text for _, text in found),
+            "point_id": row["point_id"], "mitigation": " + ".join(m.text for m in found),
             "lr": row["lr"], "epochs": row["epochs"], "schedule": row["schedule"],
             "learning": row["learning"], "forgetting": row["forgetting"],
             "max_forgetting": row["max_forgetting"],
@@ -219,7 +215,7 @@ def mitigation_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "learning_cost": base["learning"] - row["learning"],
             "best_lam": False, "plain_id": base["point_id"],
             # for marking and sorting, dropped below
-            "_kind": min(MITIGATION_KINDS.index(kind) for kind, _ in found),
+            "_kind": min(kinds.index(m.kind) for m in found),
             "_regularizer": row["regularizer"], "_lam": row["lam"], "_mix": row["mix_ratio"],
             "_xi": row["xi"],
             "_patience": float(row["patience"]) if pd.notna(row["patience"]) else None,

@@ -27,10 +27,9 @@ import torch
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
 from forgetbench.store import read_jsonl
-from forgetbench.train import checkpoint, distributed, throughput
+from forgetbench.train import checkpoint, distributed, regularizers, throughput
 from forgetbench.train import data as train_data
 from forgetbench.train.heldout import heldout_pass
-from forgetbench.train.regularizers import anchor_penalty_, fisher_diagonal, snapshot
 from forgetbench.train.schedule import lr_at
 
 
@@ -75,15 +74,16 @@ def discriminative_groups(model: torch.nn.Module, xi: float) -> list[dict]:
 def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
                 out_dir: Path | None, log_path: Path | None,
                 checkpoint_dir: Path | None = None, stop_after: int | None = None,
-                fisher_dir: Path | None = None) -> dict:
+                state_dir: Path | None = None) -> dict:
     """Fine-tune the base model at ``point``; rank 0 saves an HF directory to ``out_dir``
     and writes one JSON line per optimizer step to ``log_path``. Returns a summary.
 
     With ``checkpoint_dir``, training resumes from the newest complete checkpoint there and
     saves one every ``train.checkpoint_every`` steps; early stopping keeps its best model
     there too (and needs it). ``stop_after`` ends the run after that many optimizer steps
-    with a checkpoint and no export (a time-limited job's slice). ``fisher_dir`` caches the
-    EWC Fisher: read when complete, else estimated and written there.
+    with a checkpoint and no export (a time-limited job's slice). ``state_dir`` caches the
+    regulariser's estimated state (EWC's Fisher): read when complete, else estimated and
+    written there.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -125,12 +125,11 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     params = [p for p in model.parameters() if p.requires_grad]
     groups = discriminative_groups(model, point.xi)
     optimizer = torch.optim.AdamW(groups, lr=point.lr, weight_decay=cfg.weight_decay)
-    # θ0 for L2-SP and EWC, and EWC's Fisher: fp32, sharded like the parameters
-    anchor = snapshot(params) if point.regularizer in ("l2", "ewc") else None
-    fisher, fisher_info = None, None
-    if point.regularizer == "ewc":
-        fisher, fisher_info = _ewc_fisher(suite, model, names, params, tokenizer, dist,
-                                          autocast, fisher_dir)
+    # the regulariser's state (θ0 for L2-SP and EWC, and EWC's Fisher): fp32, sharded like
+    # the parameters
+    regularizer = regularizers.build(regularizers.Setup(
+        suite=suite, point=point, model=model, names=names, params=params, tokenizer=tokenizer,
+        dist=dist, autocast=autocast, cache=state_dir))
 
     # --- data: target examples, replay mixed in at mix_ratio, shuffled by seed; every rank
     # builds the same stream and reads its own share of each global batch
@@ -250,8 +249,7 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
             loss_sum, n_seen, n_rows = distributed.all_reduce_sums(
                 [loss_sum, n_seen, sum(int((m.sum(dim=1) > 0).sum()) for _, m, _ in micro)], dist)
             tokens_seen += int(n_seen)
-            penalty = (anchor_penalty_(params, anchor, point.lam, fisher, dist)
-                       if anchor is not None else 0.0)
+            penalty = regularizer.penalty_(point.lam) if regularizer is not None else 0.0
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             if not math.isfinite(grad_norm):
@@ -319,44 +317,7 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     if point.patience is not None:
         summary.update(best_step=best["step"], best_val_loss=best["val_loss"],
                        stopped_early=stopped_early)
-    if fisher_info is not None:
-        summary["fisher"] = fisher_info
+    if regularizer is not None:
+        summary.update(regularizer.summary)
     return summary
 
-
-def _ewc_fisher(suite: Suite, model, names: list[str], params: list, tokenizer,
-                dist: distributed.Dist, autocast, cache: Path | None) -> tuple[list, dict]:
-    """EWC's diagonal Fisher of the base model, sharded like ``params``: read from ``cache``
-    when it is complete there, else estimated on ``train.ewc.samples`` rows of data.fisher
-    (or data.replay), the same rows on every rank, and written to ``cache``."""
-    cfg = suite.train
-    if cache is not None and checkpoint.complete(cache):
-        state = {"fisher": {n: torch.zeros_like(p.detach(), dtype=torch.float32)
-                            for n, p in zip(names, params)}}
-        info = checkpoint.load_state(state, cache)
-        return [state["fisher"][n] for n in names], info
-    source = suite.data.fisher or suite.data.replay
-    rows = train_data.tokenize(train_data.read_rows(source), tokenizer, cfg.max_seq_len)
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    picked = [rows[i] for i in order[:cfg.ewc.samples]]
-    device = dist.device
-
-    def logits_of(ids, mask):
-        with autocast:
-            return model(input_ids=ids, attention_mask=mask).logits
-
-    examples = ((ids.to(device), mask.to(device), labels.to(device)) for ids, mask, labels in
-                train_data.batches(picked, 1, tokenizer.pad_token_id))
-    start = time.monotonic()
-    model.eval()  # no dropout: the Fisher of the model as it predicts
-    fisher = fisher_diagonal(params, logits_of, examples, variant=cfg.ewc.fisher, dist=dist,
-                             generator=torch.Generator(device).manual_seed(cfg.seed))
-    model.train()
-    total = distributed.all_reduce_sums(
-        [sum(float(distributed.local(f).sum()) for f in fisher),
-         sum(distributed.local(f).numel() for f in fisher)], dist)
-    info = {"variant": cfg.ewc.fisher, "samples": len(picked), "data": str(source),
-            "mean": total[0] / total[1], "seconds": round(time.monotonic() - start, 2)}
-    if cache is not None:
-        checkpoint.save_state({"fisher": dict(zip(names, fisher))}, cache, info, dist)
-    return fisher, info

@@ -1,4 +1,5 @@
-"""Regularisers that pull the fine-tuned weights θ toward the base weights θ0: plain tensor code.
+"""The built-in regularisers' components (see forgetbench/regularizers.py, the registry), and
+the tensor code of penalties that pull the fine-tuned weights θ toward the base weights θ0:
 
 - L2-SP: λ/2 · Σ_i (θ_i − θ0_i)²
 - EWC:   λ/2 · Σ_i F_i (θ_i − θ0_i)², F the diagonal Fisher of the base model on general data
@@ -11,12 +12,115 @@ in fp32. No rank ever holds a full copy of θ0 or F.
 """
 from __future__ import annotations
 
+import importlib
+import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from forgetbench.train import distributed
+from forgetbench import regularizers
+from forgetbench.config import Point, Suite
+from forgetbench.train import checkpoint, distributed
+from forgetbench.train import data as train_data
 from forgetbench.train.data import IGNORE_INDEX, shift_labels
+
+
+@dataclass
+class Setup:
+    """What a regulariser's component is built from, in the recipe, once the model is sharded."""
+
+    suite: Suite
+    point: Point
+    model: torch.nn.Module
+    names: list[str]              # the trainable parameters' names, in the order of ``params``
+    params: list[torch.Tensor]
+    tokenizer: Any
+    dist: distributed.Dist
+    autocast: AbstractContextManager
+    cache: Path | None            # where its estimated state is cached (the registry's ``cache``)
+
+
+def build(setup: Setup) -> Any | None:
+    """The component of ``setup.point``'s regulariser (None for plain training), instantiated
+    from the registry: a callable, or a "module:function" path imported here."""
+    entry = regularizers.get(setup.point.regularizer)
+    if entry is None:
+        return None
+    component = entry.component
+    if isinstance(component, str):
+        module, _, name = component.partition(":")
+        component = getattr(importlib.import_module(module), name)
+    return component(setup)
+
+
+@dataclass
+class AnchorPenalty:
+    """λ/2 · Σ_i w_i (θ_i − θ0_i)², θ0 the parameters when it was made; w = 1 is L2-SP."""
+
+    params: list[torch.Tensor]
+    dist: distributed.Dist
+    weights: list[torch.Tensor] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.anchor = snapshot(self.params)
+
+    def penalty_(self, lam: float) -> float:
+        return anchor_penalty_(self.params, self.anchor, lam, self.weights, self.dist)
+
+
+def l2_sp(setup: Setup) -> AnchorPenalty:
+    """L2-SP (Li et al., 2018): the squared distance to the base weights."""
+    return AnchorPenalty(setup.params, setup.dist)
+
+
+def ewc(setup: Setup) -> AnchorPenalty:
+    """EWC (Kirkpatrick et al., 2017): the distance weighted by the base model's diagonal Fisher."""
+    anchor = AnchorPenalty(setup.params, setup.dist)  # θ0 before the Fisher's backward passes
+    anchor.weights, info = _ewc_fisher(setup)
+    anchor.summary = {"fisher": info}
+    return anchor
+
+
+def _ewc_fisher(s: Setup) -> tuple[list[torch.Tensor], dict]:
+    """EWC's diagonal Fisher of the base model, sharded like the parameters: read from the
+    cache when it is complete there, else estimated on ``train.ewc.samples`` rows of
+    data.fisher (or data.replay), the same rows on every rank, and written to the cache."""
+    cfg = s.suite.train
+    if s.cache is not None and checkpoint.complete(s.cache):
+        state = {"fisher": {n: torch.zeros_like(p.detach(), dtype=torch.float32)
+                            for n, p in zip(s.names, s.params)}}
+        info = checkpoint.load_state(state, s.cache)
+        return [state["fisher"][n] for n in s.names], info
+    source = s.suite.data.fisher or s.suite.data.replay
+    rows = train_data.tokenize(train_data.read_rows(source), s.tokenizer, cfg.max_seq_len)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    picked = [rows[i] for i in order[:cfg.ewc.samples]]
+    device = s.dist.device
+
+    def logits_of(ids, mask):
+        with s.autocast:
+            return s.model(input_ids=ids, attention_mask=mask).logits
+
+    examples = ((ids.to(device), mask.to(device), labels.to(device)) for ids, mask, labels in
+                train_data.batches(picked, 1, s.tokenizer.pad_token_id))
+    start = time.monotonic()
+    s.model.eval()  # no dropout: the Fisher of the model as it predicts
+    fisher = fisher_diagonal(s.params, logits_of, examples, variant=cfg.ewc.fisher, dist=s.dist,
+                             generator=torch.Generator(device).manual_seed(cfg.seed))
+    s.model.train()
+    total = distributed.all_reduce_sums(
+        [sum(float(distributed.local(f).sum()) for f in fisher),
+         sum(distributed.local(f).numel() for f in fisher)], s.dist)
+    info = {"variant": cfg.ewc.fisher, "samples": len(picked), "data": str(source),
+            "mean": total[0] / total[1], "seconds": round(time.monotonic() - start, 2)}
+    if s.cache is not None:
+        checkpoint.save_state({"fisher": dict(zip(s.names, fisher))}, s.cache, info, s.dist)
+    return fisher, info
 
 
 def snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:

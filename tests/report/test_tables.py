@@ -116,7 +116,8 @@ def test_a_point_without_patience_survives_the_summary(write_suite):
 def summary_of(*rows: dict) -> pd.DataFrame:
     """A summary frame as summary_frame builds it, from settings and mean scores."""
     full = [{"point_id": f"p{i}", **PLAIN, "schedule": "cosine", "xi": 1.0, "patience": None,
-             "stopped": None, "best_step": None, "max_forgetting": None, **row}
+             "stopped": None, "steps": 78, "last_step": 78, "best_step": None, "max_forgetting": None,
+             **row}
             for i, row in enumerate(rows)]
     for row in full:
         row["max_forgetting"] = row["max_forgetting"] or row["forgetting"]
@@ -134,10 +135,10 @@ def test_mitigations_are_paired_with_plain_training_at_the_same_lr():
         {"regularizer": "ewc", "lam": 100.0, "learning": 58, "forgetting": 10},  # p5 one λ
         {"mix_ratio": 0.1, "learning": 59, "forgetting": 15},                  # p6
         {"lr": 1e-3, "xi": 2.6, "learning": 40, "forgetting": 5},              # p7
-        {"patience": 2, "stopped": "39/78", "best_step": 30,
+        {"patience": 2, "steps": 78, "last_step": 39, "best_step": 30,
          "learning": 57, "forgetting": 25},                                    # p8
         {"lr": 1e-4, "mix_ratio": 0.1, "learning": 10, "forgetting": 1},       # p9: no plain
-        {"epochs": 12, "patience": 2, "stopped": "50/234", "best_step": 40,
+        {"epochs": 12, "patience": 2, "steps": 234, "last_step": 50, "best_step": 40,
          "learning": 60, "forgetting": 30},                                    # p10: no plain
     )
     m = mitigation_frame(summary).set_index("point_id")

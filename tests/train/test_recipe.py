@@ -192,7 +192,7 @@ def test_ewc_with_lambda_zero_is_plain_fine_tuning_and_its_fisher_is_cached(smal
     cache = tmp_path / "fisher"
     p = Point(lr=1e-3, epochs=1, mix_ratio=0.0, regularizer="ewc", lam=0.0)
     first = train_point(suite, p, base_model_dir=tiny_model_dir, out_dir=tmp_path / "e1",
-                        log_path=tmp_path / "e1.jsonl", fisher_dir=cache)
+                        log_path=tmp_path / "e1.jsonl", state_dir=cache)
     assert first["fisher"]["variant"] == "true" and first["fisher"]["samples"] == 16
     m2 = AutoModelForCausalLM.from_pretrained(tmp_path / "e1")
     for a, b in zip(m1.parameters(), m2.parameters()):
@@ -201,7 +201,7 @@ def test_ewc_with_lambda_zero_is_plain_fine_tuning_and_its_fisher_is_cached(smal
     (cache / "COMPLETE").write_text(json.dumps({**first["fisher"], "seconds": -1.0}))
     p = p.model_copy(update={"lam": 1e4})
     second = train_point(suite, p, base_model_dir=tiny_model_dir, out_dir=tmp_path / "e2",
-                         log_path=tmp_path / "e2.jsonl", fisher_dir=cache)
+                         log_path=tmp_path / "e2.jsonl", state_dir=cache)
     assert second["fisher"]["seconds"] == -1.0 and second["fisher"]["mean"] == first["fisher"]["mean"]
     log = [json.loads(l) for l in (tmp_path / "e2.jsonl").read_text().splitlines()]
     assert log[-1]["penalty"] > 0
