@@ -156,3 +156,21 @@ def test_a_model_that_cannot_be_loaded_here_is_refused_before_anything_is_writte
             assert done.stderr.count("\n") == 1 and f"{path}: model: cannot load {model}" in done.stderr
             assert expect in done.stderr
         assert not runs.exists()
+
+
+def refused(capsys, *argv) -> str:
+    """The one stderr line of a command that must end in a user error (exit 2)."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("forgetbench: error:") and "Traceback" not in err
+    return err
+
+
+def test_a_wrong_metric_is_refused_before_the_base_model_is_evaluated(write_suite, tiny_model_dir, tmp_path, capsys):
+    raw = tiny_suite(tiny_model_dir)
+    raw["tasks"]["general"][1]["metric"] = "accuracy"
+    path, runs = write_suite(raw), tmp_path / "runs"
+    err = refused(capsys, "sweep", str(path), "--runs-dir", str(runs))
+    assert (f"{path}: tasks.general[1].metric: 'accuracy' is not a metric lm-eval reports for task "
+            "'fb_addition'; valid: exact_match") in err
+    assert not runs.exists()
