@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -303,6 +304,33 @@ def _clean(x: Any) -> Any:
     return x
 
 
+@contextlib.contextmanager
+def _quiet_git_provenance():
+    """lm-eval records the working directory's git commit by running ``git describe``, whose
+    stderr is this process's file descriptor 2, out of reach of ``redirect_stderr``: outside a
+    repository git prints ``fatal: not a git repository`` on every evaluation. Its own call is
+    kept (lm-eval's result still has what it found), with only git's stderr discarded."""
+    from lm_eval import evaluator
+
+    lookup = evaluator.get_git_commit_hash
+
+    def quiet() -> str | None:
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+                return lookup()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+    evaluator.get_git_commit_hash = quiet
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = lookup
+
+
 def evaluate(model_dir: Path | str, suite: Suite, *, show_progress: bool = False) -> dict[str, Any]:
     """Evaluate the HF directory ``model_dir`` on the suite's tasks; returns a scores record.
 
@@ -320,7 +348,8 @@ def evaluate(model_dir: Path | str, suite: Suite, *, show_progress: bool = False
     specs = [_local_task_config(local[t.name]) if t.name in local else t.name
              for t, _ in suite.all_tasks()]
     start = time.monotonic()
-    with contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()):
+    with (contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()),
+          _quiet_git_provenance()):
         lm = HFLM(pretrained=str(model_dir), device=str(resolve_device(e.device)), dtype=e.dtype,
                   batch_size=e.batch_size, trust_remote_code=suite.trust_remote_code)
         out = lm_eval.simple_evaluate(

@@ -107,3 +107,14 @@ def test_the_metric_check_accepts_exactly_the_names_an_evaluation_reports(write_
             r"'filtered'; valid: exact_match,strict, exact_match,first$")):
         harness.eval_items(load_suite(path), str(path))
 
+
+@pytest.mark.slow
+def test_an_evaluation_outside_a_git_repository_prints_no_git_error(write_suite, tiny_model_dir, tmp_path,
+                                                                     monkeypatch, capfd):
+    suite = load_suite(write_suite(suite_dict(**{"eval.limit": 2})))
+    monkeypatch.chdir(tmp_path)  # lm-eval asks git for the working directory's commit
+    import subprocess
+    assert subprocess.run(["git", "rev-parse"], capture_output=True).returncode != 0  # not a repository
+    harness.evaluate(tiny_model_dir, suite)
+    err = capfd.readouterr().err
+    assert "fatal:" not in err and "not a git repository" not in err
