@@ -94,6 +94,35 @@ def plan(suite: Suite) -> list[PlannedPoint]:
     return out
 
 
+def check_training(suite: Suite, source: str) -> None:
+    """Refuse, before anything is written, a suite whose points would train on nothing: an
+    epochs value under one target example (no optimizer step), or a ``train.max_seq_len``
+    that every target prompt fills (no completion token left to learn)."""
+    from transformers import AutoTokenizer
+
+    from forgetbench.train import data as train_data
+
+    path = suite.data.target
+    rows = train_data.read_rows(path)
+    for i, grid in enumerate(suite.grids):
+        where = "sweep" if len(suite.grids) == 1 else f"sweep[{i}]"
+        for epochs in grid.epochs:
+            if train_data.target_examples(epochs, len(rows)) == 0:
+                raise ForgetbenchError(
+                    f"{source}: {where}.epochs: {epochs:g} epochs of the {len(rows)} rows of "
+                    f"data.target ({path}) is less than one example, so no optimizer step; use "
+                    f"at least {1 / len(rows):.3g} (one example)")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(suite.model),
+                                              trust_remote_code=suite.trust_remote_code)
+    max_len = suite.train.max_seq_len
+    if train_data.learns_nothing(train_data.tokenize(rows, tokenizer, max_len)):
+        longest = max((len(tokenizer(r["prompt"])["input_ids"]) for r in rows if "prompt" in r), default=1)
+        raise ForgetbenchError(
+            f"{source}: train.max_seq_len: {max_len} tokens leave no completion token in any "
+            f"row of data.target ({path}): its prompts alone fill them, so there is nothing to "
+            f"learn; its longest prompt is {longest} tokens, so raise it above {longest}")
+
+
 @dataclass
 class SweepOutcome:
     store: RunStore

@@ -9,6 +9,7 @@ from forgetbench.cli import main
 from forgetbench.config import load_suite
 from forgetbench.report.tables import RESULT_COLUMNS
 from forgetbench.store import RunStore
+from forgetbench.train.data import read_rows
 from tests.conftest import suite_dict
 
 
@@ -174,3 +175,31 @@ def test_a_wrong_metric_is_refused_before_the_base_model_is_evaluated(write_suit
     assert (f"{path}: tasks.general[1].metric: 'accuracy' is not a metric lm-eval reports for task "
             "'fb_addition'; valid: exact_match") in err
     assert not runs.exists()
+
+
+def test_epochs_that_give_no_optimizer_step_are_refused_before_anything_is_written(
+        write_suite, tiny_model_dir, tmp_path, capsys):
+    raw = tiny_suite(tiny_model_dir)
+    raw["sweep"]["epochs"] = [1, 0.001]
+    path, runs = write_suite(raw), tmp_path / "runs"
+    n_rows = len(read_rows(load_suite(path).data.target))
+    for command in (["sweep", str(path), "--runs-dir", str(runs)],
+                    ["train", str(path), "--point", "0" * 12, "--runs-dir", str(runs)]):
+        err = refused(capsys, *command)
+        assert (f"{path}: sweep.epochs: 0.001 epochs of the {n_rows} rows of data.target" in err
+                and f"use at least {1 / n_rows:.3g}" in err)
+    assert not runs.exists()
+    # the value it suggests trains one example
+    sweep.check_training(load_suite(path, [f"sweep.epochs=[{1 / n_rows:.3g}]"]), str(path))
+
+
+def test_a_max_seq_len_the_prompts_fill_is_refused_before_anything_is_written(
+        write_suite, tiny_model_dir, tmp_path, capsys):
+    path, runs = write_suite(tiny_suite(tiny_model_dir, **{"train.max_seq_len": 3})), tmp_path / "runs"
+    err = refused(capsys, "sweep", str(path), "--runs-dir", str(runs))
+    assert f"{path}: train.max_seq_len: 3 tokens leave no completion token in any row of data.target" in err
+    assert not runs.exists()
+    longest = int(err.split("raise it above ")[1].split()[0])
+    # the length it names leaves every row at least one completion token
+    sweep.check_training(load_suite(path, [f"train.max_seq_len={longest + 1}"]), str(path))
+

@@ -63,6 +63,17 @@ def tokenize(rows: list[dict], tokenizer, max_len: int) -> list[Example]:
     return out
 
 
+def learns_nothing(examples: list[Example]) -> bool:
+    """No example has a token to learn: every label after the first (position 0 is never
+    predicted) is masked, e.g. when max_len cuts every completion off its prompt."""
+    return all(lab == IGNORE_INDEX for ex in examples for lab in ex.labels[1:])
+
+
+def target_examples(epochs: float, n_rows: int) -> int:
+    """Target examples in a stream of ``epochs`` passes over ``n_rows`` rows: round(epochs · n_rows)."""
+    return round(epochs * n_rows)
+
+
 def mixture(target: list[Example], replay: list[Example], *, epochs: float,
             mix_ratio: float, seed: int) -> list[Example]:
     """The training stream of one point, shuffled with ``seed``.
@@ -80,7 +91,7 @@ def mixture(target: list[Example], replay: list[Example], *, epochs: float,
             picked.extend(pool[i] for i in order[: n - len(picked)])
         return picked
 
-    n_target = round(epochs * len(target))
+    n_target = target_examples(epochs, len(target))
     whole, part = divmod(n_target, len(target))
     stream = target * whole + draw(target, part)
     if mix_ratio > 0:
