@@ -228,12 +228,13 @@ def train_one(suite: Suite, point_id: str, runs_root: Path, stop_after: int | No
     except _Stopped:
         store.append("point_paused", point=pp.id, step=summary["stopped_at"])
         return summary
-    except ForgetbenchError:
-        raise
-    except Exception as exc:
+    except BaseException as exc:  # every way out after point_started, or status says running
         if main:
-            store.append("point_failed", point=pp.id, error=f"{type(exc).__name__}: {exc}",
-                         traceback=traceback.format_exc(limit=8))
+            if isinstance(exc, ForgetbenchError):  # a user error: its one line says it all
+                store.append("point_failed", point=pp.id, error=str(exc))
+            else:  # a bug, an interrupt, an out-of-memory error ...
+                store.append("point_failed", point=pp.id, error=f"{type(exc).__name__}: {exc}",
+                             traceback=traceback.format_exc(limit=8))
         raise
     if main:
         store.append("point_trained", point=pp.id, summary=summary)
@@ -262,6 +263,8 @@ def launch_training(store: RunStore, point_id: str, runs_root: Path, nproc: int)
     if done.returncode == 0 and state is not None and state.status == "trained":
         return None
     if done.returncode == 2:
+        if state is None or state.status != "failed":  # e.g. refused before train_one started
+            store.append("point_failed", point=point_id, error="training stopped on a user error")
         raise ForgetbenchError(f"point {point_id}: training stopped on the error above")
     if state is not None and state.status == "failed" and state.error:
         return state.error

@@ -203,3 +203,34 @@ def test_a_max_seq_len_the_prompts_fill_is_refused_before_anything_is_written(
     # the length it names leaves every row at least one completion token
     sweep.check_training(load_suite(path, [f"train.max_seq_len={longest + 1}"]), str(path))
 
+
+def test_a_point_that_stops_on_a_user_error_is_recorded_failed_not_running(
+        write_suite, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from forgetbench.errors import ForgetbenchError
+    from forgetbench.train import recipe
+
+    path, runs = write_suite(tiny_suite(tiny_model_dir)), tmp_path / "runs"
+    suite = load_suite(path)
+    first, second = (pp.id for pp in sweep.plan(suite))
+    store = RunStore(runs / suite.name)
+
+    # inside the training process, after point_started (e.g. the recipe's own checks)
+    def refuse(*args, **kwargs):
+        raise ForgetbenchError("train.max_seq_len: no completion token left")
+
+    monkeypatch.setattr(recipe, "train_point", refuse)
+    with pytest.raises(ForgetbenchError):
+        sweep.train_one(suite, first, runs)
+    assert store.states()[first].status == "failed"
+    assert store.states()[first].error == "train.max_seq_len: no completion token left"
+
+    # a child that exits 2 after point_started without recording why
+    code = (f"import sys; from forgetbench.store import RunStore; "
+            f"RunStore({str(store.root)!r}).append('point_started', point={second!r}); sys.exit(2)")
+    monkeypatch.setattr(sweep, "train_command", lambda *a: [sys.executable, "-c", code])
+    with pytest.raises(ForgetbenchError, match=f"point {second}: training stopped"):
+        sweep.launch_training(store, second, runs, 1)
+    assert store.states()[second].status == "failed"
+    capsys.readouterr()
+    assert main(["status", str(store.root)]) == 0
+    assert "running" not in capsys.readouterr().out
