@@ -234,3 +234,13 @@ def test_a_point_that_stops_on_a_user_error_is_recorded_failed_not_running(
     capsys.readouterr()
     assert main(["status", str(store.root)]) == 0
     assert "running" not in capsys.readouterr().out
+
+
+def test_a_data_file_with_a_byte_that_is_not_utf8_is_one_line_naming_file_and_line(
+        write_suite, tiny_model_dir, tmp_path, capsys):
+    replay = tmp_path / "replay.jsonl"
+    replay.write_bytes(b'{"text": "one"}\n{"text": "\xff"}\n')
+    path, runs = write_suite(tiny_suite(tiny_model_dir, **{"data.replay": str(replay)})), tmp_path / "runs"
+    err = refused(capsys, "sweep", str(path), "--runs-dir", str(runs))
+    assert f"{replay}:2: not UTF-8 text" in err
+    assert not runs.exists()

@@ -24,9 +24,19 @@ class Example:
 
 def read_rows(path: Path) -> list[dict]:
     """Rows of a JSONL data file, each checked to be a prompt/completion pair or a text."""
+    return [row for _, row in numbered_rows(path)]
+
+
+def numbered_rows(path: Path) -> list[tuple[int, dict]]:
+    """(file line, row) of each row of a JSONL data file (blank lines are skipped)."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:  # bytes, decoded line by line: a bad byte is named with its line
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ForgetbenchError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} "
+                                       f"at offset {exc.start} of the line); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -39,7 +49,7 @@ def read_rows(path: Path) -> list[dict]:
             if not ok:
                 raise ForgetbenchError(f"{path}:{lineno}: each row needs string fields "
                                        '"prompt" and "completion", or "text"')
-            rows.append(row)
+            rows.append((lineno, row))
     if not rows:
         raise ForgetbenchError(f"{path}: no rows")
     return rows
