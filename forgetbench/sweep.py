@@ -23,7 +23,7 @@ from typing import Any
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
 from forgetbench.models import model_fingerprint, model_hash, resolve_model
-from forgetbench.store import RunStore, atomic_write_json, read_json
+from forgetbench.store import RunStore, atomic_write_json, read_json, read_result, reuse_result
 
 # Bump when a change to the training recipe changes what a point produces.
 TRAINING_VERSION = 1
@@ -147,12 +147,12 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
     outcome = SweepOutcome(store=store, eval_key=key)
 
     bpath = store.baseline_path(model_hash(suite.model), key)
-    if not bpath.exists():
+    baseline = reuse_result(bpath, echo)
+    if baseline is None:
         echo(f"evaluating the base model {suite.model} ...")
         atomic_write_json(bpath, evaluate(base, suite, show_progress=show_progress))
         store.append("baseline_evaluated", eval_key=key, path=str(bpath.relative_to(store.root)))
-
-    baseline = read_json(bpath)
+        baseline = read_result(bpath)
     for task, _ in suite.all_tasks():
         headline_metric(task.name, task.metric, baseline)  # a wrong metric fails before training
 
@@ -161,7 +161,7 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
         label = f"[{i}/{len(planned)}] point {pp.id} ({pp.point.label()})"
         state = states.get(pp.id)
         scores_path = store.scores_path(pp.id, key)
-        if state and key in state.eval_keys and scores_path.exists():
+        if state and key in state.eval_keys and reuse_result(scores_path, echo) is not None:
             outcome.skipped.append(pp.id)
             continue
         atomic_write_json(store.point_dir(pp.id) / "point.json", pp.config)
@@ -284,10 +284,10 @@ def latest_sweep(store: RunStore) -> dict:
 
 def stored_results(store: RunStore, sweep: dict) -> tuple[dict, list[tuple[str, Point, dict | None]]]:
     """(baseline scores, [(point id, point, scores or None)]) as the sweep left them."""
-    baseline = read_json(store.root / sweep["baseline"])
+    baseline = read_result(store.root / sweep["baseline"])
     points = []
     for pid in sweep["points"]:
         config = read_json(store.point_dir(pid) / "point.json")
         path = store.scores_path(pid, sweep["eval_key"])
-        points.append((pid, Point(**config["point"]), read_json(path) if path.exists() else None))
+        points.append((pid, Point(**config["point"]), read_result(path) if path.exists() else None))
     return baseline, points

@@ -244,3 +244,47 @@ def test_a_data_file_with_a_byte_that_is_not_utf8_is_one_line_naming_file_and_li
     err = refused(capsys, "sweep", str(path), "--runs-dir", str(runs))
     assert f"{replay}:2: not UTF-8 text" in err
     assert not runs.exists()
+
+
+def test_a_corrupt_stored_result_fails_report_in_one_line_and_the_next_sweep_recomputes_it(
+        write_suite, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from forgetbench.eval import harness
+
+    suite = load_suite(write_suite(tiny_suite(tiny_model_dir)))
+    runs = tmp_path / "runs"
+    store = RunStore(runs / suite.name)
+    evaluated = []
+
+    def evaluate(model_dir, suite, **kwargs):  # lm-eval's part is tested in tests/eval
+        evaluated.append(str(model_dir))
+        samples = [{"doc_id": i, "values": {"acc": float(i % 2), "exact_match": 0.0}} for i in range(4)]
+        return {"settings": {}, "tasks": {t.name: {"metrics": {t.metric: {"value": 0.5, "stderr": 0.1, "higher_is_better": True}},
+                                                 "n": 4, "samples": samples} for t, _ in suite.all_tasks()}}
+
+    def train(store, point_id, runs_root, nproc):
+        (store.model_dir(point_id) / "config.json").parent.mkdir(parents=True)
+        (store.model_dir(point_id) / "config.json").write_text("{}")
+        store.append("point_trained", point=point_id, summary={"steps": 1, "last_step": 1})
+
+    monkeypatch.setattr(harness, "evaluate", evaluate)
+    monkeypatch.setattr(sweep, "launch_training", train)
+    outcome = sweep.run_sweep(suite, runs, echo=lambda msg: None)
+    assert len(evaluated) == 3 and len(outcome.evaluated) == 2
+    first = outcome.evaluated[0]
+    scores = store.scores_path(first, outcome.eval_key)
+    [baseline] = (store.root / "baseline").glob("*.json")
+    text = scores.read_text()
+    scores.write_text(text[:len(text) // 2])  # truncated
+
+    err = refused(capsys, "report", str(store.root))
+    assert f"{scores}: stored result is corrupt" in err and "forgetbench sweep" in err
+    baseline.write_bytes(b"\xff")
+
+    said = []
+    again = sweep.run_sweep(suite, runs, echo=said.append)
+    assert evaluated[3:] == [str(tiny_model_dir), str(store.model_dir(first))]  # the two, no more
+    assert again.evaluated == [first] and len(again.skipped) == 1
+    assert len(list(scores.parent.glob(f"{scores.name}.corrupt-*"))) == 1
+    assert len(list(baseline.parent.glob(f"{baseline.name}.corrupt-*"))) == 1
+    assert sum(line.startswith("warning:") and "is corrupt" in line for line in said) == 2
+    assert main(["report", str(store.root)]) == 0
