@@ -97,7 +97,13 @@ def fresh_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~current_umask())
+        # mkdtemp makes 0700, and safetensors (so save_pretrained) writes its files 0600 through
+        # a temporary file: give the export the modes every other file of the run has
+        umask = current_umask()
+        for folder, _, files in os.walk(tmp):
+            os.chmod(folder, 0o777 & ~umask)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o666 & ~umask)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)

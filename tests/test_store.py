@@ -61,3 +61,27 @@ def test_a_corrupt_stored_result_is_named_and_set_aside_for_recomputing(tmp_path
     assert aside.read_text() == '{"tasks": {"fb_med' and not path.exists()
     assert len(warnings) == 1 and str(path) in warnings[0] and aside.name in warnings[0]
     assert reuse_result(path, warnings.append) is None and len(warnings) == 1  # missing: no warning
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_an_exported_model_honours_the_umask_like_every_other_file(tiny_model_dir, tmp_path, umask):
+    import os
+    import stat
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    old = os.umask(umask)
+    try:
+        with fresh_dir(tmp_path / "model") as tmp:
+            model.save_pretrained(tmp)  # safetensors writes 0600 through a temporary file
+        atomic_write_json(tmp_path / "scores.json", {})
+    finally:
+        os.umask(old)
+
+    def mode(p):
+        return stat.S_IMODE(p.stat().st_mode)
+
+    assert mode(tmp_path / "model" / "model.safetensors") == 0o666 & ~umask == mode(tmp_path / "scores.json")
+    assert mode(tmp_path / "model" / "config.json") == 0o666 & ~umask
+    assert mode(tmp_path / "model") == 0o777 & ~umask
