@@ -87,7 +87,8 @@ def test_the_metric_check_accepts_exactly_the_names_an_evaluation_reports(write_
     (tmp_path / "d.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": "4"}\n')
     # with filters lm-eval reports 'metric,filter' per filter, and no unfiltered metric
     _generation_task(folder, "filtered", "filter_list:\n"
-                     "  - {name: strict, filter: [{function: regex, regex_pattern: '(\\d+)'}, {function: take_first}]}\n"
+                     "  - {name: strict, filter: [{function: regex, regex_pattern: '(\\d+)'},\n"
+                     "                            {function: take_first}]}\n"
                      "  - {name: first, filter: [{function: take_first}]}\n")
     _generation_task(folder, "plain")
     raw = suite_dict(**{"tasks.include_path": str(folder), "eval.limit": 2})
