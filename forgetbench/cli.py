@@ -83,7 +83,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.planner import check_fits
     from forgetbench.report import write_outputs
     from forgetbench.store import RunStore
-    from forgetbench.sweep import latest_sweep, plan, run_sweep
+    from forgetbench.sweep import check_training, latest_sweep, plan, run_sweep
     from forgetbench.train.data import read_rows
 
     start = time.monotonic()
@@ -91,6 +91,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # Everything a user can get wrong is checked before the run directory is touched.
     check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
     check_tasks(suite, source=args.suite)
+    check_training(suite, args.suite)
     # no eval item, nor a held-out row, is trained on; always refused (see leakage.py)
     check_leakage(suite, eval_items(suite, args.suite, show_progress=args.verbose))
     if suite.data.fisher is not None:  # the one data file the leakage guard does not read
@@ -122,11 +123,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
     from forgetbench.models import check_model
-    from forgetbench.sweep import train_command, train_one
+    from forgetbench.sweep import check_training, train_command, train_one
     from forgetbench.train import distributed
 
     suite = load_suite(args.suite, args.set)
     check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
+    check_training(suite, args.suite)
     nproc = args.nproc or suite.train.nproc
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # not yet under torchrun: start it, with this same command in each process

@@ -357,6 +357,9 @@ def _resolve_paths(suite: Suite, base: Path, source: str) -> Suite:
             kind = "folder" if folder else "file"
             raise ForgetbenchError(f"{source}: {field}: {kind} not found: {full} "
                                    f"(paths are relative to the suite file's folder)")
+        if not folder and full.is_dir():
+            raise ForgetbenchError(f"{source}: {field}: {full} is a folder, not a file; "
+                                   "set it to the JSONL file itself")
         return full
 
     data = suite.data.model_copy(update={
@@ -382,8 +385,15 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     source = str(path)
     if not path.is_file():
         raise ForgetbenchError(f"{source}: suite file not found")
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ForgetbenchError(f"{source}: not UTF-8 text at line {line} (byte "
+                               f"0x{data[exc.start]:02x}); save the file as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

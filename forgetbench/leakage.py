@@ -26,7 +26,7 @@ from pathlib import Path
 
 from forgetbench.config import Suite
 from forgetbench.errors import ForgetbenchError
-from forgetbench.train.data import read_rows
+from forgetbench.train.data import numbered_rows
 
 MAX_ITEM_TOKENS = 64
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -131,11 +131,9 @@ def find_leaks(rows: list[dict], index: EvalIndex) -> list[Leak]:
 
 
 def _rows_with_lines(path: Path) -> tuple[list[dict], list[int]]:
-    """read_rows' rows and the file line of each (read_rows skips blank lines)."""
-    rows = read_rows(path)
-    with open(path, encoding="utf-8") as fh:
-        lines = [n for n, line in enumerate(fh, 1) if line.strip()]
-    return rows, lines
+    """The rows of a data file and the file line of each."""
+    numbered = numbered_rows(path)
+    return [row for _, row in numbered], [line for line, _ in numbered]
 
 
 def check_leakage(suite: Suite, items: dict[str, list[tuple[str, str]]]) -> None:

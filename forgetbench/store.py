@@ -11,7 +11,9 @@ Layout of ``runs/<suite>/``::
 
 Files are written to a temporary name and renamed, so a reader never sees half a file. The
 journal is appended only after the file it reports exists, so it never claims a result that
-is not there. A torn last line (a crash mid-append) is skipped on replay.
+is not there. A torn last line (a crash mid-append) is skipped on replay. A stored result that
+no longer parses (a truncated or damaged file) is set aside by the next sweep, which
+recomputes it (:func:`reuse_result`).
 """
 from __future__ import annotations
 
@@ -23,13 +25,15 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from forgetbench.errors import ForgetbenchError
 
 
 def current_umask() -> int:
@@ -78,6 +82,31 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def read_result(path: Path) -> Any:
+    """A stored result (a baseline's or a point's scores); a corrupt one, e.g. truncated by a
+    full disk or damaged by a copy, is a ForgetbenchError naming it."""
+    try:
+        return read_json(path)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ForgetbenchError(f"{path}: stored result is corrupt ({exc}); run `forgetbench sweep` "
+                               "on its suite again: it sets the file aside and recomputes it") from None
+
+
+def reuse_result(path: Path, warn: Callable[[str], None]) -> Any | None:
+    """A stored result for a sweep to reuse, or None to recompute it: when it is missing, or
+    corrupt. A corrupt file is renamed ``<name>.corrupt-<time>``, kept for a look, with a
+    warning; left in place it would fail every later sweep and report."""
+    if not path.exists():
+        return None
+    try:
+        return read_result(path)
+    except ForgetbenchError:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        warn(f"warning: {path} is corrupt; set aside as {aside.name}, recomputing it")
+        return None
+
+
 @contextlib.contextmanager
 def fresh_dir(final: Path) -> Iterator[Path]:
     """A private directory that replaces ``final`` only if the block succeeds (e.g. a model export)."""
@@ -85,7 +114,13 @@ def fresh_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~current_umask())
+        # mkdtemp makes 0700, and safetensors (so save_pretrained) writes its files 0600 through
+        # a temporary file: give the export the modes every other file of the run has
+        umask = current_umask()
+        for folder, _, files in os.walk(tmp):
+            os.chmod(folder, 0o777 & ~umask)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o666 & ~umask)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)

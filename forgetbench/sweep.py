@@ -23,7 +23,7 @@ from forgetbench import regularizers
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
 from forgetbench.models import model_fingerprint, model_hash, resolve_model
-from forgetbench.store import RunStore, atomic_write_json, file_digest, read_json
+from forgetbench.store import RunStore, atomic_write_json, file_digest, read_json, read_result, reuse_result
 
 # Bump when a change to the training recipe changes what a point produces.
 TRAINING_VERSION = 1
@@ -73,6 +73,35 @@ def plan(suite: Suite) -> list[PlannedPoint]:
     return out
 
 
+def check_training(suite: Suite, source: str) -> None:
+    """Refuse, before anything is written, a suite whose points would train on nothing: an
+    epochs value under one target example (no optimizer step), or a ``train.max_seq_len``
+    that every target prompt fills (no completion token left to learn)."""
+    from transformers import AutoTokenizer
+
+    from forgetbench.train import data as train_data
+
+    path = suite.data.target
+    rows = train_data.read_rows(path)
+    for i, grid in enumerate(suite.grids):
+        where = "sweep" if len(suite.grids) == 1 else f"sweep[{i}]"
+        for epochs in grid.epochs:
+            if train_data.target_examples(epochs, len(rows)) == 0:
+                raise ForgetbenchError(
+                    f"{source}: {where}.epochs: {epochs:g} epochs of the {len(rows)} rows of "
+                    f"data.target ({path}) is less than one example, so no optimizer step; use "
+                    f"at least {1 / len(rows):.3g} (one example)")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(suite.model),
+                                              trust_remote_code=suite.trust_remote_code)
+    max_len = suite.train.max_seq_len
+    if train_data.learns_nothing(train_data.tokenize(rows, tokenizer, max_len)):
+        longest = max((len(tokenizer(r["prompt"])["input_ids"]) for r in rows if "prompt" in r), default=1)
+        raise ForgetbenchError(
+            f"{source}: train.max_seq_len: {max_len} tokens leave no completion token in any "
+            f"row of data.target ({path}): its prompts alone fill them, so there is nothing to "
+            f"learn; its longest prompt is {longest} tokens, so raise it above {longest}")
+
+
 @dataclass
 class SweepOutcome:
     store: RunStore
@@ -97,12 +126,12 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
     outcome = SweepOutcome(store=store, eval_key=key)
 
     bpath = store.baseline_path(model_hash(suite.model), key)
-    if not bpath.exists():
+    baseline = reuse_result(bpath, echo)
+    if baseline is None:
         echo(f"evaluating the base model {suite.model} ...")
         atomic_write_json(bpath, evaluate(base, suite, show_progress=show_progress))
         store.append("baseline_evaluated", eval_key=key, path=str(bpath.relative_to(store.root)))
-
-    baseline = read_json(bpath)
+        baseline = read_result(bpath)
     for task, _ in suite.all_tasks():
         headline_metric(task.name, task.metric, baseline)  # a wrong metric fails before training
 
@@ -111,7 +140,7 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
         label = f"[{i}/{len(planned)}] point {pp.id} ({pp.point.label()})"
         state = states.get(pp.id)
         scores_path = store.scores_path(pp.id, key)
-        if state and key in state.eval_keys and scores_path.exists():
+        if state and key in state.eval_keys and reuse_result(scores_path, echo) is not None:
             outcome.skipped.append(pp.id)
             continue
         atomic_write_json(store.point_dir(pp.id) / "point.json", pp.config)
@@ -180,12 +209,13 @@ def train_one(suite: Suite, point_id: str, runs_root: Path, stop_after: int | No
     except _Stopped:
         store.append("point_paused", point=pp.id, step=summary["stopped_at"])
         return summary
-    except ForgetbenchError:
-        raise
-    except Exception as exc:
+    except BaseException as exc:  # every way out after point_started, or status says running
         if main:
-            store.append("point_failed", point=pp.id, error=f"{type(exc).__name__}: {exc}",
-                         traceback=traceback.format_exc(limit=8))
+            if isinstance(exc, ForgetbenchError):  # a user error: its one line says it all
+                store.append("point_failed", point=pp.id, error=str(exc))
+            else:  # a bug, an interrupt, an out-of-memory error ...
+                store.append("point_failed", point=pp.id, error=f"{type(exc).__name__}: {exc}",
+                             traceback=traceback.format_exc(limit=8))
         raise
     if main:
         store.append("point_trained", point=pp.id, summary=summary)
@@ -214,6 +244,8 @@ def launch_training(store: RunStore, point_id: str, runs_root: Path, nproc: int)
     if done.returncode == 0 and state is not None and state.status == "trained":
         return None
     if done.returncode == 2:
+        if state is None or state.status != "failed":  # e.g. refused before train_one started
+            store.append("point_failed", point=point_id, error="training stopped on a user error")
         raise ForgetbenchError(f"point {point_id}: training stopped on the error above")
     if state is not None and state.status == "failed" and state.error:
         return state.error
@@ -233,10 +265,10 @@ def latest_sweep(store: RunStore) -> dict:
 
 def stored_results(store: RunStore, sweep: dict) -> tuple[dict, list[tuple[str, Point, dict | None]]]:
     """(baseline scores, [(point id, point, scores or None)]) as the sweep left them."""
-    baseline = read_json(store.root / sweep["baseline"])
+    baseline = read_result(store.root / sweep["baseline"])
     points = []
     for pid in sweep["points"]:
         config = read_json(store.point_dir(pid) / "point.json")
         path = store.scores_path(pid, sweep["eval_key"])
-        points.append((pid, Point(**config["point"]), read_json(path) if path.exists() else None))
+        points.append((pid, Point(**config["point"]), read_result(path) if path.exists() else None))
     return baseline, points

@@ -167,3 +167,24 @@ def test_a_point_names_its_mitigations_in_the_reports_order():
     assert every.mitigations() == ["replay", "ewc", "xi", "patience"]
     assert [k for k in mitigation_kinds() if k in every.mitigations()] == every.mitigations()
     assert plain.model_copy(update={"regularizer": "l2", "lam": 1.0}).mitigations() == ["l2"]
+
+
+def test_a_suite_with_a_byte_that_is_not_utf8_is_one_line_naming_file_and_line(tmp_path, capsys):
+    path = tmp_path / "suite.yaml"
+    path.write_bytes(b"name: medical\n# caf\xe9\nmodel: builtin:tiny-llama\n")
+    runs = tmp_path / "runs"
+    assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"forgetbench: error: {path}: not UTF-8 text at line 2 (byte 0xe9); save the file as UTF-8\n"
+    assert not runs.exists()
+
+
+def test_a_data_path_that_is_a_folder_is_refused_naming_the_field(write_suite, tmp_path, capsys):
+    folder = tmp_path / "replay"
+    folder.mkdir()
+    path = write_suite(suite_dict(**{"data.replay": str(folder)}))
+    runs = tmp_path / "runs"
+    assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: data.replay: {folder} is a folder, not a file" in err
+    assert not runs.exists()

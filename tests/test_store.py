@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from forgetbench.store import RunStore, atomic_write_json, fresh_dir
 
 
@@ -41,3 +43,45 @@ def test_journal_replays_to_state_and_skips_a_torn_line(tmp_path):
     assert states["p3"].status == "running"
     store.append("point_trained", point="p3", summary={})  # appending after a torn line works
     assert store.states()["p3"].status == "trained"
+
+
+def test_a_corrupt_stored_result_is_named_and_set_aside_for_recomputing(tmp_path):
+    from forgetbench.errors import ForgetbenchError
+    from forgetbench.store import read_result, reuse_result
+
+    path = tmp_path / "scores" / "k.json"
+    atomic_write_json(path, {"tasks": {}})
+    warnings = []
+    assert reuse_result(path, warnings.append) == {"tasks": {}} and not warnings
+    path.write_text('{"tasks": {"fb_med')  # truncated
+    with pytest.raises(ForgetbenchError, match=rf"^{path}: stored result is corrupt .*`forgetbench sweep`"):
+        read_result(path)
+    assert reuse_result(path, warnings.append) is None
+    [aside] = path.parent.glob("k.json.corrupt-*")
+    assert aside.read_text() == '{"tasks": {"fb_med' and not path.exists()
+    assert len(warnings) == 1 and str(path) in warnings[0] and aside.name in warnings[0]
+    assert reuse_result(path, warnings.append) is None and len(warnings) == 1  # missing: no warning
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_an_exported_model_honours_the_umask_like_every_other_file(tiny_model_dir, tmp_path, umask):
+    import os
+    import stat
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    old = os.umask(umask)
+    try:
+        with fresh_dir(tmp_path / "model") as tmp:
+            model.save_pretrained(tmp)  # safetensors writes 0600 through a temporary file
+        atomic_write_json(tmp_path / "scores.json", {})
+    finally:
+        os.umask(old)
+
+    def mode(p):
+        return stat.S_IMODE(p.stat().st_mode)
+
+    assert mode(tmp_path / "model" / "model.safetensors") == 0o666 & ~umask == mode(tmp_path / "scores.json")
+    assert mode(tmp_path / "model" / "config.json") == 0o666 & ~umask
+    assert mode(tmp_path / "model") == 0o777 & ~umask

@@ -9,6 +9,7 @@ from forgetbench.cli import main
 from forgetbench.config import load_suite
 from forgetbench.report.tables import RESULT_COLUMNS
 from forgetbench.store import RunStore
+from forgetbench.train.data import read_rows
 from tests.conftest import suite_dict
 
 
@@ -156,3 +157,135 @@ def test_a_model_that_cannot_be_loaded_here_is_refused_before_anything_is_writte
             assert done.stderr.count("\n") == 1 and f"{path}: model: cannot load {model}" in done.stderr
             assert expect in done.stderr
         assert not runs.exists()
+
+
+def refused(capsys, *argv) -> str:
+    """The one stderr line of a command that must end in a user error (exit 2)."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("forgetbench: error:") and "Traceback" not in err
+    return err
+
+
+def test_a_wrong_metric_is_refused_before_the_base_model_is_evaluated(write_suite, tiny_model_dir, tmp_path, capsys):
+    raw = tiny_suite(tiny_model_dir)
+    raw["tasks"]["general"][1]["metric"] = "accuracy"
+    path, runs = write_suite(raw), tmp_path / "runs"
+    err = refused(capsys, "sweep", str(path), "--runs-dir", str(runs))
+    assert (f"{path}: tasks.general[1].metric: 'accuracy' is not a metric lm-eval reports for task "
+            "'fb_addition'; valid: exact_match") in err
+    assert not runs.exists()
+
+
+def test_epochs_that_give_no_optimizer_step_are_refused_before_anything_is_written(
+        write_suite, tiny_model_dir, tmp_path, capsys):
+    raw = tiny_suite(tiny_model_dir)
+    raw["sweep"]["epochs"] = [1, 0.001]
+    path, runs = write_suite(raw), tmp_path / "runs"
+    n_rows = len(read_rows(load_suite(path).data.target))
+    for command in (["sweep", str(path), "--runs-dir", str(runs)],
+                    ["train", str(path), "--point", "0" * 12, "--runs-dir", str(runs)]):
+        err = refused(capsys, *command)
+        assert (f"{path}: sweep.epochs: 0.001 epochs of the {n_rows} rows of data.target" in err
+                and f"use at least {1 / n_rows:.3g}" in err)
+    assert not runs.exists()
+    # the value it suggests trains one example
+    sweep.check_training(load_suite(path, [f"sweep.epochs=[{1 / n_rows:.3g}]"]), str(path))
+
+
+def test_a_max_seq_len_the_prompts_fill_is_refused_before_anything_is_written(
+        write_suite, tiny_model_dir, tmp_path, capsys):
+    path, runs = write_suite(tiny_suite(tiny_model_dir, **{"train.max_seq_len": 3})), tmp_path / "runs"
+    err = refused(capsys, "sweep", str(path), "--runs-dir", str(runs))
+    assert f"{path}: train.max_seq_len: 3 tokens leave no completion token in any row of data.target" in err
+    assert not runs.exists()
+    longest = int(err.split("raise it above ")[1].split()[0])
+    # the length it names leaves every row at least one completion token
+    sweep.check_training(load_suite(path, [f"train.max_seq_len={longest + 1}"]), str(path))
+
+
+def test_a_point_that_stops_on_a_user_error_is_recorded_failed_not_running(
+        write_suite, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from forgetbench.errors import ForgetbenchError
+    from forgetbench.train import recipe
+
+    path, runs = write_suite(tiny_suite(tiny_model_dir)), tmp_path / "runs"
+    suite = load_suite(path)
+    first, second = (pp.id for pp in sweep.plan(suite))
+    store = RunStore(runs / suite.name)
+
+    # inside the training process, after point_started (e.g. the recipe's own checks)
+    def refuse(*args, **kwargs):
+        raise ForgetbenchError("train.max_seq_len: no completion token left")
+
+    monkeypatch.setattr(recipe, "train_point", refuse)
+    with pytest.raises(ForgetbenchError):
+        sweep.train_one(suite, first, runs)
+    assert store.states()[first].status == "failed"
+    assert store.states()[first].error == "train.max_seq_len: no completion token left"
+
+    # a child that exits 2 after point_started without recording why
+    code = (f"import sys; from forgetbench.store import RunStore; "
+            f"RunStore({str(store.root)!r}).append('point_started', point={second!r}); sys.exit(2)")
+    monkeypatch.setattr(sweep, "train_command", lambda *a: [sys.executable, "-c", code])
+    with pytest.raises(ForgetbenchError, match=f"point {second}: training stopped"):
+        sweep.launch_training(store, second, runs, 1)
+    assert store.states()[second].status == "failed"
+    capsys.readouterr()
+    assert main(["status", str(store.root)]) == 0
+    assert "running" not in capsys.readouterr().out
+
+
+def test_a_data_file_with_a_byte_that_is_not_utf8_is_one_line_naming_file_and_line(
+        write_suite, tiny_model_dir, tmp_path, capsys):
+    replay = tmp_path / "replay.jsonl"
+    replay.write_bytes(b'{"text": "one"}\n{"text": "\xff"}\n')
+    path, runs = write_suite(tiny_suite(tiny_model_dir, **{"data.replay": str(replay)})), tmp_path / "runs"
+    err = refused(capsys, "sweep", str(path), "--runs-dir", str(runs))
+    assert f"{replay}:2: not UTF-8 text" in err
+    assert not runs.exists()
+
+
+def test_a_corrupt_stored_result_fails_report_in_one_line_and_the_next_sweep_recomputes_it(
+        write_suite, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from forgetbench.eval import harness
+
+    suite = load_suite(write_suite(tiny_suite(tiny_model_dir)))
+    runs = tmp_path / "runs"
+    store = RunStore(runs / suite.name)
+    evaluated = []
+
+    def evaluate(model_dir, suite, **kwargs):  # lm-eval's part is tested in tests/eval
+        evaluated.append(str(model_dir))
+        samples = [{"doc_id": i, "values": {"acc": float(i % 2), "exact_match": 0.0}} for i in range(4)]
+        metric = {"value": 0.5, "stderr": 0.1, "higher_is_better": True}
+        return {"settings": {}, "tasks": {t.name: {"metrics": {t.metric: metric}, "n": 4, "samples": samples}
+                                          for t, _ in suite.all_tasks()}}
+
+    def train(store, point_id, runs_root, nproc):
+        (store.model_dir(point_id) / "config.json").parent.mkdir(parents=True)
+        (store.model_dir(point_id) / "config.json").write_text("{}")
+        store.append("point_trained", point=point_id, summary={"steps": 1, "last_step": 1})
+
+    monkeypatch.setattr(harness, "evaluate", evaluate)
+    monkeypatch.setattr(sweep, "launch_training", train)
+    outcome = sweep.run_sweep(suite, runs, echo=lambda msg: None)
+    assert len(evaluated) == 3 and len(outcome.evaluated) == 2
+    first = outcome.evaluated[0]
+    scores = store.scores_path(first, outcome.eval_key)
+    [baseline] = (store.root / "baseline").glob("*.json")
+    text = scores.read_text()
+    scores.write_text(text[:len(text) // 2])  # truncated
+
+    err = refused(capsys, "report", str(store.root))
+    assert f"{scores}: stored result is corrupt" in err and "forgetbench sweep" in err
+    baseline.write_bytes(b"\xff")
+
+    said = []
+    again = sweep.run_sweep(suite, runs, echo=said.append)
+    assert evaluated[3:] == [str(tiny_model_dir), str(store.model_dir(first))]  # the two, no more
+    assert again.evaluated == [first] and len(again.skipped) == 1
+    assert len(list(scores.parent.glob(f"{scores.name}.corrupt-*"))) == 1
+    assert len(list(baseline.parent.glob(f"{baseline.name}.corrupt-*"))) == 1
+    assert sum(line.startswith("warning:") and "is corrupt" in line for line in said) == 2
+    assert main(["report", str(store.root)]) == 0

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from forgetbench.config import Suite
+from forgetbench.config import Suite, TaskSpec
 from forgetbench.errors import ForgetbenchError
 
 # lm-eval's per-sample fields we keep: enough to pair items and to read what the model said
@@ -178,6 +179,13 @@ def check_tasks(suite: Suite, source: str = "suite") -> None:
                                    f"{task.name!r}{hint}")
 
 
+def _indexed_tasks(suite: Suite) -> list[tuple[TaskSpec, str, int]]:
+    """(task, role, index in its role's list): where a task sits in the suite file."""
+    return [(t, role, i) for role, tasks in (("target", suite.tasks.target),
+                                              ("general", suite.tasks.general))
+            for i, t in enumerate(tasks)]
+
+
 def _load_tasks(manager, spec: str | dict) -> dict[str, Any]:
     """lm-eval's leaf tasks (a group or tag expands to its subtasks) of one spec, by name."""
     if hasattr(manager, "load"):  # newer lm-eval: flat dicts of tasks and groups
@@ -215,18 +223,41 @@ def _question_answer(task, doc) -> tuple[str, str]:
     return str(text), str(target)
 
 
+def reported_metrics(task) -> list[str]:
+    """The metric names :func:`evaluate` stores for one lm-eval leaf task: each metric of its
+    metric list (its aggregations) under each of its filters, named as :func:`_metric_name`
+    names them ('acc'; 'exact_match,strict-match' for a filter other than lm-eval's 'none')."""
+    filters = [f.name for f in getattr(task, "_filters", None) or ()] or ["none"]
+    return [_metric_name(metric, filt) for filt in filters for metric in task.aggregation()]
+
+
+def _check_metric(task: TaskSpec, field: str, loaded: dict[str, Any], source: str) -> None:
+    """Refuse a declared headline metric the task's results will not have; checked from the
+    task objects, so before the base model is evaluated. A group or tag (its name is not one
+    of its leaf tasks) is left to the check on the baseline's scores."""
+    if task.metric is None or task.name not in loaded:
+        return
+    valid = reported_metrics(loaded[task.name])
+    if task.metric not in valid:
+        raise ForgetbenchError(f"{source}: {field}.metric: {task.metric!r} is not a metric "
+                               f"lm-eval reports for task {task.name!r}; valid: {', '.join(valid)}")
+
+
 def eval_items(suite: Suite, source: str = "suite", *,
                show_progress: bool = False) -> dict[str, list[tuple[str, str]]]:
     """lm-eval task name -> (question, answer) of every document of its evaluation split,
     in document order (``eval.limit`` ignored), for the suite's target and general tasks; a
     group or tag is listed by its subtasks. The texts are lm-eval's own ``doc_to_text`` and
     ``doc_to_target`` (see :func:`_question_answer`); leakage.py compares them with the
-    training data. Registry tasks load their datasets as an evaluation would."""
+    training data. Registry tasks load their datasets as an evaluation would.
+
+    With the task objects loaded, each task's declared ``metric`` is checked against what
+    lm-eval will report (:func:`reported_metrics`): a typo fails here, before anything runs."""
     include = suite.tasks.include_path
     local = _local_task_files(include)
     manager = _task_manager(include, _needs_registry(suite))
     items: dict[str, list[tuple[str, str]]] = {}
-    for task, role in suite.all_tasks():
+    for task, role, index in _indexed_tasks(suite):
         spec = _local_task_config(local[task.name]) if task.name in local else task.name
         with contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()):
             try:
@@ -238,6 +269,7 @@ def eval_items(suite: Suite, source: str = "suite", *,
                     f"{source}: tasks.{role}: lm-eval could not load the documents of task "
                     f"{task.name!r} to check them against the training data "
                     f"({type(exc).__name__}: {first[:200]})") from exc
+        _check_metric(task, f"tasks.{role}[{index}]", loaded, source)
         for name, t in loaded.items():
             items[name] = [_question_answer(t, doc) for doc in docs[name]]
     return items
@@ -272,6 +304,33 @@ def _clean(x: Any) -> Any:
     return x
 
 
+@contextlib.contextmanager
+def _quiet_git_provenance():
+    """lm-eval records the working directory's git commit by running ``git describe``, whose
+    stderr is this process's file descriptor 2, out of reach of ``redirect_stderr``: outside a
+    repository git prints ``fatal: not a git repository`` on every evaluation. Its own call is
+    kept (lm-eval's result still has what it found), with only git's stderr discarded."""
+    from lm_eval import evaluator
+
+    lookup = evaluator.get_git_commit_hash
+
+    def quiet() -> str | None:
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+                return lookup()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+    evaluator.get_git_commit_hash = quiet
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = lookup
+
+
 def evaluate(model_dir: Path | str, suite: Suite, *, show_progress: bool = False) -> dict[str, Any]:
     """Evaluate the HF directory ``model_dir`` on the suite's tasks; returns a scores record.
 
@@ -289,7 +348,8 @@ def evaluate(model_dir: Path | str, suite: Suite, *, show_progress: bool = False
     specs = [_local_task_config(local[t.name]) if t.name in local else t.name
              for t, _ in suite.all_tasks()]
     start = time.monotonic()
-    with contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()):
+    with (contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()),
+          _quiet_git_provenance()):
         lm = HFLM(pretrained=str(model_dir), device=str(resolve_device(e.device)), dtype=e.dtype,
                   batch_size=e.batch_size, trust_remote_code=suite.trust_remote_code)
         out = lm_eval.simple_evaluate(

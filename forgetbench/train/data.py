@@ -24,9 +24,19 @@ class Example:
 
 def read_rows(path: Path) -> list[dict]:
     """Rows of a JSONL data file, each checked to be a prompt/completion pair or a text."""
+    return [row for _, row in numbered_rows(path)]
+
+
+def numbered_rows(path: Path) -> list[tuple[int, dict]]:
+    """(file line, row) of each row of a JSONL data file (blank lines are skipped)."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:  # bytes, decoded line by line: a bad byte is named with its line
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ForgetbenchError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} "
+                                       f"at offset {exc.start} of the line); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -39,7 +49,7 @@ def read_rows(path: Path) -> list[dict]:
             if not ok:
                 raise ForgetbenchError(f"{path}:{lineno}: each row needs string fields "
                                        '"prompt" and "completion", or "text"')
-            rows.append(row)
+            rows.append((lineno, row))
     if not rows:
         raise ForgetbenchError(f"{path}: no rows")
     return rows
@@ -63,6 +73,17 @@ def tokenize(rows: list[dict], tokenizer, max_len: int) -> list[Example]:
     return out
 
 
+def learns_nothing(examples: list[Example]) -> bool:
+    """No example has a token to learn: every label after the first (position 0 is never
+    predicted) is masked, e.g. when max_len cuts every completion off its prompt."""
+    return all(lab == IGNORE_INDEX for ex in examples for lab in ex.labels[1:])
+
+
+def target_examples(epochs: float, n_rows: int) -> int:
+    """Target examples in a stream of ``epochs`` passes over ``n_rows`` rows: round(epochs · n_rows)."""
+    return round(epochs * n_rows)
+
+
 def mixture(target: list[Example], replay: list[Example], *, epochs: float,
             mix_ratio: float, seed: int) -> list[Example]:
     """The training stream of one point, shuffled with ``seed``.
@@ -80,7 +101,7 @@ def mixture(target: list[Example], replay: list[Example], *, epochs: float,
             picked.extend(pool[i] for i in order[: n - len(picked)])
         return picked
 
-    n_target = round(epochs * len(target))
+    n_target = target_examples(epochs, len(target))
     whole, part = divmod(n_target, len(target))
     stream = target * whole + draw(target, part)
     if mix_ratio > 0:

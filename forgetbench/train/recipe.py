@@ -136,7 +136,7 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     target = train_data.tokenize(train_data.read_rows(suite.data.target), tokenizer, cfg.max_seq_len)
     replay = (train_data.tokenize(train_data.read_rows(suite.data.replay), tokenizer, cfg.max_seq_len)
               if point.mix_ratio > 0 else [])
-    if all(lab == train_data.IGNORE_INDEX for ex in target for lab in ex.labels[1:]):
+    if train_data.learns_nothing(target):  # checked before a sweep starts (sweep.check_training)
         raise ForgetbenchError(f"train.max_seq_len: {cfg.max_seq_len} tokens leave no completion "
                                f"token in any row of {suite.data.target}; raise it")
     stream = train_data.mixture(target, replay, epochs=point.epochs, mix_ratio=point.mix_ratio,

@@ -70,3 +70,52 @@ def test_editing_an_included_template_changes_the_task_fingerprint(tmp_path):
     assert harness._task_fingerprint("my_t", folder) != before
     (tmp_path / "d.jsonl").write_text('{"prompt": "1+1=", "answer": "3"}\n')
     assert harness._task_fingerprint("my_t", folder) != before
+
+
+def _generation_task(folder, name, filters=""):
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs: {{data_files: {{test: ../d.jsonl}}}}\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: '{{prompt}}'\n"
+        "doc_to_target: '{{answer}}'\ngeneration_kwargs: {until: ['\\n'], max_gen_toks: 4}\n"
+        "metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]\n" + filters)
+
+
+@pytest.mark.slow
+def test_the_metric_check_accepts_exactly_the_names_an_evaluation_reports(write_suite, tiny_model_dir, tmp_path):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (tmp_path / "d.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": "4"}\n')
+    # with filters lm-eval reports 'metric,filter' per filter, and no unfiltered metric
+    _generation_task(folder, "filtered", "filter_list:\n"
+                     "  - {name: strict, filter: [{function: regex, regex_pattern: '(\\d+)'},\n"
+                     "                            {function: take_first}]}\n"
+                     "  - {name: first, filter: [{function: take_first}]}\n")
+    _generation_task(folder, "plain")
+    raw = suite_dict(**{"tasks.include_path": str(folder), "eval.limit": 2})
+    raw["tasks"]["target"] = [{"name": "filtered", "metric": "exact_match,strict"}]
+    raw["tasks"]["general"] = [{"name": "plain", "category": "math", "metric": "exact_match"}]
+    harness._local_task_files.cache_clear()
+    suite = load_suite(write_suite(raw))
+    harness.eval_items(suite)  # both declared metrics are accepted
+    scores = harness.evaluate(tiny_model_dir, suite)
+    assert set(scores["tasks"]["filtered"]["metrics"]) == {"exact_match,strict", "exact_match,first"}
+    assert set(scores["tasks"]["plain"]["metrics"]) == {"exact_match"}
+
+    raw["tasks"]["target"][0]["metric"] = "exact_match"  # reported only under a filter's name
+    path = write_suite(raw, "bad.yaml")
+    with pytest.raises(ForgetbenchError, match=(
+            rf"^{path}: tasks.target\[0\].metric: 'exact_match' is not a metric lm-eval reports for task "
+            r"'filtered'; valid: exact_match,strict, exact_match,first$")):
+        harness.eval_items(load_suite(path), str(path))
+
+
+@pytest.mark.slow
+def test_an_evaluation_outside_a_git_repository_prints_no_git_error(write_suite, tiny_model_dir, tmp_path,
+                                                                     monkeypatch, capfd):
+    suite = load_suite(write_suite(suite_dict(**{"eval.limit": 2})))
+    monkeypatch.chdir(tmp_path)  # lm-eval asks git for the working directory's commit
+    import subprocess
+    assert subprocess.run(["git", "rev-parse"], capture_output=True).returncode != 0  # not a repository
+    harness.evaluate(tiny_model_dir, suite)
+    err = capfd.readouterr().err
+    assert "fatal:" not in err and "not a git repository" not in err

@@ -60,3 +60,13 @@ def test_bad_rows_name_file_and_line(tmp_path):
     p.write_text('{"prompt": "a"}\n')
     with pytest.raises(ForgetbenchError, match=r"d.jsonl:1: each row needs"):
         data.read_rows(p)
+
+
+def test_a_byte_that_is_not_utf8_names_file_and_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'{"prompt": "a", "completion": "b"}\n\n{"prompt": "caf\xe9", "completion": "b"}\n')
+    with pytest.raises(ForgetbenchError, match=rf"^{p}:3: not UTF-8 text \(byte 0xe9 at offset 15 of the line\)"):
+        data.read_rows(p)
+    # the leakage guard's lines are read_rows' lines, blank ones counted
+    p.write_bytes(b'{"text": "a"}\n\n{"text": "b"}\n')
+    assert data.numbered_rows(p) == [(1, {"text": "a"}), (3, {"text": "b"})]
