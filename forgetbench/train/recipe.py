@@ -19,12 +19,14 @@ import json
 import math
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from forgetbench.config import Point, Suite
+from forgetbench.config import Point, Suite, TrainSpec
 from forgetbench.errors import ForgetbenchError
 from forgetbench.store import read_jsonl
 from forgetbench.train import checkpoint, distributed, regularizers, throughput
@@ -71,28 +73,26 @@ def discriminative_groups(model: torch.nn.Module, xi: float) -> list[dict]:
             for d, ps in sorted(by_depth.items())]
 
 
-def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
-                out_dir: Path | None, log_path: Path | None,
-                checkpoint_dir: Path | None = None, stop_after: int | None = None,
-                state_dir: Path | None = None) -> dict:
-    """Fine-tune the base model at ``point``; rank 0 saves an HF directory to ``out_dir``
-    and writes one JSON line per optimizer step to ``log_path``. Returns a summary.
+@dataclass
+class Trainee:
+    """The model being fine-tuned, with what reads or runs it."""
 
-    With ``checkpoint_dir``, training resumes from the newest complete checkpoint there and
-    saves one every ``train.checkpoint_every`` steps; early stopping keeps its best model
-    there too (and needs it). ``stop_after`` ends the run after that many optimizer steps
-    with a checkpoint and no export (a time-limited job's slice). ``state_dir`` caches the
-    regulariser's estimated state (EWC's Fisher): read when complete, else estimated and
-    written there.
-    """
+    model: torch.nn.Module
+    tokenizer: Any
+    autocast: AbstractContextManager  # bf16 compute in one process; FSDP casts by policy instead
+    names: list[str]                  # the trainable parameters' names, in the order of params
+    params: list[torch.Tensor]
+    n_params: int                     # those taking part in matrix products, for MFU
+    n_layers: int
+    hidden: int
+
+
+def setup_model(suite: Suite, base_model_dir: Path | str, dist: distributed.Dist) -> Trainee:
+    """The base model and tokenizer, with activation checkpointing and compilation as the
+    suite says, sharded by FSDP2 when distributed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = suite.train
-    # --- setup: process group, seeds, model (sharded when distributed), optimizer
-    dist = distributed.init(cfg.device)
-    torch.manual_seed(cfg.seed + dist.rank)
-    device = dist.device
-    trust = suite.trust_remote_code
+    cfg, trust = suite.train, suite.trust_remote_code
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=trust)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -118,206 +118,304 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
         distributed.load_full_weights(model, base_model_dir, dist, trust)
         autocast = nullcontext()
     else:
-        model.to(device)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+        model.to(dist.device)
+        autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)
     model.train()
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = discriminative_groups(model, point.xi)
-    optimizer = torch.optim.AdamW(groups, lr=point.lr, weight_decay=cfg.weight_decay)
-    # the regulariser's state (θ0 for L2-SP and EWC, and EWC's Fisher): fp32, sharded like
-    # the parameters
-    regularizer = regularizers.build(regularizers.Setup(
-        suite=suite, point=point, model=model, names=names, params=params, tokenizer=tokenizer,
-        dist=dist, autocast=autocast, cache=state_dir))
+    mc = model.config
+    return Trainee(model=model, tokenizer=tokenizer, autocast=autocast,
+                   names=[n for n, p in model.named_parameters() if p.requires_grad],
+                   params=[p for p in model.parameters() if p.requires_grad], n_params=n_params,
+                   n_layers=getattr(mc, "num_hidden_layers", None) or getattr(mc, "n_layer", 0),
+                   hidden=getattr(mc, "hidden_size", None) or getattr(mc, "n_embd", 0))
 
-    # --- data: target examples, replay mixed in at mix_ratio, shuffled by seed; every rank
-    # builds the same stream and reads its own share of each global batch
+
+def setup_optimizer(trainee: Trainee, point: Point, cfg: TrainSpec) -> torch.optim.Optimizer:
+    """AdamW over every parameter, one group per depth when ξ > 1 (each with its lr_scale)."""
+    return torch.optim.AdamW(discriminative_groups(trainee.model, point.xi), lr=point.lr,
+                             weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class Stream:
+    """The training examples in order: the target rows for ``epochs``, replay mixed in at
+    ``mix_ratio``, shuffled by seed. Every rank builds the same stream and reads its own
+    share of each global batch."""
+
+    examples: list[train_data.Example]
+    batch_size: int            # the global batch
+    grad_accum: int
+    pad_id: int
+    total_steps: int
+    warmup_steps: int
+
+    def micro_batches(self, step: int, dist: distributed.Dist) -> list[tuple[torch.Tensor, ...]]:
+        """This rank's ``grad_accum`` micro-batches of optimizer step ``step``; a rank with no
+        example left runs an all-padding row that contributes no loss."""
+        filler = train_data.Example((self.pad_id,), (train_data.IGNORE_INDEX,))
+        chunk = self.examples[step * self.batch_size:(step + 1) * self.batch_size]
+        return [list(train_data.batches(mb or [filler], len(mb) or 1, self.pad_id))[0]
+                for mb in rank_micro_batches(chunk, dist.rank, dist.world_size, self.grad_accum)]
+
+
+def setup_data(suite: Suite, point: Point, tokenizer) -> Stream:
+    cfg = suite.train
     target = train_data.tokenize(train_data.read_rows(suite.data.target), tokenizer, cfg.max_seq_len)
     replay = (train_data.tokenize(train_data.read_rows(suite.data.replay), tokenizer, cfg.max_seq_len)
               if point.mix_ratio > 0 else [])
     if train_data.learns_nothing(target):  # checked before a sweep starts (sweep.check_training)
         raise ForgetbenchError(f"train.max_seq_len: {cfg.max_seq_len} tokens leave no completion "
                                f"token in any row of {suite.data.target}; raise it")
-    stream = train_data.mixture(target, replay, epochs=point.epochs, mix_ratio=point.mix_ratio,
-                                seed=cfg.seed)
-    total_steps = math.ceil(len(stream) / cfg.batch_size)
+    examples = train_data.mixture(target, replay, epochs=point.epochs, mix_ratio=point.mix_ratio,
+                                  seed=cfg.seed)
+    total_steps = math.ceil(len(examples) / cfg.batch_size)
     if total_steps == 0:
         raise ForgetbenchError(f"sweep.epochs: {point.epochs:g} epochs of {len(target)} target "
                                "examples is less than one example; use a larger value")
-    warmup = round(cfg.warmup_ratio * total_steps)
-    # an all-padding row: what a rank with no example left runs, contributing no loss
-    filler = train_data.Example((tokenizer.pad_token_id,), (train_data.IGNORE_INDEX,))
+    return Stream(examples, cfg.batch_size, cfg.grad_accum, tokenizer.pad_token_id, total_steps,
+                  warmup_steps=round(cfg.warmup_ratio * total_steps))
 
-    # --- held-out sets, measured every eval_every steps: target validation (early stopping)
-    # and general rows never trained on (the forgetting curve, and KL to the base model)
-    heldout = {}
-    if cfg.eval_every:
-        for key, path in (("val_loss", suite.data.validation),
-                          ("general_loss", suite.data.general_heldout)):
-            if path is not None:
-                heldout[key] = train_data.tokenize(train_data.read_rows(path), tokenizer,
-                                                   cfg.max_seq_len)
-    eval_batch = cfg.eval_batch_size or max(1, math.ceil(cfg.batch_size / dist.world_size
-                                                         / cfg.grad_accum))
 
-    def measure(base_logprobs=None, keep=False, only=None):
-        model.eval()
+class HeldOut:
+    """The held-out sets measured every ``train.eval_every`` steps: target validation (early
+    stopping) and general rows never trained on (the forgetting curve, and KL to the base
+    model when ``train.track_kl``). The first measurement is the base model's."""
+
+    def __init__(self, suite: Suite, trainee: Trainee, dist: distributed.Dist):
+        cfg = suite.train
+        self.trainee, self.dist, self.every = trainee, dist, cfg.eval_every
+        self.sets = {}
+        if cfg.eval_every:
+            for key, path in (("val_loss", suite.data.validation),
+                              ("general_loss", suite.data.general_heldout)):
+                if path is not None:
+                    self.sets[key] = train_data.tokenize(train_data.read_rows(path), trainee.tokenizer,
+                                                         cfg.max_seq_len)
+        self.batch_size = cfg.eval_batch_size or max(1, math.ceil(cfg.batch_size / dist.world_size
+                                                                  / cfg.grad_accum))
+        self.track_kl = cfg.track_kl and "general_loss" in self.sets
+        self.base_logprobs = None  # the KL's reference: the base model's top-k log-probs
+        self.seconds = 0.0
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return bool(self.sets) and (step % self.every == 0 or step == total_steps)
+
+    def start(self, resuming: bool) -> dict | None:
+        """Measure the base model: the step-0 record, which also keeps the KL's reference;
+        resuming, only that reference, before the checkpoint is loaded (None)."""
+        if self.sets and not resuming:
+            record, kept = self._measure(keep=self.track_kl)
+            if self.track_kl:
+                self.base_logprobs, record["kl"] = kept, 0.0
+            return record
+        if self.track_kl:
+            _, self.base_logprobs = self._measure(keep=True, only="general_loss")
+        return None
+
+    def measure(self) -> dict:
+        return self._measure()[0]
+
+    def _measure(self, keep: bool = False, only: str | None = None) -> tuple[dict, list]:
+        t = self.trainee
+        t.model.eval()
         out, kept, t0 = {}, [], time.monotonic()
-        for key, rows in heldout.items():
+        for key, rows in self.sets.items():
             if only is not None and key != only:
                 continue
             general = key == "general_loss"
             loss, kl, logp = heldout_pass(
-                model, rows, batch_size=eval_batch, pad_id=tokenizer.pad_token_id, device=device,
-                autocast=autocast, dist=dist, base_logprobs=base_logprobs if general else None,
-                keep_logprobs=keep and general)
+                t.model, rows, batch_size=self.batch_size, pad_id=t.tokenizer.pad_token_id,
+                device=self.dist.device, autocast=t.autocast, dist=self.dist,
+                base_logprobs=self.base_logprobs if general else None, keep_logprobs=keep and general)
             out[key] = round(loss, 6)
             if kl is not None:
                 out["kl"] = round(kl, 6)
             kept = logp or kept
-        model.train()
+        t.model.train()
         out["eval_s"] = round(time.monotonic() - t0, 3)
+        self.seconds += out["eval_s"]
         return out, kept
 
-    track_kl = cfg.track_kl and "general_loss" in heldout
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` evaluations without a new best validation loss; each new best
+    model is saved (sharded) to ``best_dir``, and that one is exported at the end."""
+
+    patience: int | None
+    best_dir: Path | None
+    best: dict = field(default_factory=lambda: {"step": None, "val_loss": math.inf, "evals_since": 0})
+    stopped: bool = False
+
+    def __post_init__(self) -> None:
+        if self.patience is not None and self.best_dir is None:
+            raise ValueError("early stopping keeps its best model in checkpoint_dir; pass one")
+
+    def update(self, step: int, val_loss: float, model, dist: distributed.Dist) -> bool:
+        """Record an evaluation; True when training should stop."""
+        if self.patience is None:
+            return False
+        if val_loss < self.best["val_loss"]:
+            self.best = {"step": step, "val_loss": val_loss, "evals_since": 0}
+            checkpoint.save_model(model, self.best_dir, {"step": step}, dist)
+        else:
+            self.best["evals_since"] += 1
+            self.stopped = self.best["evals_since"] >= self.patience
+        return self.stopped
+
+
+def train_step(step: int, *, trainee: Trainee, optimizer, stream: Stream, regularizer, point: Point,
+               cfg: TrainSpec, dist: distributed.Dist, tokens: int, peak_flops: float | None) -> dict:
+    """One optimizer step: lr from the schedule, forward and backward over this rank's
+    micro-batches, the regulariser's gradient, clipping, AdamW. Returns the step's log
+    fields (``tokens``: the running count, from ``tokens`` before it)."""
+    step_start, device, model = time.monotonic(), dist.device, trainee.model
+    lr = lr_at(step, total_steps=stream.total_steps, peak=point.lr, warmup_steps=stream.warmup_steps,
+               kind=point.schedule, floor=point.lr * cfg.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+    micro = stream.micro_batches(step, dist)
+    # the tokens the loss covers in the whole global batch, after the shift by one
+    n_local = sum(int((labels[:, 1:] != train_data.IGNORE_INDEX).sum()) for _, _, labels in micro)
+    n_tokens = distributed.all_reduce_sum(n_local, dist)
+    loss_sum, n_seen = 0.0, 0
+    for ids, mask, labels in micro:
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+        with trainee.autocast:
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), train_data.shift_labels(labels).flatten(),
+            ignore_index=train_data.IGNORE_INDEX, reduction="sum") / max(n_tokens, 1)
+        del logits  # the loss saved what it needs; the logits need not live through the backward
+        # FSDP averages gradients over ranks; × world size makes that a sum
+        (token_loss * dist.world_size).backward()
+        loss_sum += token_loss.item()
+        n_seen += int(mask.sum())
+    loss_sum, n_seen, n_rows = distributed.all_reduce_sums(
+        [loss_sum, n_seen, sum(int((m.sum(dim=1) > 0).sum()) for _, m, _ in micro)], dist)
+    penalty = regularizer.penalty_(point.lam) if regularizer is not None else 0.0
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainee.params, cfg.max_grad_norm or math.inf)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    if not math.isfinite(grad_norm):
+        raise FloatingPointError(f"non-finite gradient norm at step {step} "
+                                 f"(lr {point.lr}); lower the learning rate")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    tokens_per_s = n_seen / max(time.monotonic() - step_start, 1e-9)
+    # attention FLOPs grow with the context: use this step's mean row length
+    fpt = throughput.flops_per_token(trainee.n_params, trainee.n_layers, trainee.hidden, n_seen / max(n_rows, 1))
+    return {"loss": round(loss_sum, 6), "lr": lr, "penalty": round(penalty, 6),
+            "grad_norm": round(grad_norm, 6), "tokens": tokens + int(n_seen),
+            "tokens_per_s": round(tokens_per_s, 1),
+            "mfu": _round(throughput.mfu(tokens_per_s, fpt, peak_flops, dist.world_size)),
+            "peak_mem_gb": round(throughput.peak_memory_gb(device), 3)}
+
+
+def open_log(log_path: Path | None, first_step: int, dist: distributed.Dist):
+    """Rank 0's train_log.jsonl, keeping the lines up to a resumed checkpoint's step (the
+    steps after it are redone); None elsewhere."""
+    if not dist.main or log_path is None:
+        return None
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    kept = ([r for r in read_jsonl(log_path) if r["step"] <= first_step]
+            if first_step and log_path.exists() else [])
+    log = open(log_path, "w", encoding="utf-8")
+    log.writelines(json.dumps(r) + "\n" for r in kept)
+    return log
+
+
+def export(trainee: Trainee, out_dir: Path | None, dist: distributed.Dist) -> None:
+    """An ordinary HF directory, gathered on rank 0 in fp32: what evaluation reads."""
+    trainee.model.eval()
+    full = distributed.full_state_dict(trainee.model, dist)
+    if dist.main and out_dir is not None:
+        trainee.model.save_pretrained(out_dir, state_dict=full)
+        trainee.tokenizer.save_pretrained(out_dir)
+
+
+def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
+                out_dir: Path | None, log_path: Path | None,
+                checkpoint_dir: Path | None = None, stop_after: int | None = None,
+                state_dir: Path | None = None) -> dict:
+    """Fine-tune the base model at ``point``; rank 0 saves an HF directory to ``out_dir``
+    and writes one JSON line per optimizer step to ``log_path``. Returns a summary.
+
+    With ``checkpoint_dir``, training resumes from the newest complete checkpoint there and
+    saves one every ``train.checkpoint_every`` steps; early stopping keeps its best model
+    there too (and needs it). ``stop_after`` ends the run after that many optimizer steps
+    with a checkpoint and no export (a time-limited job's slice). ``state_dir`` caches the
+    regulariser's estimated state (EWC's Fisher): read when complete, else estimated and
+    written there.
+    """
+    cfg = suite.train
+    dist = distributed.init(cfg.device)
+    torch.manual_seed(cfg.seed + dist.rank)
+    trainee = setup_model(suite, base_model_dir, dist)
+    optimizer = setup_optimizer(trainee, point, cfg)
+    # the regulariser's state (θ0 for L2-SP and EWC, and EWC's Fisher): fp32, sharded like
+    # the parameters
+    regularizer = regularizers.build(regularizers.Setup(
+        suite=suite, point=point, model=trainee.model, names=trainee.names, params=trainee.params,
+        tokenizer=trainee.tokenizer, dist=dist, autocast=trainee.autocast, cache=state_dir))
+    stream = setup_data(suite, point, trainee.tokenizer)
+    heldout = HeldOut(suite, trainee, dist)
+    early = EarlyStopping(point.patience, checkpoint_dir / "best" if checkpoint_dir is not None else None)
 
     # --- resume: model and optimizer shards, step, token count and early-stopping record
-    first_step, tokens_seen = 0, 0
-    best = {"step": None, "val_loss": math.inf, "evals_since": 0}
-    best_dir = checkpoint_dir / "best" if checkpoint_dir is not None else None
-    if point.patience is not None and best_dir is None:
-        raise ValueError("early stopping keeps its best model in checkpoint_dir; pass one")
     resume_from = checkpoint.latest(checkpoint_dir) if checkpoint_dir is not None else None
     start = time.monotonic()
-    base_logprobs, eval_seconds = None, 0.0
-    if heldout and resume_from is None:  # step 0: the base model, where every curve starts
-        step0, kept = measure(keep=track_kl)
-        eval_seconds += step0["eval_s"]
-        if track_kl:
-            base_logprobs, step0["kl"] = kept, 0.0
-    elif track_kl:  # resuming: the KL reference is still the base model, before the load
-        measured, base_logprobs = measure(keep=True, only="general_loss")
-        eval_seconds += measured["eval_s"]
+    step0 = heldout.start(resuming=resume_from is not None)  # the base model: every curve's start
+    first_step, tokens = 0, 0
     if resume_from is not None:
-        meta = checkpoint.load(model, optimizer, resume_from, dist)
-        first_step, tokens_seen = meta["step"], meta["tokens"]
-        best = meta.get("best", best)
-
-    # --- the loop: one iteration per optimizer step
-    log = None
-    if dist.main and log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        kept = ([r for r in read_jsonl(log_path) if r["step"] <= first_step]
-                if first_step and log_path.exists() else [])
-        log = open(log_path, "w", encoding="utf-8")
-        log.writelines(json.dumps(r) + "\n" for r in kept)  # steps after the checkpoint are redone
-    stopped_early, done = False, first_step
-    if log is not None and heldout and first_step == 0:
+        meta = checkpoint.load(trainee.model, optimizer, resume_from, dist)
+        first_step, tokens = meta["step"], meta["tokens"]
+        early.best = meta.get("best", early.best)
+    log = open_log(log_path, first_step, dist)
+    if log is not None and step0 is not None:
         log.write(json.dumps({"step": 0, **step0}) + "\n")
         log.flush()
-    peak = throughput.peak_flops(device)
-    mc = model.config
-    n_layers = getattr(mc, "num_hidden_layers", None) or getattr(mc, "n_layer", 0)
-    hidden = getattr(mc, "hidden_size", None) or getattr(mc, "n_embd", 0)
+
+    # --- the loop: one iteration per optimizer step
+    peak_flops, done, total = throughput.peak_flops(dist.device), first_step, stream.total_steps
     try:
-        for step in range(first_step, total_steps):
-            step_start = time.monotonic()
-            lr = lr_at(step, total_steps=total_steps, peak=point.lr, warmup_steps=warmup,
-                       kind=point.schedule, floor=point.lr * cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            chunk = stream[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            micro = [list(train_data.batches(mb or [filler], len(mb) or 1, tokenizer.pad_token_id))[0]
-                     for mb in rank_micro_batches(chunk, dist.rank, dist.world_size, cfg.grad_accum)]
-            # the tokens the loss covers in the whole global batch, after the shift by one
-            n_local = sum(int((labels[:, 1:] != train_data.IGNORE_INDEX).sum()) for _, _, labels in micro)
-            n_tokens = distributed.all_reduce_sum(n_local, dist)
-            loss_sum, n_seen = 0.0, 0
-            for ids, mask, labels in micro:
-                ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-                with autocast:
-                    logits = model(input_ids=ids, attention_mask=mask).logits
-                token_loss = torch.nn.functional.cross_entropy(
-                    logits.flatten(0, 1).float(), train_data.shift_labels(labels).flatten(),
-                    ignore_index=train_data.IGNORE_INDEX, reduction="sum") / max(n_tokens, 1)
-                del logits  # the loss saved what it needs; the logits need not live through the backward
-                # FSDP averages gradients over ranks; × world size makes that a sum
-                (token_loss * dist.world_size).backward()
-                loss_sum += token_loss.item()
-                n_seen += int(mask.sum())
-            loss_sum, n_seen, n_rows = distributed.all_reduce_sums(
-                [loss_sum, n_seen, sum(int((m.sum(dim=1) > 0).sum()) for _, m, _ in micro)], dist)
-            tokens_seen += int(n_seen)
-            penalty = regularizer.penalty_(point.lam) if regularizer is not None else 0.0
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            if not math.isfinite(grad_norm):
-                raise FloatingPointError(f"non-finite gradient norm at step {step} "
-                                         f"(lr {point.lr}); lower the learning rate")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            tokens_per_s = n_seen / max(time.monotonic() - step_start, 1e-9)
-            # attention FLOPs grow with the context: use this step's mean row length
-            fpt = throughput.flops_per_token(n_params, n_layers, hidden, n_seen / max(n_rows, 1))
-            done = step + 1
-            record = {"step": done, "loss": round(loss_sum, 6), "lr": lr,
-                      "penalty": round(penalty, 6), "grad_norm": round(grad_norm, 6),
-                      "tokens": tokens_seen, "tokens_per_s": round(tokens_per_s, 1),
-                      "mfu": _round(throughput.mfu(tokens_per_s, fpt, peak, dist.world_size)),
-                      "peak_mem_gb": round(throughput.peak_memory_gb(device), 3)}
-            # --- held-out losses; early stopping keeps the best validation loss's model
-            if heldout and (done % cfg.eval_every == 0 or done == total_steps):
-                measured, _ = measure(base_logprobs)
-                eval_seconds += measured["eval_s"]
-                record.update(measured)
-                if point.patience is not None:
-                    if measured["val_loss"] < best["val_loss"]:
-                        best = {"step": done, "val_loss": measured["val_loss"], "evals_since": 0}
-                        checkpoint.save_model(model, best_dir, {"step": done}, dist)
-                    else:
-                        best["evals_since"] += 1
-                        stopped_early = best["evals_since"] >= point.patience
+        for step in range(first_step, total):
+            record = {"step": step + 1, **train_step(
+                step, trainee=trainee, optimizer=optimizer, stream=stream, regularizer=regularizer,
+                point=point, cfg=cfg, dist=dist, tokens=tokens, peak_flops=peak_flops)}
+            done, tokens = step + 1, record["tokens"]
+            if heldout.due(done, total):  # held-out losses; early stopping keeps the best model
+                record.update(heldout.measure())
+                early.update(done, record.get("val_loss", math.inf), trainee.model, dist)
             record["elapsed_s"] = round(time.monotonic() - start, 3)
             if log is not None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-            if stopped_early:
+            if early.stopped:
                 break
-            every = cfg.checkpoint_every
-            stopping = stop_after is not None and done >= stop_after and done < total_steps
-            if checkpoint_dir is not None and done < total_steps and (
-                    stopping or (every and done % every == 0)):
-                checkpoint.save(model, optimizer, step=done, root=checkpoint_dir, d=dist,
-                                info={"tokens": tokens_seen, "best": best})
-            if stopping:
-                return {"steps": total_steps, "stopped_at": done, "world_size": dist.world_size}
+            pausing = stop_after is not None and stop_after <= done < total
+            if checkpoint_dir is not None and done < total and (
+                    pausing or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+                checkpoint.save(trainee.model, optimizer, step=done, root=checkpoint_dir, d=dist,
+                                info={"tokens": tokens, "best": early.best})
+            if pausing:
+                return {"steps": total, "stopped_at": done, "world_size": dist.world_size}
     finally:
         if log is not None:
             log.close()
 
-    # --- early stopping: the best validation loss's model is the one exported
-    if best["step"] is not None and best["step"] != done:
-        checkpoint.load_model(model, best_dir)
-
-    # --- export: an ordinary HF directory, gathered on rank 0; what evaluation reads
-    model.eval()
-    full = distributed.full_state_dict(model, dist)
-    if dist.main and out_dir is not None:
-        model.save_pretrained(out_dir, state_dict=full)
-        tokenizer.save_pretrained(out_dir)
+    if early.best["step"] is not None and early.best["step"] != done:
+        checkpoint.load_model(trainee.model, early.best_dir)  # the best validation loss's model
+    export(trainee, out_dir, dist)
     if dist.main and checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the exported model supersedes them
-    summary = {"steps": total_steps, "last_step": done, "examples": len(stream),
+    summary = {"steps": total, "last_step": done, "examples": len(stream.examples),
                "world_size": dist.world_size, "sharded": dist.active, "resumed_from_step": first_step,
                "train_seconds": round(time.monotonic() - start, 2),
-               "eval_seconds": round(eval_seconds, 2), "final_loss": round(loss_sum, 6)}
+               "eval_seconds": round(heldout.seconds, 2), "final_loss": record["loss"] if done > first_step else 0.0}
     if point.patience is not None:
-        summary.update(best_step=best["step"], best_val_loss=best["val_loss"],
-                       stopped_early=stopped_early)
+        summary.update(best_step=early.best["step"], best_val_loss=early.best["val_loss"],
+                       stopped_early=early.stopped)
     if regularizer is not None:
         summary.update(regularizer.summary)
     return summary
-
