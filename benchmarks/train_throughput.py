@@ -45,10 +45,11 @@ def run_trainer(model_dir: Path, target: Path, work: Path, args) -> tuple[float,
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
+    from forgetbench.datafiles import read_rows
     from forgetbench.train import data as train_data
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    examples = train_data.tokenize(train_data.read_rows(target), tok, args.seq_len)
+    examples = train_data.tokenize(read_rows(target), tok, args.seq_len)
     stream = train_data.mixture(examples, [], epochs=args.epochs, mix_ratio=0.0, seed=0)
     ds = Dataset.from_list([{"input_ids": list(e.input_ids), "attention_mask": [1] * len(e.input_ids),
                              "labels": list(e.labels)} for e in stream])

@@ -77,23 +77,23 @@ def _print_tables(summary, mitigations) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
+    from forgetbench.datafiles import read_rows
     from forgetbench.eval.harness import check_tasks, eval_items
     from forgetbench.leakage import check_leakage
     from forgetbench.models import check_model
     from forgetbench.planner import check_fits
     from forgetbench.report import write_outputs
     from forgetbench.store import RunStore
-    from forgetbench.sweep import check_training, latest_sweep, plan, run_sweep
-    from forgetbench.train.data import read_rows
+    from forgetbench.sweep import check_training, plan, run_sweep
 
     start = time.monotonic()
     suite = load_suite(args.suite, args.set)
     # Everything a user can get wrong is checked before the run directory is touched.
     check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
-    check_tasks(suite, source=args.suite)
+    check_tasks(suite.tasks, source=args.suite)
     check_training(suite, args.suite)
     # no eval item, nor a held-out row, is trained on; always refused (see leakage.py)
-    check_leakage(suite, eval_items(suite, args.suite, show_progress=args.verbose))
+    check_leakage(suite, eval_items(suite.tasks, args.suite, show_progress=args.verbose))
     if suite.data.fisher is not None:  # the one data file the leakage guard does not read
         read_rows(suite.data.fisher)
     planned = plan(suite)
@@ -101,7 +101,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         from forgetbench.eval.harness import eval_key, eval_settings
 
-        key = eval_key(eval_settings(suite))
+        key = eval_key(eval_settings(suite.tasks, suite.eval))
         states = RunStore(Path(args.runs_dir) / suite.name).states()
         _echo(f"suite {suite.name}: {len(planned)} points -> {Path(args.runs_dir) / suite.name}")
         for pp in planned:
@@ -112,7 +112,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             _echo(f"  {pp.id}  {p.label()}  [{status}]")
         return 0
     outcome = run_sweep(suite, Path(args.runs_dir), echo=_echo, show_progress=args.verbose)
-    _print_tables(*write_outputs(outcome.store, suite, latest_sweep(outcome.store)))
+    _print_tables(*write_outputs(outcome.store, suite, outcome.store.latest_sweep()))
     _echo(f"\n{len(outcome.trained)} trained, {len(outcome.evaluated)} evaluated, "
           f"{len(outcome.skipped)} already complete, {len(outcome.failed)} failed "
           f"in {time.monotonic() - start:.0f} s")
@@ -123,34 +123,51 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
     from forgetbench.models import check_model
-    from forgetbench.sweep import check_training, train_command, train_one
+    from forgetbench.store import RunStore, atomic_write_json
+    from forgetbench.sweep import check_training, planned_point, read_point, train_command, train_one
     from forgetbench.train import distributed
 
-    suite = load_suite(args.suite, args.set)
-    check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
-    check_training(suite, args.suite)
+    target = Path(args.target)
+    if target.suffix in (".yaml", ".yml"):  # the convenience form: a suite and a point id
+        if args.point is None:
+            raise ForgetbenchError(f"{target}: with a suite file give --point ID (`forgetbench sweep "
+                                   f"{target} --dry-run` lists them), or train a point's point.json")
+        suite, pp = load_suite(target, args.set), None
+    else:  # a point.json (or its folder): exactly the point and suite the sweep planned
+        if not target.exists():
+            raise ForgetbenchError(f"{target}: not found; give a point's point.json (or its folder), "
+                                   "or a suite file with --point ID")
+        if args.set or args.point:
+            raise ForgetbenchError(f"{target}: --set and --point go with a suite file; a point.json "
+                                   "trains the point and suite it holds")
+        suite, pp, store = read_point(target)
+    check_model(suite.model, str(target), trust_remote_code=suite.trust_remote_code)
+    check_training(suite, str(target))
+    if pp is None:
+        pp, store = planned_point(suite, args.point), RunStore(Path(args.runs_dir) / suite.name)
     nproc = args.nproc or suite.train.nproc
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        # not yet under torchrun: start it, with this same command in each process
-        cmd = train_command(Path(args.suite), args.point, Path(args.runs_dir), nproc)
-        cmd += [a for kv in args.set for a in ("--set", kv)]
+        # not yet under torchrun: start it, each process training the point from its point.json
+        point_file = store.point_dir(pp.id) / "point.json"
+        atomic_write_json(point_file, pp.record(suite))
+        cmd = train_command(point_file, nproc)
         cmd += ["--stop-after", str(args.stop_after)] if args.stop_after else []
         return subprocess.run(cmd).returncode
     try:
-        summary = train_one(suite, args.point, Path(args.runs_dir), stop_after=args.stop_after)
+        summary = train_one(suite, pp, store, stop_after=args.stop_after)
     finally:
         if "WORLD_SIZE" in os.environ:
             distributed.shutdown_group()
     if int(os.environ.get("RANK", "0")) == 0:
         if "stopped_at" in summary:
-            _echo(f"point {args.point}: stopped with a checkpoint after step "
+            _echo(f"point {pp.id}: stopped with a checkpoint after step "
                   f"{summary['stopped_at']} of {summary['steps']}; run again to resume")
         else:
             steps = (f"{summary['steps']} steps" if summary["last_step"] == summary["steps"] else
                      f"stopped early at step {summary['last_step']} of {summary['steps']}")
             best = (f" (exported: step {summary['best_step']}, the best validation loss)"
                     if summary.get("best_step") is not None else "")
-            _echo(f"point {args.point}: {steps}{best} on {summary['world_size']} "
+            _echo(f"point {pp.id}: {steps}{best} on {summary['world_size']} "
                   f"process(es){' (FSDP2)' if summary['sharded'] else ''} in {summary['train_seconds']} s"
                   + (f", resumed from step {summary['resumed_from_step']}"
                      if summary["resumed_from_step"] else ""))
@@ -161,12 +178,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from forgetbench.config import Suite
     from forgetbench.report import write_outputs
     from forgetbench.store import RunStore
-    from forgetbench.sweep import latest_sweep
 
     store = RunStore(Path(args.run_dir))
     if not store.journal.exists():
         raise ForgetbenchError(f"{store.root}: no journal.jsonl; not a forgetbench run directory")
-    sweep = latest_sweep(store)
+    sweep = store.latest_sweep()
     # the suite that sweep ran with, not suite.yaml, which a later sweep may have rewritten
     _print_tables(*write_outputs(store, Suite.model_validate(sweep["suite"]), sweep))
     _echo(f"report: {store.root / 'report.html'}")
@@ -196,14 +212,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
-    from forgetbench.eval.harness import check_tasks, evaluate
-    from forgetbench.models import check_model, resolve_model
+    from forgetbench.eval.harness import check_tasks
+    from forgetbench.evalstore import EvalStore
+    from forgetbench.models import check_model
 
     suite = load_suite(args.suite, args.set)
     # the same forms as a suite's model: builtin:NAME, a save_pretrained folder, a hub id
     check_model(args.model, "forgetbench eval", field="MODEL", trust_remote_code=suite.trust_remote_code)
-    check_tasks(suite, source=args.suite)
-    scores = evaluate(resolve_model(args.model), suite, show_progress=args.verbose)
+    check_tasks(suite.tasks, source=args.suite)
+    # stored once per model and eval settings: a later sweep or compare reuses these scores
+    scores, path, computed = EvalStore(Path(args.runs_dir) / "evals").scores(
+        args.model, suite.tasks, suite.eval, trust_remote_code=suite.trust_remote_code,
+        warn=lambda msg: print(msg, file=sys.stderr), show_progress=args.verbose)
+    print(f"{'evaluated' if computed else 'stored scores'}: {path}", file=sys.stderr)
     if args.json:
         for task in scores["tasks"].values():
             task.pop("samples")
@@ -258,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common],
                        help="train one point (what a sweep launches; runs under torchrun)")
-    p.add_argument("suite")
-    p.add_argument("--point", required=True, help="point id, from `sweep --dry-run`")
+    p.add_argument("target", metavar="POINT_JSON | SUITE",
+                   help="a point's point.json (or its folder), as a sweep plans it; or a suite file with --point")
+    p.add_argument("--point", help="point id, from `sweep SUITE --dry-run` (with a suite file)")
     with_set(p)
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--nproc", type=int, default=None,
@@ -273,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="builtin:NAME, a Hugging Face model folder, or a hub id")
     p.add_argument("--suite", required=True)
     with_set(p)
+    p.add_argument("--runs-dir", default="runs",
+                   help="its evaluation store is RUNS_DIR/evals, shared with sweeps (default: runs)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON (no per-sample logs)")
     p.set_defaults(func=cmd_eval)
 

@@ -24,7 +24,7 @@ from pydantic import (
 
 from forgetbench import regularizers
 from forgetbench.errors import ForgetbenchError
-from forgetbench.train.schedule import SCHEDULES
+from forgetbench.schedule import SCHEDULES
 
 FISHER_VARIANTS = ("true", "empirical")
 
@@ -69,6 +69,10 @@ class TasksSpec(_Strict):
                 raise ValueError(f"general task {task.name!r} needs a category "
                                  "(e.g. qa, math, code)")
         return tasks
+
+    def all(self) -> list[tuple[TaskSpec, str]]:
+        """(task, role) pairs, role being ``target`` or ``general``."""
+        return [(t, "target") for t in self.target] + [(t, "general") for t in self.general]
 
     @model_validator(mode="after")
     def _unique_names(self) -> TasksSpec:
@@ -275,8 +279,7 @@ class Suite(_Strict):
 
     def all_tasks(self) -> list[tuple[TaskSpec, str]]:
         """(task, role) pairs, role being ``target`` or ``general``."""
-        return ([(t, "target") for t in self.tasks.target]
-                + [(t, "general") for t in self.tasks.general])
+        return self.tasks.all()
 
     def resolved(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

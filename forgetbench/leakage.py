@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgetbench.config import Suite
+from forgetbench.datafiles import numbered_rows
 from forgetbench.errors import ForgetbenchError
-from forgetbench.train.data import numbered_rows
 
 MAX_ITEM_TOKENS = 64
 _TOKEN = re.compile(r"\w+|[^\w\s]")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from forgetbench.errors import ForgetbenchError
+
 
 def delta(before: float, after: float) -> float:
     return after - before
@@ -69,3 +71,14 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
         if not dominated:
             front.append(i)
     return front
+
+
+def headline_metric(task_name: str, declared: str | None, scores: dict) -> str:
+    """The metric a task is judged by: the suite's choice, else the task's first metric."""
+    available = list(scores["tasks"][task_name]["metrics"])
+    if declared:
+        if declared not in available:
+            raise ForgetbenchError(f"tasks: {task_name}.metric {declared!r} is not reported by "
+                                   f"lm-eval for this task; available: {', '.join(available)}")
+        return declared
+    return available[0]

@@ -40,8 +40,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from forgetbench import regularizers
+from forgetbench import devices, regularizers
 from forgetbench.errors import ForgetbenchError
+from forgetbench.models import resolve_model
+from forgetbench.train.distributed import block_classes
 
 GB = 1e9
 
@@ -205,8 +207,6 @@ def shape_of(model_ref: str, trust_remote_code: bool = False) -> ModelShape:
     cfg = AutoConfig.from_pretrained(model_ref, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
-    from forgetbench.train.distributed import block_classes
-
     blocks = block_classes(model)
     block = next(m for m in model.modules() if type(m) in blocks)
     get = lambda *names: next((getattr(cfg, n) for n in names if getattr(cfg, n, None)), 0)  # noqa: E731
@@ -254,8 +254,6 @@ def gpu_memory_gb() -> float | None:
 
 
 def suite_plan(suite, gpu_memory_gb: float, formula: str = "fsdp") -> Plan:
-    from forgetbench.models import resolve_model
-
     # the regulariser with the most state per parameter decides what must fit
     worst = max((r for g in suite.grids for r in g.regularizer), key=regularizers.state_bytes)
     shape = shape_of(str(resolve_model(suite.model)), suite.trust_remote_code)
@@ -264,10 +262,8 @@ def suite_plan(suite, gpu_memory_gb: float, formula: str = "fsdp") -> Plan:
 
 def check_fits(suite, source: str, force: bool) -> None:
     """Refuse, with the numbers, a suite whose training cannot fit its GPUs."""
-    from forgetbench.train.distributed import resolve_device
-
     memory = gpu_memory_gb()
-    if force or memory is None or resolve_device(suite.train.device).type != "cuda":
+    if force or memory is None or devices.resolve_device(suite.train.device).type != "cuda":
         return
     plan = suite_plan(suite, memory)
     if not plan.fits:

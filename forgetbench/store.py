@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+class Event(str, Enum):
+    """The journal's event names: what ``RunStore.append`` writes and ``states`` replays."""
+
+    BASELINE_EVALUATED = "baseline_evaluated"
+    POINT_STARTED = "point_started"
+    POINT_PAUSED = "point_paused"      # stopped at a checkpoint; the next run resumes
+    POINT_TRAINED = "point_trained"
+    POINT_EVALUATED = "point_evaluated"
+    POINT_FAILED = "point_failed"
+    SWEEP_FINISHED = "sweep_finished"
+
+
 @dataclass
 class PointState:
     status: str = "pending"   # pending -> running [-> paused] -> trained -> evaluated, or failed
@@ -164,9 +177,6 @@ class RunStore:
     def scores_path(self, point_id: str, eval_key: str) -> Path:
         return self.point_dir(point_id) / "scores" / f"{eval_key}.json"
 
-    def baseline_path(self, model_hash: str, eval_key: str) -> Path:
-        return self.root / "baseline" / f"{model_hash}-{eval_key}.json"
-
     def train_log(self, point_id: str) -> list[dict]:
         """A point's ``train_log.jsonl`` (one record per optimizer step, step 0 the base
         model's held-out evaluation); empty when it has none. A torn last line is skipped."""
@@ -177,10 +187,10 @@ class RunStore:
     def save_suite(self, resolved: dict) -> None:
         atomic_write_text(self.root / "suite.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
-    def append(self, event: str, **fields: Any) -> None:
+    def append(self, event: Event, **fields: Any) -> None:
         """Append one event to the journal: locked against other writers, fsynced."""
         self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"time": round(time.time(), 3), "event": event, **fields},
+        line = json.dumps({"time": round(time.time(), 3), "event": Event(event).value, **fields},
                           sort_keys=True).encode() + b"\n"
         with open(self.journal, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -198,6 +208,14 @@ class RunStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     # --- replay
+    def latest_sweep(self) -> dict:
+        """The journal's last finished sweep: its eval key, baseline file, point ids and suite."""
+        finished = [e for e in self.events() if e["event"] == Event.SWEEP_FINISHED]
+        if not finished:
+            raise ForgetbenchError(f"{self.root}: no finished sweep recorded in journal.jsonl; "
+                                   "run `forgetbench sweep SUITE` first")
+        return finished[-1]
+
     def events(self) -> list[dict]:
         return read_jsonl(self.journal) if self.journal.exists() else []
 
@@ -210,15 +228,15 @@ class RunStore:
                 continue
             st = states.setdefault(pid, PointState())
             kind = ev["event"]
-            if kind == "point_started":
+            if kind == Event.POINT_STARTED:
                 st.status, st.error = "running", None
-            elif kind == "point_trained":
+            elif kind == Event.POINT_TRAINED:
                 st.status, st.train = "trained", ev.get("summary", {})
-            elif kind == "point_evaluated":
+            elif kind == Event.POINT_EVALUATED:
                 st.status = "evaluated"
                 st.eval_keys.add(ev["eval_key"])
-            elif kind == "point_paused":  # stopped at a checkpoint; the next run resumes
+            elif kind == Event.POINT_PAUSED:
                 st.status = "paused"
-            elif kind == "point_failed":
+            elif kind == Event.POINT_FAILED:
                 st.status, st.error = "failed", ev.get("error")
         return states

@@ -19,11 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forgetbench import regularizers
+from forgetbench import metrics, regularizers
 from forgetbench.config import Point, Suite
+from forgetbench.datafiles import read_rows
 from forgetbench.errors import ForgetbenchError
-from forgetbench.models import model_fingerprint, model_hash, resolve_model
-from forgetbench.store import RunStore, atomic_write_json, file_digest, read_json, read_result, reuse_result
+from forgetbench.eval.harness import eval_key, eval_settings
+from forgetbench.evalstore import EvalStore
+from forgetbench.models import model_fingerprint, resolve_model
+from forgetbench.store import Event, RunStore, atomic_write_json, file_digest, fresh_dir, read_result, reuse_result
+from forgetbench.train import data as train_data
+from forgetbench.train import recipe
 
 # Bump when a change to the training recipe changes what a point produces.
 TRAINING_VERSION = 1
@@ -59,7 +64,37 @@ def point_identity(suite: Suite, point: Point) -> dict[str, Any]:
 class PlannedPoint:
     point: Point
     id: str
-    config: dict[str, Any]
+    config: dict[str, Any]  # what its training depends on, hashed into its id
+
+    def record(self, suite: Suite) -> dict[str, Any]:
+        """``points/<id>/point.json``: the point and the resolved suite it trains, so a queued
+        job trains exactly what was planned, whatever later happens to the suite file."""
+        return {"id": self.id, "point": self.point.model_dump(), "identity": self.config,
+                "suite": suite.resolved()}
+
+
+def read_point(path: Path) -> tuple[Suite, PlannedPoint, RunStore]:
+    """The suite, point and run directory of a ``point.json`` (or the point directory holding it)."""
+    path = path / "point.json" if path.is_dir() else path
+    record = read_result(path)
+    if not {"id", "point", "identity", "suite"} <= set(record):
+        raise ForgetbenchError(f"{path}: not a point.json that `forgetbench sweep` wrote (it lacks "
+                               "id, point, identity or suite); train it with `forgetbench train SUITE --point ID`")
+    if _sha(record["identity"])[:12] != record["id"]:
+        raise ForgetbenchError(f"{path}: its identity does not hash to its id {record['id']}: the file "
+                               "was edited; plan the point again with `forgetbench sweep SUITE --dry-run`")
+    suite = Suite.model_validate(record["suite"])
+    return (suite, PlannedPoint(Point(**record["point"]), record["id"], record["identity"]),
+            RunStore(path.parent.parent.parent))
+
+
+def planned_point(suite: Suite, point_id: str) -> PlannedPoint:
+    """The point of ``suite`` with id ``point_id`` (a user's --point)."""
+    planned = {pp.id: pp for pp in plan(suite)}
+    if point_id not in planned:
+        raise ForgetbenchError(f"--point {point_id}: not a point of suite {suite.name!r}; "
+                               "`forgetbench sweep SUITE --dry-run` lists them")
+    return planned[point_id]
 
 
 def plan(suite: Suite) -> list[PlannedPoint]:
@@ -79,10 +114,8 @@ def check_training(suite: Suite, source: str) -> None:
     that every target prompt fills (no completion token left to learn)."""
     from transformers import AutoTokenizer
 
-    from forgetbench.train import data as train_data
-
     path = suite.data.target
-    rows = train_data.read_rows(path)
+    rows = read_rows(path)
     for i, grid in enumerate(suite.grids):
         where = "sweep" if len(suite.grids) == 1 else f"sweep[{i}]"
         for epochs in grid.epochs:
@@ -115,25 +148,26 @@ class SweepOutcome:
 def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = print,
               show_progress: bool = False) -> SweepOutcome:
     """Evaluate the base model once, then train and evaluate every point not yet complete."""
-    from forgetbench.eval.harness import eval_key, eval_settings, evaluate
-    from forgetbench.report.tables import headline_metric
-
     planned = plan(suite)
     store = RunStore(runs_root / suite.name)
-    key = eval_key(eval_settings(suite))
-    base = resolve_model(suite.model)
+    evals = EvalStore(runs_root / "evals")
+    key = eval_key(eval_settings(suite.tasks, suite.eval))
     store.save_suite(suite.resolved())
     outcome = SweepOutcome(store=store, eval_key=key)
 
-    bpath = store.baseline_path(model_hash(suite.model), key)
-    baseline = reuse_result(bpath, echo)
-    if baseline is None:
-        echo(f"evaluating the base model {suite.model} ...")
-        atomic_write_json(bpath, evaluate(base, suite, show_progress=show_progress))
-        store.append("baseline_evaluated", eval_key=key, path=str(bpath.relative_to(store.root)))
-        baseline = read_result(bpath)
+    def evaluated(model: str, before: Callable[[], None] | None = None) -> tuple[dict, Path, bool]:
+        return evals.scores(model, suite.tasks, suite.eval, trust_remote_code=suite.trust_remote_code,
+                            warn=echo, before=before, show_progress=show_progress)
+
+    # the base model's scores, from the evaluation store when `forgetbench eval` or another
+    # sweep already evaluated it under these settings
+    baseline, bpath, computed = evaluated(
+        suite.model, before=lambda: echo(f"evaluating the base model {suite.model} ..."))
+    baseline_ref = os.path.relpath(bpath, store.root)
+    if computed:
+        store.append(Event.BASELINE_EVALUATED, eval_key=key, path=baseline_ref)
     for task, _ in suite.all_tasks():
-        headline_metric(task.name, task.metric, baseline)  # a wrong metric fails before training
+        metrics.headline_metric(task.name, task.metric, baseline)  # a wrong metric fails before training
 
     states = store.states()
     for i, pp in enumerate(planned, 1):
@@ -143,50 +177,39 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
         if state and key in state.eval_keys and reuse_result(scores_path, echo) is not None:
             outcome.skipped.append(pp.id)
             continue
-        atomic_write_json(store.point_dir(pp.id) / "point.json", pp.config)
+        atomic_write_json(store.point_dir(pp.id) / "point.json", pp.record(suite))
         model_dir = store.model_dir(pp.id)
         if not (state and (state.status in ("trained", "evaluated") or state.train) and
                 (model_dir / "config.json").exists()):
             echo(f"{label}: training" + (f" on {suite.train.nproc} processes"
                                          if suite.train.nproc > 1 else ""))
-            failure = launch_training(store, pp.id, runs_root, suite.train.nproc)
+            failure = launch_training(store, pp.id, suite.train.nproc)
             if failure:
                 outcome.failed[pp.id] = failure
                 echo(f"{label}: FAILED: {failure}")
                 continue
             outcome.trained.append(pp.id)
-        echo(f"{label}: evaluating")
         try:
-            scores = evaluate(model_dir, suite, show_progress=show_progress)
+            evaluated(str(model_dir), before=lambda: echo(f"{label}: evaluating"))
         except Exception as exc:  # e.g. out of memory in generation: keep the other points
             msg = f"evaluation: {type(exc).__name__}: {exc}"
-            store.append("point_failed", point=pp.id, error=msg, stage="eval",
+            store.append(Event.POINT_FAILED, point=pp.id, error=msg, stage="eval",
                          traceback=traceback.format_exc(limit=8))
             outcome.failed[pp.id] = msg
             echo(f"{label}: FAILED: {msg}")
             continue
-        atomic_write_json(scores_path, scores)
-        store.append("point_evaluated", point=pp.id, eval_key=key)
+        store.append(Event.POINT_EVALUATED, point=pp.id, eval_key=key)
         outcome.evaluated.append(pp.id)
 
     # the suite travels with the record: a later, interrupted sweep may rewrite suite.yaml
-    store.append("sweep_finished", eval_key=key, baseline=str(bpath.relative_to(store.root)),
+    store.append(Event.SWEEP_FINISHED, eval_key=key, baseline=baseline_ref,
                  points=[pp.id for pp in planned], suite=suite.resolved())
     return outcome
 
 
-def train_one(suite: Suite, point_id: str, runs_root: Path, stop_after: int | None = None) -> dict:
+def train_one(suite: Suite, pp: PlannedPoint, store: RunStore, stop_after: int | None = None) -> dict:
     """Train one planned point into its run directory: what ``forgetbench train`` runs, in
     each process under torchrun. Rank 0 records the journal events and writes the files."""
-    from forgetbench.store import fresh_dir
-    from forgetbench.train.recipe import train_point
-
-    planned = {pp.id: pp for pp in plan(suite)}
-    if point_id not in planned:
-        raise ForgetbenchError(f"--point {point_id}: not a point of suite {suite.name!r}; "
-                               "`forgetbench sweep SUITE --dry-run` lists them")
-    pp = planned[point_id]
-    store = RunStore(runs_root / suite.name)
     main = int(os.environ.get("RANK", "0")) == 0
     base = resolve_model(suite.model)
     ckpt = store.point_dir(pp.id) / "checkpoints"
@@ -196,29 +219,29 @@ def train_one(suite: Suite, point_id: str, runs_root: Path, stop_after: int | No
     state_dir = (store.root / reg.cache / _sha({"model": pp.config["model"], **pp.config[reg.cache]})[:12]
                  if reg is not None and reg.cache is not None else None)
     if main:
-        atomic_write_json(store.point_dir(pp.id) / "point.json", pp.config)
-        store.append("point_started", point=pp.id, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        atomic_write_json(store.point_dir(pp.id) / "point.json", pp.record(suite))
+        store.append(Event.POINT_STARTED, point=pp.id, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     try:
         # rank 0 exports into a private directory that replaces model/ only on success
         with fresh_dir(store.model_dir(pp.id)) if main else contextlib.nullcontext() as tmp:
-            summary = train_point(suite, pp.point, base_model_dir=base, out_dir=tmp,
+            summary = recipe.train_point(suite, pp.point, base_model_dir=base, out_dir=tmp,
                                   log_path=store.point_dir(pp.id) / "train_log.jsonl" if main else None,
                                   checkpoint_dir=ckpt, stop_after=stop_after, state_dir=state_dir)
             if main and "stopped_at" in summary:
                 raise _Stopped  # leave no model directory: the point is not trained yet
     except _Stopped:
-        store.append("point_paused", point=pp.id, step=summary["stopped_at"])
+        store.append(Event.POINT_PAUSED, point=pp.id, step=summary["stopped_at"])
         return summary
     except BaseException as exc:  # every way out after point_started, or status says running
         if main:
             if isinstance(exc, ForgetbenchError):  # a user error: its one line says it all
-                store.append("point_failed", point=pp.id, error=str(exc))
+                store.append(Event.POINT_FAILED, point=pp.id, error=str(exc))
             else:  # a bug, an interrupt, an out-of-memory error ...
-                store.append("point_failed", point=pp.id, error=f"{type(exc).__name__}: {exc}",
+                store.append(Event.POINT_FAILED, point=pp.id, error=f"{type(exc).__name__}: {exc}",
                              traceback=traceback.format_exc(limit=8))
         raise
     if main:
-        store.append("point_trained", point=pp.id, summary=summary)
+        store.append(Event.POINT_TRAINED, point=pp.id, summary=summary)
     return summary
 
 
@@ -226,49 +249,30 @@ class _Stopped(Exception):
     """Raised inside the export context to discard it when a run stops at a checkpoint."""
 
 
-def train_command(suite_file: Path, point_id: str, runs_root: Path, nproc: int) -> list[str]:
-    """The command that trains one point: the same locally and on a cluster node."""
-    cmd = [sys.executable, "-m", "forgetbench", "train", str(suite_file), "--point", point_id,
-           "--runs-dir", str(runs_root)]
+def train_command(point_file: Path, nproc: int) -> list[str]:
+    """The command that trains one point from its ``point.json``: the same locally and on a
+    cluster node."""
+    cmd = [sys.executable, "-m", "forgetbench", "train", str(point_file)]
     if nproc > 1:
         cmd[1:3] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                     "-m", "forgetbench"]
     return cmd
 
 
-def launch_training(store: RunStore, point_id: str, runs_root: Path, nproc: int) -> str | None:
+def launch_training(store: RunStore, point_id: str, nproc: int) -> str | None:
     """Train one point in a child process (under torchrun when nproc > 1), so a crash, an
     out-of-memory kill or a hung collective stays in that point. Returns the failure, if any."""
-    done = subprocess.run(train_command(store.root / "suite.yaml", point_id, runs_root, nproc))
+    done = subprocess.run(train_command(store.point_dir(point_id) / "point.json", nproc))
     state = store.states().get(point_id)
     if done.returncode == 0 and state is not None and state.status == "trained":
         return None
     if done.returncode == 2:
         if state is None or state.status != "failed":  # e.g. refused before train_one started
-            store.append("point_failed", point=point_id, error="training stopped on a user error")
+            store.append(Event.POINT_FAILED, point=point_id, error="training stopped on a user error")
         raise ForgetbenchError(f"point {point_id}: training stopped on the error above")
     if state is not None and state.status == "failed" and state.error:
         return state.error
     msg = f"training process exited with status {done.returncode}"
-    store.append("point_failed", point=point_id, error=msg)
+    store.append(Event.POINT_FAILED, point=point_id, error=msg)
     return msg
 
-
-def latest_sweep(store: RunStore) -> dict:
-    """The journal's last finished sweep: its eval key, baseline file and point ids."""
-    finished = [e for e in store.events() if e["event"] == "sweep_finished"]
-    if not finished:
-        raise ForgetbenchError(f"{store.root}: no finished sweep recorded in journal.jsonl; "
-                               "run `forgetbench sweep SUITE` first")
-    return finished[-1]
-
-
-def stored_results(store: RunStore, sweep: dict) -> tuple[dict, list[tuple[str, Point, dict | None]]]:
-    """(baseline scores, [(point id, point, scores or None)]) as the sweep left them."""
-    baseline = read_result(store.root / sweep["baseline"])
-    points = []
-    for pid in sweep["points"]:
-        config = read_json(store.point_dir(pid) / "point.json")
-        path = store.scores_path(pid, sweep["eval_key"])
-        points.append((pid, Point(**config["point"]), read_result(path) if path.exists() else None))
-    return baseline, points

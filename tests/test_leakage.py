@@ -26,7 +26,7 @@ def eval_rows(name):
 
 @pytest.fixture(scope="module")
 def bundled_items():
-    return eval_items(load_suite(SUITES / "medical.yaml"))
+    return eval_items(load_suite(SUITES / "medical.yaml").tasks)
 
 
 def test_tokens_ignore_case_whitespace_and_unicode_width():

@@ -57,12 +57,11 @@ def test_plan_command_from_flags_and_from_a_suite(capsys):
 def test_sweep_refuses_a_suite_that_cannot_fit_unless_forced(monkeypatch, tmp_path, capsys):
     import torch
 
-    from forgetbench import cli, planner
-    from forgetbench.train import distributed
+    from forgetbench import cli, devices, planner
     from tests.conftest import SUITES
 
     monkeypatch.setattr(planner, "gpu_memory_gb", lambda: 0.001)  # a 1 MB "GPU"
-    monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(devices, "resolve_device", lambda name: torch.device("cuda"))
     runs = tmp_path / "runs"
     args = ["sweep", str(SUITES / "medical.yaml"), "--runs-dir", str(runs), "--dry-run"]
     assert cli.main(args) == 2

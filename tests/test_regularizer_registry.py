@@ -15,6 +15,7 @@ from forgetbench.cli import main
 from forgetbench.config import Point, load_suite
 from forgetbench.report import plots
 from forgetbench.report.tables import mitigation_frame, summary_frame
+from forgetbench.store import RunStore
 from forgetbench.sweep import plan, run_sweep, train_one
 from forgetbench.train import distributed
 from tests.conftest import suite_dict
@@ -72,7 +73,7 @@ def test_a_regulariser_registered_outside_the_package_trains_and_is_reported(
     # the recipe builds the component and adds its penalty, in this process
     runs = tmp_path / "runs"
     for pp in planned:
-        summary = train_one(suite, pp.id, runs)
+        summary = train_one(suite, pp, RunStore(runs / suite.name))
         if pp.point.regularizer == "l1":
             assert summary["l1_built_for"] == "l1"  # the component's summary reached the journal
             log = [json.loads(line) for line in
@@ -84,9 +85,8 @@ def test_a_regulariser_registered_outside_the_package_trains_and_is_reported(
     outcome = run_sweep(suite, runs, echo=lambda _: None)
     assert not outcome.failed and len(outcome.evaluated) == 3
     from forgetbench.report import write_outputs
-    from forgetbench.sweep import latest_sweep
 
-    summary, mitigations = write_outputs(outcome.store, suite, latest_sweep(outcome.store))
+    summary, mitigations = write_outputs(outcome.store, suite, outcome.store.latest_sweep())
     results = pd.read_csv(outcome.store.root / "results.csv")
     assert sorted(results["regularizer"].unique()) == ["l1", "none"]
     assert set(results.loc[results["regularizer"] == "l1", "lam"]) == {1e-4, 1e-2}

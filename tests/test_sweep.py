@@ -7,9 +7,9 @@ import pytest
 from forgetbench import sweep
 from forgetbench.cli import main
 from forgetbench.config import load_suite
+from forgetbench.datafiles import read_rows
 from forgetbench.report.tables import RESULT_COLUMNS
 from forgetbench.store import RunStore
-from forgetbench.train.data import read_rows
 from tests.conftest import suite_dict
 
 
@@ -101,10 +101,10 @@ def test_a_crashed_training_process_does_not_stop_the_sweep_and_is_retried(
     path = write_suite(tiny_suite(tiny_model_dir))
     crashing = {p.id for p in sweep.plan(load_suite(path)) if p.point.lr == 3e-3}
 
-    def command(suite_file, point_id, runs_root, nproc):
-        if point_id in crashing:  # a process that dies as an out-of-memory kill would
+    def command(point_file, nproc):
+        if point_file.parent.name in crashing:  # a process that dies as an out-of-memory kill would
             return [sys.executable, "-c", "import os; os.abort()"]
-        return real(suite_file, point_id, runs_root, nproc)
+        return real(point_file, nproc)
 
     monkeypatch.setattr(sweep, "train_command", command)
     runs = tmp_path / "runs"
@@ -220,7 +220,7 @@ def test_a_point_that_stops_on_a_user_error_is_recorded_failed_not_running(
 
     monkeypatch.setattr(recipe, "train_point", refuse)
     with pytest.raises(ForgetbenchError):
-        sweep.train_one(suite, first, runs)
+        sweep.train_one(suite, sweep.planned_point(suite, first), store)
     assert store.states()[first].status == "failed"
     assert store.states()[first].error == "train.max_seq_len: no completion token left"
 
@@ -229,7 +229,7 @@ def test_a_point_that_stops_on_a_user_error_is_recorded_failed_not_running(
             f"RunStore({str(store.root)!r}).append('point_started', point={second!r}); sys.exit(2)")
     monkeypatch.setattr(sweep, "train_command", lambda *a: [sys.executable, "-c", code])
     with pytest.raises(ForgetbenchError, match=f"point {second}: training stopped"):
-        sweep.launch_training(store, second, runs, 1)
+        sweep.launch_training(store, second, 1)
     assert store.states()[second].status == "failed"
     capsys.readouterr()
     assert main(["status", str(store.root)]) == 0
@@ -255,14 +255,14 @@ def test_a_corrupt_stored_result_fails_report_in_one_line_and_the_next_sweep_rec
     store = RunStore(runs / suite.name)
     evaluated = []
 
-    def evaluate(model_dir, suite, **kwargs):  # lm-eval's part is tested in tests/eval
+    def evaluate(model_dir, tasks, spec, **kwargs):  # lm-eval's part is tested in tests/eval
         evaluated.append(str(model_dir))
         samples = [{"doc_id": i, "values": {"acc": float(i % 2), "exact_match": 0.0}} for i in range(4)]
         metric = {"value": 0.5, "stderr": 0.1, "higher_is_better": True}
         return {"settings": {}, "tasks": {t.name: {"metrics": {t.metric: metric}, "n": 4, "samples": samples}
-                                          for t, _ in suite.all_tasks()}}
+                                          for t, _ in tasks.all()}}
 
-    def train(store, point_id, runs_root, nproc):
+    def train(store, point_id, nproc):
         (store.model_dir(point_id) / "config.json").parent.mkdir(parents=True)
         (store.model_dir(point_id) / "config.json").write_text("{}")
         store.append("point_trained", point=point_id, summary={"steps": 1, "last_step": 1})
@@ -273,7 +273,7 @@ def test_a_corrupt_stored_result_fails_report_in_one_line_and_the_next_sweep_rec
     assert len(evaluated) == 3 and len(outcome.evaluated) == 2
     first = outcome.evaluated[0]
     scores = store.scores_path(first, outcome.eval_key)
-    [baseline] = (store.root / "baseline").glob("*.json")
+    [baseline] = (runs / "evals").glob("*.json")
     text = scores.read_text()
     scores.write_text(text[:len(text) // 2])  # truncated
 

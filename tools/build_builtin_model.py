@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"built {args.name}: {stats['parameters']} parameters, final loss "
               f"{stats['final_loss']:.4f}, {stats['build_seconds']} s "
               f"({json.dumps(stats['built_with'])})")
-        failures = base_score_failures(evaluate(built, suite), suite)
+        failures = base_score_failures(evaluate(built, suite.tasks, suite.eval), suite)
         if failures:
             print("not kept: " + "; ".join(failures), file=sys.stderr)
             return 1

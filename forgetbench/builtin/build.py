@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from forgetbench.schedule import lr_at
+
 log = logging.getLogger(__name__)
 
 RECIPE_VERSION = 1  # bump when the build code changes what it produces
@@ -74,8 +76,6 @@ def build_tiny_llama(recipe: TinyLlamaRecipe, out_dir: Path) -> dict:
     """Train the tokenizer, pretrain the model, and save both to ``out_dir``; returns build stats."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from forgetbench.train.schedule import lr_at
 
     start = time.monotonic()
     docs = [json.loads(line) for line in corpus_path().read_text().splitlines()]

@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from forgetbench.config import Suite, TaskSpec
+from forgetbench.config import EvalSpec, TaskSpec, TasksSpec
+from forgetbench.devices import resolve_device
 from forgetbench.errors import ForgetbenchError
 
 # lm-eval's per-sample fields we keep: enough to pair items and to read what the model said
@@ -129,14 +130,12 @@ def versions() -> dict[str, str]:
             "transformers": transformers.__version__, "torch": torch.__version__}
 
 
-def eval_settings(suite: Suite) -> dict[str, Any]:
+def eval_settings(tasks: TasksSpec, spec: EvalSpec) -> dict[str, Any]:
     """Everything a score depends on besides the model; hashed into the eval key."""
-    from forgetbench.train.distributed import resolve_device
-
-    e = suite.eval
+    e = spec
     return {
-        "tasks": {t.name: _task_fingerprint(t.name, suite.tasks.include_path)
-                  for t, _ in suite.all_tasks()},
+        "tasks": {t.name: _task_fingerprint(t.name, tasks.include_path)
+                  for t, _ in tasks.all()},
         "num_fewshot": e.num_fewshot, "limit": e.limit, "batch_size": e.batch_size,
         "dtype": e.dtype, "device_type": resolve_device(e.device).type,
         "confirm_run_unsafe_code": e.confirm_run_unsafe_code,
@@ -158,18 +157,18 @@ def _task_manager(include_path: Path | None, defaults: bool):
                        include_defaults=defaults)
 
 
-def _needs_registry(suite: Suite) -> bool:
-    local = _local_task_files(suite.tasks.include_path)
-    return any(t.name not in local for t, _ in suite.all_tasks())
+def _needs_registry(tasks: TasksSpec) -> bool:
+    local = _local_task_files(tasks.include_path)
+    return any(t.name not in local for t, _ in tasks.all())
 
 
-def check_tasks(suite: Suite, source: str = "suite") -> None:
+def check_tasks(tasks: TasksSpec, source: str = "suite") -> None:
     """Fail before any training if a task name is neither bundled nor known to lm-eval."""
-    local = _local_task_files(suite.tasks.include_path)
-    missing = [(t, role) for t, role in suite.all_tasks() if t.name not in local]
+    local = _local_task_files(tasks.include_path)
+    missing = [(t, role) for t, role in tasks.all() if t.name not in local]
     if not missing:
         return
-    known = set(_task_manager(suite.tasks.include_path, True).all_tasks) | set(local)
+    known = set(_task_manager(tasks.include_path, True).all_tasks) | set(local)
     for task, role in missing:
         if task.name not in known:
             close = difflib.get_close_matches(task.name, sorted(known), n=3)
@@ -179,10 +178,10 @@ def check_tasks(suite: Suite, source: str = "suite") -> None:
                                    f"{task.name!r}{hint}")
 
 
-def _indexed_tasks(suite: Suite) -> list[tuple[TaskSpec, str, int]]:
+def _indexed_tasks(tasks: TasksSpec) -> list[tuple[TaskSpec, str, int]]:
     """(task, role, index in its role's list): where a task sits in the suite file."""
-    return [(t, role, i) for role, tasks in (("target", suite.tasks.target),
-                                              ("general", suite.tasks.general))
+    return [(t, role, i) for role, tasks in (("target", tasks.target),
+                                              ("general", tasks.general))
             for i, t in enumerate(tasks)]
 
 
@@ -243,7 +242,7 @@ def _check_metric(task: TaskSpec, field: str, loaded: dict[str, Any], source: st
                                f"lm-eval reports for task {task.name!r}; valid: {', '.join(valid)}")
 
 
-def eval_items(suite: Suite, source: str = "suite", *,
+def eval_items(tasks: TasksSpec, source: str = "suite", *,
                show_progress: bool = False) -> dict[str, list[tuple[str, str]]]:
     """lm-eval task name -> (question, answer) of every document of its evaluation split,
     in document order (``eval.limit`` ignored), for the suite's target and general tasks; a
@@ -253,11 +252,11 @@ def eval_items(suite: Suite, source: str = "suite", *,
 
     With the task objects loaded, each task's declared ``metric`` is checked against what
     lm-eval will report (:func:`reported_metrics`): a typo fails here, before anything runs."""
-    include = suite.tasks.include_path
+    include = tasks.include_path
     local = _local_task_files(include)
-    manager = _task_manager(include, _needs_registry(suite))
+    manager = _task_manager(include, _needs_registry(tasks))
     items: dict[str, list[tuple[str, str]]] = {}
-    for task, role, index in _indexed_tasks(suite):
+    for task, role, index in _indexed_tasks(tasks):
         spec = _local_task_config(local[task.name]) if task.name in local else task.name
         with contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()):
             try:
@@ -331,7 +330,8 @@ def _quiet_git_provenance():
         evaluator.get_git_commit_hash = lookup
 
 
-def evaluate(model_dir: Path | str, suite: Suite, *, show_progress: bool = False) -> dict[str, Any]:
+def evaluate(model_dir: Path | str, tasks: TasksSpec, spec: EvalSpec, *, trust_remote_code: bool = False,
+             show_progress: bool = False) -> dict[str, Any]:
     """Evaluate the HF directory ``model_dir`` on the suite's tasks; returns a scores record.
 
     lm-eval's progress bars reach stderr only with ``show_progress``; its log records reach
@@ -340,26 +340,24 @@ def evaluate(model_dir: Path | str, suite: Suite, *, show_progress: bool = False
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from forgetbench.train.distributed import resolve_device
-
-    settings = eval_settings(suite)
-    e = suite.eval
-    local = _local_task_files(suite.tasks.include_path)
+    settings = eval_settings(tasks, spec)
+    e = spec
+    local = _local_task_files(tasks.include_path)
     specs = [_local_task_config(local[t.name]) if t.name in local else t.name
-             for t, _ in suite.all_tasks()]
+             for t, _ in tasks.all()]
     start = time.monotonic()
     with (contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()),
           _quiet_git_provenance()):
         lm = HFLM(pretrained=str(model_dir), device=str(resolve_device(e.device)), dtype=e.dtype,
-                  batch_size=e.batch_size, trust_remote_code=suite.trust_remote_code)
+                  batch_size=e.batch_size, trust_remote_code=trust_remote_code)
         out = lm_eval.simple_evaluate(
             model=lm, tasks=specs, num_fewshot=e.num_fewshot, limit=e.limit, log_samples=True,
-            task_manager=_task_manager(suite.tasks.include_path, _needs_registry(suite)),
+            task_manager=_task_manager(tasks.include_path, _needs_registry(tasks)),
             bootstrap_iters=1000,
             random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
             fewshot_random_seed=1234, confirm_run_unsafe_code=e.confirm_run_unsafe_code)
-    tasks: dict[str, Any] = {}
-    for task, _role in suite.all_tasks():
+    results: dict[str, Any] = {}
+    for task, _role in tasks.all():
         res = out["results"].get(task.name)
         if res is None:
             raise ForgetbenchError(f"lm-eval returned no results for task {task.name!r}")
@@ -388,8 +386,8 @@ def evaluate(model_dir: Path | str, suite: Suite, *, show_progress: bool = False
                 if isinstance(s.get(m), (int, float, bool)):
                     rec["values"][_metric_name(m, filt)] = _clean(float(s[m]))
         samples = [by_doc[k] for k in sorted(by_doc)]
-        tasks[task.name] = {"metrics": metrics, "n": len(samples) or out.get("n-samples", {}).get(
+        results[task.name] = {"metrics": metrics, "n": len(samples) or out.get("n-samples", {}).get(
             task.name, {}).get("effective"), "version": out.get("versions", {}).get(task.name),
             "n_shot": out.get("n-shot", {}).get(task.name), "samples": samples}
     return {"eval_key": eval_key(settings), "settings": settings, "model_dir": str(model_dir),
-            "tasks": tasks, "seconds": round(time.monotonic() - start, 2)}
+            "tasks": results, "seconds": round(time.monotonic() - start, 2)}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from forgetbench.config import Suite
+from forgetbench.config import Point, Suite
 from forgetbench.report import html, plots
 from forgetbench.report.tables import (
     mitigation_frame,
@@ -11,14 +11,23 @@ from forgetbench.report.tables import (
     results_frame,
     summary_frame,
 )
-from forgetbench.store import RunStore, atomic_write_text
+from forgetbench.store import RunStore, atomic_write_text, read_json, read_result
+
+
+def stored_results(store: RunStore, sweep: dict) -> tuple[dict, list[tuple[str, Point, dict | None]]]:
+    """(baseline scores, [(point id, point, scores or None)]) as the sweep left them."""
+    baseline = read_result(store.root / sweep["baseline"])
+    points = []
+    for pid in sweep["points"]:
+        config = read_json(store.point_dir(pid) / "point.json")
+        path = store.scores_path(pid, sweep["eval_key"])
+        points.append((pid, Point(**config["point"]), read_result(path) if path.exists() else None))
+    return baseline, points
 
 
 def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write results.csv and report.html for the sweep recorded in ``sweep``; returns the
     per-point summary and the mitigation table, the two the CLI prints."""
-    from forgetbench.sweep import stored_results
-
     baseline, points = stored_results(store, sweep)
     states = store.states()
     # each point's training summary, from the journal's point_trained event

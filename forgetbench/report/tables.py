@@ -24,18 +24,6 @@ RESULT_COLUMNS = [
 _STEP_COLUMNS = ["patience", "steps", "last_step", "best_step"]  # integers, some empty
 
 
-def headline_metric(task_name: str, declared: str | None, scores: dict) -> str:
-    """The metric a task is judged by: the suite's choice, else the task's first metric."""
-    available = list(scores["tasks"][task_name]["metrics"])
-    if declared:
-        if declared not in available:
-            from forgetbench.errors import ForgetbenchError
-            raise ForgetbenchError(f"tasks: {task_name}.metric {declared!r} is not reported by "
-                                   f"lm-eval for this task; available: {', '.join(available)}")
-        return declared
-    return available[0]
-
-
 def point_of(row: Mapping[str, Any]) -> Point:
     """The point a results or summary row describes (its point columns; an empty cell is unset)."""
     return Point(**{c: None if pd.isna(row[c]) else row[c] for c in POINT_COLUMNS})
@@ -60,7 +48,7 @@ def results_frame(suite: Suite, baseline: dict, points: list[tuple[str, Point, d
     rows: list[dict[str, Any]] = []
     for task, role in suite.all_tasks():
         base_task = baseline["tasks"][task.name]
-        head = headline_metric(task.name, task.metric, baseline)
+        head = metrics.headline_metric(task.name, task.metric, baseline)
         for pid, point, scores in points:
             if scores is None:
                 continue

@@ -1,13 +1,12 @@
-"""Training data: JSONL loading, tokenising with completion-only labels, mixing and batching.
+"""Training data: tokenising rows (read by forgetbench/datafiles.py) with completion-only
+labels, mixing target and replay examples, and batching.
 
 Rows are {"prompt", "completion"} (the loss covers the completion only, as in SFT) or
 {"text"} (the loss covers every token, as for pretraining-like replay data).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -20,39 +19,6 @@ IGNORE_INDEX = -100  # label of tokens the loss skips (torch cross_entropy's def
 class Example:
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
-
-
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSONL data file, each checked to be a prompt/completion pair or a text."""
-    return [row for _, row in numbered_rows(path)]
-
-
-def numbered_rows(path: Path) -> list[tuple[int, dict]]:
-    """(file line, row) of each row of a JSONL data file (blank lines are skipped)."""
-    rows = []
-    with open(path, "rb") as fh:  # bytes, decoded line by line: a bad byte is named with its line
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ForgetbenchError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} "
-                                       f"at offset {exc.start} of the line); save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ForgetbenchError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            ok = isinstance(row, dict) and (
-                isinstance(row.get("text"), str)
-                or (isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)))
-            if not ok:
-                raise ForgetbenchError(f"{path}:{lineno}: each row needs string fields "
-                                       '"prompt" and "completion", or "text"')
-            rows.append((lineno, row))
-    if not rows:
-        raise ForgetbenchError(f"{path}: no rows")
-    return rows
 
 
 def tokenize(rows: list[dict], tokenizer, max_len: int) -> list[Example]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from forgetbench.devices import resolve_device
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -28,13 +30,6 @@ class Dist:
     @property
     def active(self) -> bool:
         return self.launched or self.world_size > 1
-
-
-def resolve_device(name: str) -> torch.device:
-    """A suite's device setting: ``auto`` is cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def init(device_name: str) -> Dist:

@@ -27,12 +27,13 @@ from typing import Any
 import torch
 
 from forgetbench.config import Point, Suite, TrainSpec
+from forgetbench.datafiles import read_rows
 from forgetbench.errors import ForgetbenchError
+from forgetbench.schedule import lr_at
 from forgetbench.store import read_jsonl
 from forgetbench.train import checkpoint, distributed, regularizers, throughput
 from forgetbench.train import data as train_data
 from forgetbench.train.heldout import heldout_pass
-from forgetbench.train.schedule import lr_at
 
 
 def _round(x: float | None) -> float | None:
@@ -159,8 +160,8 @@ class Stream:
 
 def setup_data(suite: Suite, point: Point, tokenizer) -> Stream:
     cfg = suite.train
-    target = train_data.tokenize(train_data.read_rows(suite.data.target), tokenizer, cfg.max_seq_len)
-    replay = (train_data.tokenize(train_data.read_rows(suite.data.replay), tokenizer, cfg.max_seq_len)
+    target = train_data.tokenize(read_rows(suite.data.target), tokenizer, cfg.max_seq_len)
+    replay = (train_data.tokenize(read_rows(suite.data.replay), tokenizer, cfg.max_seq_len)
               if point.mix_ratio > 0 else [])
     if train_data.learns_nothing(target):  # checked before a sweep starts (sweep.check_training)
         raise ForgetbenchError(f"train.max_seq_len: {cfg.max_seq_len} tokens leave no completion "
@@ -188,7 +189,7 @@ class HeldOut:
             for key, path in (("val_loss", suite.data.validation),
                               ("general_loss", suite.data.general_heldout)):
                 if path is not None:
-                    self.sets[key] = train_data.tokenize(train_data.read_rows(path), trainee.tokenizer,
+                    self.sets[key] = train_data.tokenize(read_rows(path), trainee.tokenizer,
                                                          cfg.max_seq_len)
         self.batch_size = cfg.eval_batch_size or max(1, math.ceil(cfg.batch_size / dist.world_size
                                                                   / cfg.grad_accum))

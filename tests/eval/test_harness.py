@@ -18,18 +18,18 @@ def test_lm_eval_registry_tasks_are_accepted_and_typos_are_not(write_suite):
     raw["tasks"]["general"] = [{"name": "hellaswag", "category": "qa"},
                                {"name": "arc_challenge", "category": "qa"},
                                {"name": "gsm8k", "category": "math"}]
-    harness.check_tasks(load_suite(write_suite(raw)))  # known to lm-eval: no error
+    harness.check_tasks(load_suite(write_suite(raw)).tasks)  # known to lm-eval: no error
     raw["tasks"]["general"] = [{"name": "hellaswg", "category": "qa"}]
     with pytest.raises(ForgetbenchError, match="unknown lm-eval task 'hellaswg'; did you mean hellaswag"):
-        harness.check_tasks(load_suite(write_suite(raw)))
+        harness.check_tasks(load_suite(write_suite(raw)).tasks)
 
 
 def test_eval_key_follows_settings_and_task_data(write_suite, tmp_path):
     base = load_suite(write_suite(suite_dict()))
-    key = harness.eval_key(harness.eval_settings(base))
-    assert key == harness.eval_key(harness.eval_settings(base))
+    key = harness.eval_key(harness.eval_settings(base.tasks, base.eval))
+    assert key == harness.eval_key(harness.eval_settings(base.tasks, base.eval))
     other = load_suite(write_suite(suite_dict(**{"eval.num_fewshot": 2}), "b.yaml"))
-    assert harness.eval_key(harness.eval_settings(other)) != key
+    assert harness.eval_key(harness.eval_settings(other.tasks, other.eval)) != key
     # a copy of the task folder with one data item changed is a different evaluation
     import shutil
     tasks = tmp_path / "suites"
@@ -38,13 +38,13 @@ def test_eval_key_follows_settings_and_task_data(write_suite, tmp_path):
     edited = tasks / "data" / "capitals_eval.jsonl"
     edited.write_text(edited.read_text().replace("Paris", "Lyon"))
     changed = load_suite(write_suite(suite_dict(**{"tasks.include_path": str(tasks / "tasks")}), "c.yaml"))
-    assert harness.eval_key(harness.eval_settings(changed)) != key
+    assert harness.eval_key(harness.eval_settings(changed.tasks, changed.eval)) != key
 
 
 @pytest.mark.slow
 def test_evaluate_a_local_model_directory_keeps_per_sample_results(write_suite, tiny_model_dir):
     suite = load_suite(write_suite(suite_dict(**{"eval.limit": 8})))
-    scores = harness.evaluate(tiny_model_dir, suite)
+    scores = harness.evaluate(tiny_model_dir, suite.tasks, suite.eval)
     assert set(scores["tasks"]) == {"fb_medical", "fb_capitals", "fb_addition", "fb_code"}
     med = scores["tasks"]["fb_medical"]
     assert set(med["metrics"]) == {"acc", "acc_norm"} and med["n"] == 8
@@ -96,8 +96,8 @@ def test_the_metric_check_accepts_exactly_the_names_an_evaluation_reports(write_
     raw["tasks"]["general"] = [{"name": "plain", "category": "math", "metric": "exact_match"}]
     harness._local_task_files.cache_clear()
     suite = load_suite(write_suite(raw))
-    harness.eval_items(suite)  # both declared metrics are accepted
-    scores = harness.evaluate(tiny_model_dir, suite)
+    harness.eval_items(suite.tasks)  # both declared metrics are accepted
+    scores = harness.evaluate(tiny_model_dir, suite.tasks, suite.eval)
     assert set(scores["tasks"]["filtered"]["metrics"]) == {"exact_match,strict", "exact_match,first"}
     assert set(scores["tasks"]["plain"]["metrics"]) == {"exact_match"}
 
@@ -106,7 +106,7 @@ def test_the_metric_check_accepts_exactly_the_names_an_evaluation_reports(write_
     with pytest.raises(ForgetbenchError, match=(
             rf"^{path}: tasks.target\[0\].metric: 'exact_match' is not a metric lm-eval reports for task "
             r"'filtered'; valid: exact_match,strict, exact_match,first$")):
-        harness.eval_items(load_suite(path), str(path))
+        harness.eval_items(load_suite(path).tasks, str(path))
 
 
 @pytest.mark.slow
@@ -116,6 +116,6 @@ def test_an_evaluation_outside_a_git_repository_prints_no_git_error(write_suite,
     monkeypatch.chdir(tmp_path)  # lm-eval asks git for the working directory's commit
     import subprocess
     assert subprocess.run(["git", "rev-parse"], capture_output=True).returncode != 0  # not a repository
-    harness.evaluate(tiny_model_dir, suite)
+    harness.evaluate(tiny_model_dir, suite.tasks, suite.eval)
     err = capfd.readouterr().err
     assert "fatal:" not in err and "not a git repository" not in err

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from forgetbench.config import Point, load_suite
+from forgetbench.datafiles import read_rows
 from forgetbench.train.recipe import train_point
 from tests.conftest import suite_dict
 
@@ -177,7 +178,7 @@ def test_early_stopping_exports_the_best_validation_step(small_suite, tiny_model
     assert log[-1]["step"] == summary["last_step"]
     # the exported model is the best step's: its validation loss is the best one logged
     tok = AutoTokenizer.from_pretrained(out)
-    rows = train_data.tokenize(train_data.read_rows(val), tok, 64)
+    rows = train_data.tokenize(read_rows(val), tok, 64)
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     loss, _, _ = heldout_pass(model, rows, batch_size=4, pad_id=tok.pad_token_id,
                               device=torch.device("cpu"), autocast=torch.autocast("cpu", enabled=False),

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from forgetbench.train.schedule import lr_at
+from forgetbench.schedule import lr_at
 
 # The standard fine-tuning shape: 1000 steps, 100 of warmup, peak 2e-5, floor 1e-6.
 KW = dict(total_steps=1000, peak=2e-5, warmup_steps=100, floor=1e-6)
