@@ -230,7 +230,7 @@ class Point(_Strict):
 
 
 class Suite(_Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]  # the run directory, runs/<name>/
     model: Annotated[str, Field(min_length=1)]  # builtin:tiny-llama, a local HF dir, or a hub id
     # run Python code shipped with a model (its config's auto_map); off: such a model is refused
     trust_remote_code: bool = False
@@ -240,6 +240,14 @@ class Suite(_Strict):
     eval: EvalSpec = EvalSpec()
     # one grid, or a list of grids (stored as a list either way)
     sweep: Annotated[list[SweepSpec], Field(min_length=1)]
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_evaluation_store(cls, name: str) -> str:
+        if name == "evals":
+            raise ValueError("'evals' is the evaluation store's folder beside the run directories; "
+                             "choose another name")
+        return name
 
     @field_validator("sweep", mode="before")
     @classmethod

@@ -6,7 +6,8 @@ run layout puts it: a sweep point's exported model (``<run>/points/<id>/model``)
 point's ``scores/<eval key>.json``, any other model (``builtin:…``, a folder, a hub id) in
 ``<runs dir>/evals/<model hash>-<eval key>.json``. Every record carries the model's
 fingerprint; one that does not match the model as it is now (a point retrained, a folder
-overwritten) is recomputed, and a corrupt one is set aside (store.reuse_result).
+overwritten, a hub model at another revision), or has none, is recomputed, and a corrupt one
+is set aside (store.reuse_result).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from forgetbench.store import atomic_write_json, reuse_result
 
 def _point_dir(model: str) -> Path | None:
     """The point directory of a sweep point's exported model, else None."""
-    path = Path(model)
+    path = Path(model).resolve()
     if path.name == "model" and path.parent.parent.name == "points" and (path.parent / "point.json").exists():
         return path.parent
     return None
@@ -47,7 +48,7 @@ class EvalStore:
         path = self.path(model, key)
         fingerprint = model_fingerprint(model)
         stored = reuse_result(path, warn)
-        if stored is not None and stored.get("model") in (fingerprint, None):
+        if stored is not None and stored.get("model") == fingerprint:
             return stored, path, False
         if before is not None:
             before()

@@ -5,20 +5,15 @@ so a model folder's own Python code runs only when the suite says so.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from forgetbench.builtin import BUILTIN_PREFIX, builtin_fingerprint, builtin_model_dir
 from forgetbench.errors import ForgetbenchError
+from forgetbench.store import json_digest
 
 # the files of a local model folder that identify it (not its path: a moved model keeps its points)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt")
-
-
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def model_fingerprint(model: str) -> dict[str, Any]:
@@ -34,13 +29,22 @@ def model_fingerprint(model: str) -> dict[str, Any]:
         if "config.json" not in files:
             raise ForgetbenchError(f"model: {path} has no config.json; point it at a Hugging "
                                    "Face model directory (the output of save_pretrained)")
-        return {"dir_files": _sha(files)[:16]}
-    return {"hub": model}
+        return {"dir_files": json_digest(files)[:16]}
+    return {"hub": model, **_hub_revision(model)}
+
+
+def _hub_revision(model: str) -> dict[str, str]:
+    """The commit of a hub model as the local Hugging Face cache holds it (its snapshot
+    folder), so a new revision is a new model; nothing when it is not cached yet."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json")
+    return {"revision": Path(cached).parent.name} if isinstance(cached, str) else {}
 
 
 def model_hash(model: str) -> str:
     """A short hash of :func:`model_fingerprint`, for file names."""
-    return _sha(model_fingerprint(model))[:8]
+    return json_digest(model_fingerprint(model))[:8]
 
 
 def resolve_model(model: str) -> Path | str:

@@ -79,6 +79,11 @@ def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def json_digest(obj: Any) -> str:
+    """The sha256 (hex) of ``obj`` as canonical JSON: how ids and cache keys are made."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -88,6 +93,9 @@ def read_result(path: Path) -> Any:
     full disk or damaged by a copy, is a ForgetbenchError naming it."""
     try:
         return read_json(path)
+    except FileNotFoundError:
+        raise ForgetbenchError(f"{path}: stored result not found; run `forgetbench sweep` on its suite "
+                               "again to compute it") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ForgetbenchError(f"{path}: stored result is corrupt ({exc}); run `forgetbench sweep` "
                                "on its suite again: it sets the file aside and recomputes it") from None
@@ -177,6 +185,10 @@ class RunStore:
     def scores_path(self, point_id: str, eval_key: str) -> Path:
         return self.point_dir(point_id) / "scores" / f"{eval_key}.json"
 
+    def baseline_path(self, model_hash: str, eval_key: str) -> Path:
+        """The run's copy of its base model's scores (the evaluation store keeps the first)."""
+        return self.root / "baseline" / f"{model_hash}-{eval_key}.json"
+
     def train_log(self, point_id: str) -> list[dict]:
         """A point's ``train_log.jsonl`` (one record per optimizer step, step 0 the base
         model's held-out evaluation); empty when it has none. A torn last line is skipped."""
@@ -228,8 +240,8 @@ class RunStore:
                 continue
             st = states.setdefault(pid, PointState())
             kind = ev["event"]
-            if kind == Event.POINT_STARTED:
-                st.status, st.error = "running", None
+            if kind == Event.POINT_STARTED:  # (re)training: evaluations of an older model go
+                st.status, st.error, st.eval_keys = "running", None, set()
             elif kind == Event.POINT_TRAINED:
                 st.status, st.train = "trained", ev.get("summary", {})
             elif kind == Event.POINT_EVALUATED:

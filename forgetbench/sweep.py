@@ -8,8 +8,6 @@ point is complete when it has scores for the current key, and is never recompute
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -19,23 +17,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from forgetbench import metrics, regularizers
 from forgetbench.config import Point, Suite
 from forgetbench.datafiles import read_rows
 from forgetbench.errors import ForgetbenchError
 from forgetbench.eval.harness import eval_key, eval_settings
 from forgetbench.evalstore import EvalStore
-from forgetbench.models import model_fingerprint, resolve_model
-from forgetbench.store import Event, RunStore, atomic_write_json, file_digest, fresh_dir, read_result, reuse_result
+from forgetbench.models import model_fingerprint, model_hash, resolve_model
+from forgetbench.store import (
+    Event,
+    RunStore,
+    atomic_write_json,
+    file_digest,
+    fresh_dir,
+    json_digest,
+    read_result,
+    reuse_result,
+)
 from forgetbench.train import data as train_data
 from forgetbench.train import recipe
 
 # Bump when a change to the training recipe changes what a point produces.
 TRAINING_VERSION = 1
-
-
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def data_fingerprint(suite: Suite) -> dict[str, str | None]:
@@ -69,23 +74,33 @@ class PlannedPoint:
     def record(self, suite: Suite) -> dict[str, Any]:
         """``points/<id>/point.json``: the point and the resolved suite it trains, so a queued
         job trains exactly what was planned, whatever later happens to the suite file."""
-        return {"id": self.id, "point": self.point.model_dump(), "identity": self.config,
+        return {"id": self.id, "point": self.point.model_dump(), "config": self.config,
                 "suite": suite.resolved()}
 
 
 def read_point(path: Path) -> tuple[Suite, PlannedPoint, RunStore]:
-    """The suite, point and run directory of a ``point.json`` (or the point directory holding it)."""
+    """The suite, point and run directory of a ``points/<id>/point.json`` (or its folder). The
+    point's identity is computed again from the suite and point it holds, with the model and
+    data as they are now: a point.json edited, or data changed since it was planned, is refused."""
     path = path / "point.json" if path.is_dir() else path
     record = read_result(path)
-    if not {"id", "point", "identity", "suite"} <= set(record):
+    if not (isinstance(record, dict) and {"id", "point", "suite"} <= set(record)):
         raise ForgetbenchError(f"{path}: not a point.json that `forgetbench sweep` wrote (it lacks "
-                               "id, point, identity or suite); train it with `forgetbench train SUITE --point ID`")
-    if _sha(record["identity"])[:12] != record["id"]:
-        raise ForgetbenchError(f"{path}: its identity does not hash to its id {record['id']}: the file "
-                               "was edited; plan the point again with `forgetbench sweep SUITE --dry-run`")
-    suite = Suite.model_validate(record["suite"])
-    return (suite, PlannedPoint(Point(**record["point"]), record["id"], record["identity"]),
-            RunStore(path.parent.parent.parent))
+                               "id, point or suite); train it with `forgetbench train SUITE --point ID`")
+    if path.parent.name != record["id"] or path.parent.parent.name != "points":
+        raise ForgetbenchError(f"{path}: a point.json trains in its run directory, "
+                               f"<run>/points/{record['id']}/point.json; train it there")
+    try:
+        suite, point = Suite.model_validate(record["suite"]), Point(**record["point"])
+    except ValidationError as exc:
+        raise ForgetbenchError(f"{path}: its suite or point is no longer valid here "
+                               f"({' '.join(str(exc).split())[:300]})") from None
+    pp = planned(suite, point)
+    if pp.id != record["id"]:
+        raise ForgetbenchError(f"{path}: its point no longer hashes to its id {record['id']} (the file "
+                               "was edited, or the model or data changed since it was planned); plan "
+                               "it again with `forgetbench sweep SUITE`")
+    return suite, pp, RunStore(path.parent.parent.parent)
 
 
 def planned_point(suite: Suite, point_id: str) -> PlannedPoint:
@@ -97,15 +112,16 @@ def planned_point(suite: Suite, point_id: str) -> PlannedPoint:
     return planned[point_id]
 
 
+def planned(suite: Suite, point: Point) -> PlannedPoint:
+    """``point`` of ``suite`` with its id: the hash of everything its training depends on."""
+    config = {"model": model_fingerprint(suite.model), "data": data_fingerprint(suite),
+              **point_identity(suite, point), "training_version": TRAINING_VERSION}
+    return PlannedPoint(point, json_digest(config)[:12], config)
+
+
 def plan(suite: Suite) -> list[PlannedPoint]:
     """The grid as points with ids; the config hashed into an id is stored with the point."""
-    model_fp, data_fp = model_fingerprint(suite.model), data_fingerprint(suite)
-    out = []
-    for point in suite.points():
-        config = {"model": model_fp, "data": data_fp, **point_identity(suite, point),
-                  "training_version": TRAINING_VERSION}
-        out.append(PlannedPoint(point, _sha(config)[:12], config))
-    return out
+    return [planned(suite, point) for point in suite.points()]
 
 
 def check_training(suite: Suite, source: str) -> None:
@@ -161,9 +177,13 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
 
     # the base model's scores, from the evaluation store when `forgetbench eval` or another
     # sweep already evaluated it under these settings
-    baseline, bpath, computed = evaluated(
+    baseline, _, computed = evaluated(
         suite.model, before=lambda: echo(f"evaluating the base model {suite.model} ..."))
-    baseline_ref = os.path.relpath(bpath, store.root)
+    # and the run keeps a copy: a run directory is whole on its own (to copy, to report)
+    bpath = store.baseline_path(model_hash(suite.model), key)
+    if computed or reuse_result(bpath, echo) is None:
+        atomic_write_json(bpath, baseline)
+    baseline_ref = str(bpath.relative_to(store.root))
     if computed:
         store.append(Event.BASELINE_EVALUATED, eval_key=key, path=baseline_ref)
     for task, _ in suite.all_tasks():
@@ -216,7 +236,7 @@ def train_one(suite: Suite, pp: PlannedPoint, store: RunStore, stop_after: int |
     # a regulariser's estimated state (EWC's Fisher) is cached once per model and settings,
     # shared by every point of the run that uses it
     reg = regularizers.get(pp.point.regularizer)
-    state_dir = (store.root / reg.cache / _sha({"model": pp.config["model"], **pp.config[reg.cache]})[:12]
+    state_dir = (store.root / reg.cache / json_digest({"model": pp.config["model"], **pp.config[reg.cache]})[:12]
                  if reg is not None and reg.cache is not None else None)
     if main:
         atomic_write_json(store.point_dir(pp.id) / "point.json", pp.record(suite))

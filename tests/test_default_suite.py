@@ -1,9 +1,13 @@
 """The product's promise on the embedded default: real learning, real forgetting, and
 mitigations whose effect is measured.
 
-Runs `forgetbench sweep suites/medical.yaml` as the README does (building the builtin model
-into the user cache if it is not there yet) and checks the outcome the suite is designed to
-show. Takes a few minutes on 2 cores.
+Runs `forgetbench sweep suites/medical.yaml` as the README does and checks the outcome the
+suite is designed to show. Takes a few minutes on 2 cores.
+
+Every machine starts from the same shipped base model, but fine-tuning amplifies the float
+rounding of CPU kernels and library versions, so the thresholds are set from the spread over
+training seeds (`--set train.seed=N`: seeds 0-3 of the whole suite, 0-4 of its lowest learning rate): each
+holds for every seed tried with a margin; the issue note lists the figures.
 """
 import json
 
@@ -36,16 +40,23 @@ def test_default_sweep_learns_the_target_and_forgets_at_high_learning_rates(tmp_
     plain = general[(general["mix_ratio"] == 0) & (general["regularizer"] == "none")]
     top = plain[plain["lr"] == plain["lr"].max()]
     assert top["forgetting"].max() >= 0.20, top[["task", "forgetting"]]
+    # the lowest learning rate forgets little: at most 5 points on average over the general
+    # tasks (measured 1.2-2.2 over seeds 0-4), no task more than 10 (addition, the most
+    # fragile, loses 3.5-6.5 points, as it does at 7e-5 and 1e-4 too, which learn half as
+    # much), and with replay at most 5 on any task (measured <= 1.0)
     low = general[general["lr"] == general["lr"].min()]
-    assert (low["forgetting"] <= 0.05).all(), low[["task", "mix_ratio", "forgetting"]]
+    shown = low[["task", "mix_ratio", "forgetting"]]
+    assert (low.groupby("mix_ratio")["forgetting"].mean() <= 0.05).all(), shown
+    assert (low["forgetting"] <= 0.10).all(), shown
+    assert (low.loc[low["mix_ratio"] > 0, "forgetting"] <= 0.05).all(), shown
 
-    # the mitigations at the highest learning rate, against plain training there; margins
-    # are well inside what was measured (README: EWC λ=1000 forgets 2.5 points instead of
-    # 86.5 for the same learning, L2-SP λ=0.1 11.2 for 7.7 points of learning)
+    # the mitigations at the highest learning rate, against plain training there; over seeds
+    # 0-3 the best EWC λ avoided 82.8-87.6 points of forgetting for 2.6-8.5 of learning, the
+    # best L2-SP λ 62.5-74.1 for 7.7-11.1
     table = mitigation_frame(summary_frame(df))
     top = table[(table["lr"] == df["lr"].max()) & table["best_lam"]].set_index("mitigation")
     ewc = top[top.index.str.startswith("EWC")].iloc[0]
-    assert ewc["forgetting_reduced"] >= 40 and ewc["learning_cost"] <= 10, ewc
+    assert ewc["forgetting_reduced"] >= 40 and ewc["learning_cost"] <= 15, ewc
     l2 = top[top.index.str.startswith("L2-SP")].iloc[0]
     assert l2["forgetting_reduced"] >= 30 and l2["learning_cost"] <= 20, l2
 

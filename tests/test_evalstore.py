@@ -9,6 +9,7 @@ import yaml
 from forgetbench import sweep
 from forgetbench.cli import main
 from forgetbench.config import load_suite
+from forgetbench.datafiles import read_rows
 from forgetbench.eval import harness
 from forgetbench.evalstore import EvalStore
 from forgetbench.store import RunStore
@@ -93,16 +94,19 @@ def test_a_point_trains_from_its_point_json_whatever_the_suite_file_says_later(
     assert main(["train", str(point_file)]) == 0
     assert f"point {pp.id}: " in capsys.readouterr().out
     [trained] = [e for e in store.events() if e["event"] == "point_trained"]
-    n_rows = len(sweep.read_rows(suite.data.target))
+    n_rows = len(read_rows(suite.data.target))
     assert trained["summary"]["steps"] == -(-n_rows // 32)  # the planned batch size, not 8
 
     # an edited point.json no longer hashes to its id: refused in one line
     record = json.loads(point_file.read_text())
     record["point"]["lr"] = 1.0
-    record["identity"]["point"]["lr"] = 1.0
     point_file.write_text(json.dumps(record))
     assert main(["train", str(point_file.parent)]) == 2
-    assert "does not hash to its id" in capsys.readouterr().err
+    assert "no longer hashes to its id" in capsys.readouterr().err
+    elsewhere = tmp_path / "point.json"  # copied out of its run directory
+    elsewhere.write_text(json.dumps(pp.record(suite)))
+    assert main(["train", str(elsewhere)]) == 2
+    assert "trains in its run directory" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "nowhere.json")]) == 2
     assert main(["train", str(path)]) == 2  # a suite file needs --point
     assert "--point" in capsys.readouterr().err

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from forgetbench.builtin.build import RECIPES, build_tiny_llama
     from forgetbench.config import load_suite
     from forgetbench.eval.harness import evaluate
+    from forgetbench.store import fresh_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="tiny-llama", choices=sorted(RECIPES))
@@ -59,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             print("not kept: " + "; ".join(failures), file=sys.stderr)
             return 1
         dest = args.out or Path(forgetbench.builtin.__file__).parent / args.name
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in (*MODEL_FILES, "forgetbench_builtin.json"):
-            shutil.copyfile(built / name, dest / name)
+        with fresh_dir(dest) as staging:  # replaces dest whole, never file by file
+            for name in (*MODEL_FILES, "forgetbench_builtin.json"):
+                shutil.copyfile(built / name, staging / name)
     print(f"kept: {dest}")
     return 0
 

@@ -180,9 +180,8 @@ def check_tasks(tasks: TasksSpec, source: str = "suite") -> None:
 
 def _indexed_tasks(tasks: TasksSpec) -> list[tuple[TaskSpec, str, int]]:
     """(task, role, index in its role's list): where a task sits in the suite file."""
-    return [(t, role, i) for role, tasks in (("target", tasks.target),
-                                              ("general", tasks.general))
-            for i, t in enumerate(tasks)]
+    return [(t, role, i) for role, listed in (("target", tasks.target), ("general", tasks.general))
+            for i, t in enumerate(listed)]
 
 
 def _load_tasks(manager, spec: str | dict) -> dict[str, Any]:

@@ -90,7 +90,9 @@ def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.Data
         figures=figures,
         training=_training(curves, overhead),
         mitigations=_mitigations(mitigations),
-        summary=_table(summary, pareto=True) if not summary.empty else "<p>–</p>",
+        # "stopped" shows last_step/steps: the numbers stay in the frame, not twice on the page
+        summary=(_table(summary.drop(columns=["steps", "last_step"]), pareto=True) if not summary.empty
+                 else "<p>–</p>"),
         results=_table(results) if not results.empty else "<p>–</p>",
         settings=html.escape(json.dumps({"eval": baseline["settings"],
                                          "train": suite.train.model_dump(mode="json"),

@@ -251,17 +251,16 @@ class EarlyStopping:
         if self.patience is not None and self.best_dir is None:
             raise ValueError("early stopping keeps its best model in checkpoint_dir; pass one")
 
-    def update(self, step: int, val_loss: float, model, dist: distributed.Dist) -> bool:
-        """Record an evaluation; True when training should stop."""
+    def update(self, step: int, val_loss: float, model, dist: distributed.Dist) -> None:
+        """Record an evaluation; ``stopped`` says when training should stop."""
         if self.patience is None:
-            return False
+            return
         if val_loss < self.best["val_loss"]:
             self.best = {"step": step, "val_loss": val_loss, "evals_since": 0}
             checkpoint.save_model(model, self.best_dir, {"step": step}, dist)
         else:
             self.best["evals_since"] += 1
             self.stopped = self.best["evals_since"] >= self.patience
-        return self.stopped
 
 
 def train_step(step: int, *, trainee: Trainee, optimizer, stream: Stream, regularizer, point: Point,
