@@ -167,8 +167,8 @@ def _mitigations(row: Mapping[str, Any]) -> list[Mitigation]:
 def mitigation_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """What each mitigation buys against plain training, one row per mitigated point.
 
-    A point is *plain* when mix_ratio = 0, regularizer = none, ξ = 1 and patience is unset;
-    any other point is paired with the plain point of the same lr, epochs and schedule (its
+    A point is *plain* when it has no mitigation on (``Point.describe`` is empty); any other
+    point is paired with the plain point of the same lr, epochs and schedule (its
     counterpart) and left out when the sweep has none. In points (×100, as the summary):
 
         forgetting_reduced = forgetting(plain) − forgetting(point)   (> 0: it forgot less)
@@ -184,12 +184,11 @@ def mitigation_frame(summary: pd.DataFrame) -> pd.DataFrame:
     if summary.empty:
         return pd.DataFrame(columns=columns)
     pair_keys = ["lr", "epochs", "schedule"]
-    plain = summary[(summary["mix_ratio"] == 0) & (summary["regularizer"] == "none")
-                    & (summary["xi"] == 1) & summary["patience"].isna()]
+    described = [_mitigations(row) for _, row in summary.iterrows()]
+    plain = summary[[not found for found in described]]
     plain = plain.drop_duplicates(pair_keys).set_index(pair_keys)
     rows, kinds = [], mitigation_kinds()
-    for _, row in summary.iterrows():
-        found = _mitigations(row)
+    for (_, row), found in zip(summary.iterrows(), described):
         key = tuple(row[k] for k in pair_keys)
         if not found or key not in plain.index:
             continue
@@ -213,7 +212,7 @@ def mitigation_frame(summary: pd.DataFrame) -> pd.DataFrame:
     if out.empty:
         return out[columns]
     same = ["_regularizer", "lr", "epochs", "schedule", "_mix", "_xi", "_patience"]
-    regularized = out[out["_regularizer"] != "none"]
+    regularized = out[out["_regularizer"] != regularizers.NONE]
     for _, group in regularized.groupby(same, dropna=False):
         net = (group["learning"] - group["forgetting"]).dropna()
         if group["_lam"].nunique() >= 2 and not net.empty:
