@@ -105,11 +105,11 @@ def read_point(path: Path) -> tuple[Suite, PlannedPoint, RunStore]:
 
 def planned_point(suite: Suite, point_id: str) -> PlannedPoint:
     """The point of ``suite`` with id ``point_id`` (a user's --point)."""
-    planned = {pp.id: pp for pp in plan(suite)}
-    if point_id not in planned:
+    by_id = {pp.id: pp for pp in plan(suite)}
+    if point_id not in by_id:
         raise ForgetbenchError(f"--point {point_id}: not a point of suite {suite.name!r}; "
                                "`forgetbench sweep SUITE --dry-run` lists them")
-    return planned[point_id]
+    return by_id[point_id]
 
 
 def planned(suite: Suite, point: Point) -> PlannedPoint:
@@ -244,9 +244,10 @@ def train_one(suite: Suite, pp: PlannedPoint, store: RunStore, stop_after: int |
     try:
         # rank 0 exports into a private directory that replaces model/ only on success
         with fresh_dir(store.model_dir(pp.id)) if main else contextlib.nullcontext() as tmp:
-            summary = recipe.train_point(suite, pp.point, base_model_dir=base, out_dir=tmp,
-                                  log_path=store.point_dir(pp.id) / "train_log.jsonl" if main else None,
-                                  checkpoint_dir=ckpt, stop_after=stop_after, state_dir=state_dir)
+            summary = recipe.train_point(
+                suite, pp.point, base_model_dir=base, out_dir=tmp,
+                log_path=store.point_dir(pp.id) / "train_log.jsonl" if main else None,
+                checkpoint_dir=ckpt, stop_after=stop_after, state_dir=state_dir)
             if main and "stopped_at" in summary:
                 raise _Stopped  # leave no model directory: the point is not trained yet
     except _Stopped:
