@@ -18,7 +18,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt")
 
 def model_fingerprint(model: str) -> dict[str, Any]:
     """What identifies a base model without loading it: the hash of a builtin model's shipped
-    files, the files (name, size, mtime) of a local folder, or a hub id."""
+    files, the files (name, size, mtime) of a local folder, or a hub id with the revision the
+    local Hugging Face cache holds."""
     if model.startswith(BUILTIN_PREFIX):
         name = model[len(BUILTIN_PREFIX):]
         return {"builtin": name, "files": builtin_fingerprint(name)}
