@@ -1,9 +1,10 @@
 """Full fine-tuning of one sweep point, read top to bottom: setup, data, loop, export.
 
-The mitigations a sweep varies live here too: replay mixing (train/data.py), L2-SP and EWC
-penalties (train/regularizers.py), discriminative learning rates (one optimizer group per
-depth), and early stopping on the validation loss, measured with the general held-out
-loss (the forgetting curve) every ``train.eval_every`` steps.
+The mitigations a sweep varies live here too: replay mixing (train/data.py), the point's
+regulariser (any registered one, L2-SP and EWC built in: train/regularizers.py builds it),
+discriminative learning rates (one optimizer group per depth), and early stopping on the
+validation loss, measured with the general held-out loss (the forgetting curve) every
+``train.eval_every`` steps.
 
 Every parameter trains (AdamW). ``train.batch_size`` is the global batch: the examples of
 one optimizer step over all ranks and micro-batches, so the process count and
