@@ -237,6 +237,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from forgetbench import compare
+    from forgetbench.config import load_suite
+    from forgetbench.report.compare_page import format_terminal, rule_line
+
+    suite = load_suite(args.suite, args.set) if args.suite else None
+    if args.set and not args.suite:
+        raise ForgetbenchError("compare: --set changes the --suite file; give --suite too")
+    outcome = compare.run(args.base, args.candidate, suite=suite,
+                          gate_path=Path(args.gate) if args.gate else None, runs_dir=Path(args.runs_dir),
+                          out=Path(args.out) if args.out else None, force=args.force,
+                          say=lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = outcome.result
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _echo(format_terminal(result))
+        _echo(f"\n{outcome.out}/: compare.json, compare.md, compare.html")
+    for rule in result["rules"]:
+        if not rule["passed"]:
+            print(f"forgetbench: gate failed: {rule_line(rule)}", file=sys.stderr)
+    return 1 if result["verdict"] == "FAIL" else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetbench", description=(
         "Measure how much full fine-tuning makes an LLM forget, and which settings prevent it."))
@@ -299,6 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="its evaluation store is RUNS_DIR/evals, shared with sweeps (default: runs)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON (no per-sample logs)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", parents=[common],
+                       help="judge a candidate checkpoint against a base, item by item (exit 1: the gate failed)")
+    p.add_argument("base", help="builtin:NAME, a model folder, a hub id, a sweep point (RUN:ID or "
+                               "RUN/points/ID) or a stored evaluation (.json)")
+    p.add_argument("candidate", help="as BASE")
+    p.add_argument("--suite", help="the tasks and eval settings (default: a sweep point's suite)")
+    with_set(p)
+    p.add_argument("--gate", help="gate rules YAML (default: no task loses 2 points or more)")
+    p.add_argument("--out", help="output folder (default: RUNS_DIR/compare/BASE-vs-CANDIDATE)")
+    p.add_argument("--runs-dir", default="runs", help="its evaluation store is RUNS_DIR/evals (default: runs)")
+    p.add_argument("--force", action="store_true",
+                   help="compare evaluations whose settings differ; every output says what differs")
+    p.add_argument("--json", action="store_true", help="print compare.json instead of the table")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("status", parents=[common], help="each point's state, from the run's journal")
     p.add_argument("run_dir")

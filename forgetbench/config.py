@@ -54,6 +54,9 @@ class TaskSpec(_Strict):
     name: Annotated[str, Field(min_length=1)]
     category: str | None = None  # qa, math, code ...: how the report groups general tasks
     metric: str | None = None    # the headline metric; default: the task's first metric
+    # a document field whose equal values make one cluster of related items (the phrasings of
+    # one question): confidence intervals then resample whole clusters, not items
+    cluster: str | None = None
 
 
 class TasksSpec(_Strict):
@@ -394,36 +397,48 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     """Read, override, validate and resolve a suite file; every failure is a ForgetbenchError."""
     path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise ForgetbenchError(f"{source}: suite file not found")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ForgetbenchError(f"{source}: not UTF-8 text at line {line} (byte "
-                               f"0x{data[exc.start]:02x}); save the file as UTF-8") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ForgetbenchError(f"{source}: not valid YAML{where}: "
-                               f"{getattr(exc, 'problem', exc)}")
-    if not isinstance(raw, dict):
-        raise ForgetbenchError(f"{source}: expected a mapping of fields (name, model, data, "
-                               "tasks, train, eval, sweep)")
+    raw = read_yaml_mapping(path, "suite file", "name, model, data, tasks, train, eval, sweep")
     for assignment in overrides:
         _apply_override(raw, assignment)
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        where = _field_path(first["loc"])
-        if isinstance(raw.get("sweep"), dict):  # a single grid, wrapped into a list to validate
-            where = where.replace("sweep[0]", "sweep", 1)
-        raise ForgetbenchError(f"{source}: {where}: "
-                               f"{_describe(first, Suite)}{more}") from None
+        # a single grid is wrapped into a list to validate: name it as the file does
+        rename = ("sweep[0]", "sweep") if isinstance(raw.get("sweep"), dict) else None
+        raise ForgetbenchError(validation_message(source, exc, Suite, rename)) from None
     return _resolve_paths(suite, path.resolve().parent, source)
+
+
+def validation_message(source: str, exc: ValidationError, model: type[BaseModel],
+                       rename: tuple[str, str] | None = None) -> str:
+    """One line for a file that failed ``model``'s validation: the file, the first field in
+    error and what would be valid there, and how many more errors there are."""
+    errors = exc.errors()
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    where = _field_path(first["loc"])
+    if rename:
+        where = where.replace(*rename, 1)
+    return f"{source}: {where}: {_describe(first, model)}{more}"
+
+
+def read_yaml_mapping(path: Path, what: str, fields: str) -> dict:
+    """A YAML file (``what``: "suite file", ...) that must hold a mapping of ``fields``, read as
+    UTF-8; any problem is one line naming the file."""
+    source = str(path)
+    if not path.is_file():
+        raise ForgetbenchError(f"{source}: {what} not found")
+    data = path.read_bytes()
+    try:
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ForgetbenchError(f"{source}: not UTF-8 text at line {line} (byte "
+                               f"0x{data[exc.start]:02x}); save the file as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ForgetbenchError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ForgetbenchError(f"{source}: expected a mapping of fields ({fields})")
+    return raw

@@ -31,8 +31,9 @@ from forgetbench.errors import ForgetbenchError
 
 # lm-eval's per-sample fields we keep: enough to pair items and to read what the model said
 _SAMPLE_TEXT_LIMIT = 200
-# Bump when a change here changes what a stored score means (parsing, seeds, settings).
-EVAL_VERSION = 1
+# Bump when a change here changes what a stored score means (parsing, seeds, settings) or
+# what its per-item records hold (2: prompt, answers as text, lm-eval's hashes, clusters).
+EVAL_VERSION = 2
 
 
 def _sha256(data: bytes) -> str:
@@ -139,6 +140,10 @@ def eval_settings(tasks: TasksSpec, spec: EvalSpec) -> dict[str, Any]:
         "num_fewshot": e.num_fewshot, "limit": e.limit, "batch_size": e.batch_size,
         "dtype": e.dtype, "device_type": resolve_device(e.device).type,
         "confirm_run_unsafe_code": e.confirm_run_unsafe_code,
+        # prompts go to the model as plain text (no chat template); issue: chat models
+        "apply_chat_template": False,
+        # the document field that groups items (tasks.<role>[i].cluster), stored per item
+        "clusters": {t.name: t.cluster for t, _ in tasks.all() if t.cluster},
         "versions": versions(), "eval_version": EVAL_VERSION,
     }
 
@@ -283,13 +288,47 @@ def _split_metric_key(key: str) -> tuple[str, str] | None:
     return metric, filt
 
 
-def _response(resps: Any) -> str:
-    """What the model answered: generated text, or for multiple choice the chosen index."""
+def _response(resps: Any, arguments: Any) -> str:
+    """What the model answered: generated text, or for multiple choice the text of the choice
+    with the highest log-likelihood (the continuation of its request)."""
     if isinstance(resps, list) and resps and all(isinstance(r, (list, tuple)) for r in resps):
         lls = [float(r[0]) for r in resps]  # (log-likelihood, is_greedy) per choice
-        return str(max(range(len(lls)), key=lls.__getitem__))
+        best = max(range(len(lls)), key=lls.__getitem__)
+        args = arguments[best] if isinstance(arguments, list) and best < len(arguments) else None
+        answer = args[1] if isinstance(args, (list, tuple)) and len(args) > 1 else best
+        return str(answer).strip()[:_SAMPLE_TEXT_LIMIT]
     first = resps[0] if isinstance(resps, list) and resps else resps
     return str(first)[:_SAMPLE_TEXT_LIMIT]
+
+
+def _prompt(arguments: Any) -> str:
+    """The text the model was given for an item (its first request's context)."""
+    first = arguments[0] if isinstance(arguments, list) and arguments else None
+    context = first[0] if isinstance(first, (list, tuple)) and first else first
+    return str(context or "")[-_SAMPLE_TEXT_LIMIT:]
+
+
+def _gold_text(target: Any, arguments: Any) -> str:
+    """The gold answer as text: for multiple choice (an index into the requests) the gold
+    choice's continuation, else the target itself."""
+    if isinstance(target, int) and isinstance(arguments, list) and 0 <= target < len(arguments):
+        args = arguments[target]
+        if isinstance(args, (list, tuple)) and len(args) > 1 and isinstance(args[1], str):
+            return args[1].strip()[:_SAMPLE_TEXT_LIMIT]
+    return str(target)[:_SAMPLE_TEXT_LIMIT]
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """What decides how a prompt becomes tokens, hashed: the vocabulary, the special tokens,
+    the chat template and the encoding of a probe text (normalisation and pre-tokenisation).
+    Two checkpoints of one model give the same digest even when ``save_pretrained`` wrote
+    their tokenizer files differently."""
+    probe = "The capital of France is\n  def f(x):\n\treturn x + 12 * 34  # Ünïcode 日本 ✓"
+    state = {"vocab": sorted(tokenizer.get_vocab().items()),
+             "special": sorted(map(str, getattr(tokenizer, "all_special_tokens", []))),
+             "chat_template": getattr(tokenizer, "chat_template", None),
+             "probe": tokenizer.encode(probe)}
+    return _sha256(json.dumps(state, default=str).encode())[:16]
 
 
 def _metric_name(metric: str, filt: str) -> str:
@@ -379,8 +418,17 @@ def evaluate(model_dir: Path | str, tasks: TasksSpec, spec: EvalSpec, *, trust_r
             filt = s.get("filter", "none")
             rec = by_doc.setdefault(s["doc_id"], {
                 "doc_id": s["doc_id"], "doc_hash": s.get("doc_hash"),
-                "target": str(s.get("target"))[:_SAMPLE_TEXT_LIMIT], "responses": {}, "values": {}})
-            rec["responses"][filt] = _response(s.get("filtered_resps"))
+                "prompt_hash": s.get("prompt_hash"), "target_hash": s.get("target_hash"),
+                "prompt": _prompt(s.get("arguments")),
+                "target": _gold_text(s.get("target"), s.get("arguments")),
+                "responses": {}, "values": {}})
+            if task.cluster:
+                doc = s.get("doc") if isinstance(s.get("doc"), dict) else {}
+                if task.cluster not in doc:
+                    raise ForgetbenchError(f"tasks: {task.name}.cluster: its documents have no field "
+                                           f"{task.cluster!r}; fields: {', '.join(sorted(doc))}")
+                rec["cluster"] = str(doc[task.cluster])
+            rec["responses"][filt] = _response(s.get("filtered_resps"), s.get("arguments"))
             for m in s.get("metrics", []):
                 if isinstance(s.get(m), (int, float, bool)):
                     rec["values"][_metric_name(m, filt)] = _clean(float(s[m]))
@@ -389,4 +437,7 @@ def evaluate(model_dir: Path | str, tasks: TasksSpec, spec: EvalSpec, *, trust_r
             task.name, {}).get("effective"), "version": out.get("versions", {}).get(task.name),
             "n_shot": out.get("n-shot", {}).get(task.name), "samples": samples}
     return {"eval_key": eval_key(settings), "settings": settings, "model_dir": str(model_dir),
+            # what of the model itself decides how prompts become tokens: compare checks both
+            "tokenization": {"tokenizer": tokenizer_digest(lm.tokenizer),
+                             "add_bos_token": getattr(lm, "add_bos_token", None)},
             "tasks": results, "seconds": round(time.monotonic() - start, 2)}

@@ -1,0 +1,418 @@
+"""``forgetbench compare``: two checkpoints judged item by item, and a release gate.
+
+Both models are evaluated (or read from the evaluation store) on the suite's tasks under one
+set of eval settings; items are paired by task and lm-eval's document hash. For every task
+metric: both scores with an interval (Wilson for 0/1 metrics, else a bootstrap), the paired
+delta with a paired bootstrap interval (resampling clusters when the task declares one), the
+exact McNemar p and the items that flipped each way for 0/1 metrics, and the minimum
+detectable effect at this number of items.
+
+The gate is a list of rules over tasks (one task, a category or a role), each a one-sided
+test on the delta of a task's headline metric, oriented so that higher is better:
+
+    non_inferior, margin m:  H0 delta <= -m   (pass: the candidate lost less than m points)
+    superior,     margin m:  H0 delta <= m    (pass: it gained more than m points)
+
+Each (rule, task) is one hypothesis with a bootstrap p-value; Holm's correction across all
+of them keeps the chance of passing any false one below ``alpha``. With one hypothesis and
+``alpha`` 0.025, "non_inferior" passes exactly when the two-sided 95% interval's lower bound
+is above -m. Margins are in points: hundredths of the metric (2 points of accuracy = 0.02).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from forgetbench import stats
+from forgetbench.config import Suite, read_yaml_mapping, validation_message
+from forgetbench.errors import ForgetbenchError
+from forgetbench.eval.harness import check_tasks
+from forgetbench.evalstore import EvalStore
+from forgetbench.metrics import headline_metric
+from forgetbench.models import check_model
+from forgetbench.report import compare_page
+from forgetbench.store import atomic_write_json, atomic_write_text, read_result
+
+RESAMPLES = 10_000
+# settings that may differ between two comparable evaluations: where the model came from
+_IGNORED_SETTINGS = {"model_dir", "model", "seconds"}
+
+
+# ---------------------------------------------------------------- the gate
+
+class GateRule(BaseModel):
+    """One rule: a test on the headline metric (or ``metric``) of each task it selects."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    task: str | None = None        # one task by name
+    category: str | None = None    # the general tasks of one category (qa, math, code ...)
+    role: Literal["target", "general"] | None = None  # every target or general task
+    test: Literal["non_inferior", "superior"] = "non_inferior"
+    margin: Annotated[float, Field(ge=0)] = 2.0  # points
+    metric: str | None = None
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> GateRule:
+        chosen = [k for k in ("task", "category", "role") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError("a rule selects its tasks by exactly one of task, category or role "
+                             f"(got {', '.join(chosen) or 'none'})")
+        return self
+
+    def text(self) -> str:
+        which = (f"task {self.task}" if self.task else f"category {self.category}" if self.category
+                 else f"{self.role} tasks")
+        test = "non-inferior" if self.test == "non_inferior" else "superior"
+        return f"{which}: {test}, margin {self.margin:g}"
+
+
+class Gate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # family-wise error rate of the one-sided tests (0.025: a single rule is judged by the
+    # two-sided 95% interval)
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.025
+    rules: Annotated[list[GateRule], Field(min_length=1)]
+
+
+# Without a gate file: no task, general or target, may lose 2 points or more.
+DEFAULT_GATE = Gate(rules=[GateRule(role="general", test="non_inferior", margin=2.0),
+                           GateRule(role="target", test="non_inferior", margin=2.0)])
+
+
+def load_gate(path: Path) -> Gate:
+    raw = read_yaml_mapping(path, "gate file", "alpha, rules")
+    try:
+        return Gate.model_validate(raw)
+    except ValidationError as exc:
+        raise ForgetbenchError(validation_message(str(path), exc, Gate)) from None
+
+
+def check_gate(gate: Gate, suite: Suite, source: str) -> None:
+    """Refuse a rule that selects no task of the suite (a typo would pass silently)."""
+    for i, rule in enumerate(gate.rules):
+        if not _selected(rule, suite):
+            what = ("task " + repr(rule.task) if rule.task else "category " + repr(rule.category)
+                    if rule.category else f"role {rule.role}")
+            tasks = ", ".join(f"{t.name} ({role}{', ' + t.category if t.category else ''})"
+                              for t, role in suite.all_tasks())
+            raise ForgetbenchError(f"{source}: rules[{i}]: {what} matches no task of suite "
+                                   f"{suite.name!r}; its tasks: {tasks}")
+
+
+def _selected(rule: GateRule, suite: Suite) -> list[str]:
+    return [t.name for t, role in suite.all_tasks()
+            if (rule.task and t.name == rule.task) or (rule.role and role == rule.role)
+            or (rule.category and t.category == rule.category)]
+
+
+# ---------------------------------------------------------------- comparability
+
+def differences(base: dict, candidate: dict) -> list[str]:
+    """What differs between the settings of two evaluations, one phrase each ("batch_size 64
+    vs 32"); empty when they are comparable."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+        elif a != b:
+            out.append(f"{where} {a!r} vs {b!r}")
+
+    walk({k: v for k, v in base["settings"].items() if k not in _IGNORED_SETTINGS},
+         {k: v for k, v in candidate["settings"].items() if k not in _IGNORED_SETTINGS}, "")
+    walk(base.get("tokenization", {}), candidate.get("tokenization", {}), "tokenization")
+    return out
+
+
+# ---------------------------------------------------------------- pairing
+
+@dataclass(frozen=True)
+class Paired:
+    """One task's items present in both evaluations, in one order."""
+
+    task: str
+    base: list[dict]
+    candidate: list[dict]
+
+    def values(self, metric: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(base values, candidate values, positions) of the items where both have ``metric``."""
+        keep = [i for i, (b, c) in enumerate(zip(self.base, self.candidate))
+                if b["values"].get(metric) is not None and c["values"].get(metric) is not None]
+        return (np.array([self.base[i]["values"][metric] for i in keep], dtype=float),
+                np.array([self.candidate[i]["values"][metric] for i in keep], dtype=float), keep)
+
+    def clusters(self, keep: list[int]) -> np.ndarray | None:
+        labels = [self.base[i].get("cluster") for i in keep]
+        return None if any(c is None for c in labels) else np.array(labels, dtype=object)
+
+
+def pair_items(task: str, base: dict, candidate: dict) -> Paired:
+    """Match the two evaluations' items of ``task`` by document hash (doc_id where a record
+    has none). The same document must have been asked with the same prompt and judged against
+    the same target; a document only one side has means they evaluated different items."""
+    def key(s: dict) -> Any:
+        return s.get("doc_hash") or s["doc_id"]
+
+    b = {key(s): s for s in base["tasks"][task]["samples"]}
+    c = {key(s): s for s in candidate["tasks"][task]["samples"]}
+    if set(b) != set(c):
+        only = len(set(b) - set(c)), len(set(c) - set(b))
+        raise ForgetbenchError(f"compare: task {task}: the evaluations hold different items "
+                               f"({only[0]} only in the base's, {only[1]} only in the candidate's); "
+                               "evaluate both with the same task version and eval.limit")
+    for k in b:
+        for field in ("prompt_hash", "target_hash"):
+            if b[k].get(field) and c[k].get(field) and b[k][field] != c[k][field]:
+                raise ForgetbenchError(
+                    f"compare: task {task}: document {b[k]['doc_id']} was asked differently "
+                    f"({field} differs): the two evaluations did not give the models the same "
+                    "prompt and target; evaluate both with the same task and few-shot settings")
+    order = sorted(b, key=lambda k: b[k]["doc_id"])
+    return Paired(task, [b[k] for k in order], [c[k] for k in order])
+
+
+# ---------------------------------------------------------------- statistics per metric
+
+def _binary(*arrays: np.ndarray) -> bool:
+    return all(bool(np.isin(a, (0.0, 1.0)).all()) for a in arrays)
+
+
+def _pair(interval: stats.Interval) -> list[float]:
+    return [interval.low, interval.high]
+
+
+def _score_interval(values: np.ndarray, clusters: np.ndarray | None, binary: bool) -> stats.Interval:
+    if binary and clusters is None:
+        return stats.wilson(int(values.sum()), len(values))
+    return stats.bootstrap_mean([values], [clusters], resamples=RESAMPLES).interval()
+
+
+def metric_comparison(paired: Paired, metric: str, *, higher_is_better: bool) -> dict[str, Any]:
+    """The comparison of one task metric (values in the metric's units; "delta" is
+    candidate − base), and its bootstrap (kept for the gate, not serialised)."""
+    xs, ys, keep = paired.values(metric)
+    clusters = paired.clusters(keep)
+    binary = _binary(xs, ys)
+    boot = stats.bootstrap_mean([ys - xs], [clusters], resamples=RESAMPLES)
+    delta = boot.interval()
+    n_eff = len(set(clusters)) if clusters is not None else len(xs)
+    out: dict[str, Any] = {
+        "metric": metric, "n": len(xs), "clusters": n_eff if clusters is not None else None,
+        "binary": binary, "higher_is_better": higher_is_better,
+        "base": float(xs.mean()) if len(xs) else None,
+        "candidate": float(ys.mean()) if len(ys) else None,
+        "base_ci": _pair(_score_interval(xs, clusters, binary)) if len(xs) else None,
+        "candidate_ci": _pair(_score_interval(ys, clusters, binary)) if len(ys) else None,
+        "delta": boot.estimate, "delta_ci": [delta.low, delta.high],
+        "mde": stats.min_detectable_effect(float(boot.samples.std(ddof=1)), n_eff, binary=binary),
+        "worse": int(((ys < xs) if higher_is_better else (ys > xs)).sum()),
+        "better": int(((ys > xs) if higher_is_better else (ys < xs)).sum()),
+        "mcnemar_p": None,
+    }
+    if binary:
+        out["mcnemar_p"] = stats.mcnemar_exact(int(((xs == 1) & (ys == 0)).sum()),
+                                               int(((xs == 0) & (ys == 1)).sum()))
+    return {**out, "_bootstrap": boot}
+
+
+def flipped_items(paired: Paired, metric: str, *, higher_is_better: bool) -> list[dict[str, Any]]:
+    """The items whose ``metric`` changed: direction "worse" or "better" for the candidate,
+    with the prompt, the gold answer and both models' answers."""
+    xs, ys, keep = paired.values(metric)
+    out = []
+    for x, y, i in zip(xs, ys, keep):
+        if x == y:
+            continue
+        b, c = paired.base[i], paired.candidate[i]
+        worse = (y < x) if higher_is_better else (y > x)
+        out.append({"task": paired.task, "doc_id": b["doc_id"], "direction": "worse" if worse else "better",
+                    "prompt": b.get("prompt", ""), "target": b.get("target", ""),
+                    "base_answer": _answer(b), "candidate_answer": _answer(c),
+                    "base_value": float(x), "candidate_value": float(y)})
+    return out
+
+
+def _answer(sample: dict) -> str:
+    responses = sample.get("responses") or {}
+    return str(responses.get("none", next(iter(responses.values()), "")))
+
+
+# ---------------------------------------------------------------- the comparison
+
+def compare_scores(suite: Suite, base: dict, candidate: dict, gate: Gate) -> dict[str, Any]:
+    """Every task metric compared, the gate judged; a JSON-ready dict (see compare.json)."""
+    tasks, flips, boots = [], [], {}
+    for task, role in suite.all_tasks():
+        for side, record in (("base", base), ("candidate", candidate)):
+            if task.name not in record["tasks"]:
+                raise ForgetbenchError(f"compare: the {side}'s evaluation has no task {task.name!r}; "
+                                       "evaluate it with this suite's tasks")
+        paired = pair_items(task.name, base, candidate)
+        head = headline_metric(task.name, task.metric, base)
+        entry = {"task": task.name, "role": role, "category": task.category or role,
+                 "headline": head, "metrics": []}
+        for metric, info in base["tasks"][task.name]["metrics"].items():
+            if metric not in candidate["tasks"][task.name]["metrics"]:
+                continue
+            better = bool(info.get("higher_is_better", True))
+            m = metric_comparison(paired, metric, higher_is_better=better)
+            boots[task.name, metric] = m.pop("_bootstrap")
+            entry["metrics"].append(m)
+            if metric == head:
+                flips += flipped_items(paired, metric, higher_is_better=better)
+        tasks.append(entry)
+    rules = judge(gate, suite, tasks, boots)
+    failed = [r for r in rules if not r["passed"]]
+    return {"verdict": "FAIL" if failed else "PASS", "gate": gate.model_dump(mode="json"),
+            "rules": rules, "tasks": tasks, "flips": flips}
+
+
+def judge(gate: Gate, suite: Suite, tasks: list[dict], boots: dict) -> list[dict[str, Any]]:
+    """One row per (rule, task) hypothesis: its one-sided p, Holm-adjusted p and verdict."""
+    by_name = {t["task"]: t for t in tasks}
+    rows = []
+    for i, rule in enumerate(gate.rules):
+        for name in _selected(rule, suite):
+            entry = by_name[name]
+            metric = rule.metric or entry["headline"]
+            m = next((m for m in entry["metrics"] if m["metric"] == metric), None)
+            if m is None:
+                raise ForgetbenchError(f"gate: rules[{i}].metric: task {name} reports no metric "
+                                       f"{metric!r}; it has {', '.join(x['metric'] for x in entry['metrics'])}")
+            sign = 1.0 if m["higher_is_better"] else -1.0
+            boot = boots[name, metric]
+            oriented = stats.Bootstrap(sign * boot.estimate, sign * boot.samples)
+            threshold = (-rule.margin if rule.test == "non_inferior" else rule.margin) / 100
+            low = oriented.interval(1 - 2 * gate.alpha).low
+            rows.append({"rule": i, "text": rule.text(), "task": name, "metric": metric,
+                         "test": rule.test, "margin": rule.margin, "delta": oriented.estimate * 100,
+                         "lower_bound": low * 100, "threshold": threshold * 100,
+                         "p": oriented.p_at_most(threshold)})
+    for row, adjusted in zip(rows, stats.holm([r["p"] for r in rows])):
+        row["p_holm"] = adjusted
+        row["passed"] = adjusted < gate.alpha
+    return rows
+
+
+# ---------------------------------------------------------------- what is compared
+
+@dataclass(frozen=True)
+class Side:
+    """BASE or CANDIDATE as the user named it: a model to evaluate (or whose stored scores to
+    reuse), or an evaluation record given as a file."""
+
+    arg: str
+    label: str                 # for the output folder's name
+    model: str | None          # builtin:NAME, a folder or a hub id (a point's exported model)
+    record: Path | None        # a scores file (an evaluation store record)
+    suite: Suite | None        # a sweep point's suite, for when --suite is not given
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._" else "-" for c in text).strip("-")[:60] or "model"
+
+
+def _point_side(arg: str, point_dir: Path) -> Side:
+    record = read_result(point_dir / "point.json")
+    model = point_dir / "model"
+    if not (model / "config.json").exists():
+        raise ForgetbenchError(f"{arg}: point {point_dir.name} has no exported model yet; finish it with "
+                               f"`forgetbench sweep` (or `forgetbench train {point_dir / 'point.json'}`)")
+    try:
+        suite = Suite.model_validate(record["suite"])
+    except (KeyError, ValidationError):
+        raise ForgetbenchError(f"{point_dir / 'point.json'}: not a point.json that `forgetbench sweep` "
+                               "wrote; pass --suite") from None
+    run = point_dir.parent.parent
+    return Side(arg, _slug(f"{run.name}-{point_dir.name}"), str(model), None, suite)
+
+
+def resolve_side(arg: str) -> Side:
+    """BASE/CANDIDATE: ``RUN:ID`` or a point's folder (its exported model, and the suite it
+    trained with), a scores JSON file, or a model (``builtin:NAME``, a folder, a hub id)."""
+    run, sep, pid = arg.rpartition(":")
+    if sep and not arg.startswith("builtin:") and run and Path(run).is_dir():
+        point_dir = Path(run) / "points" / pid
+        if not (point_dir / "point.json").exists():
+            raise ForgetbenchError(f"{arg}: run {run} has no point {pid!r}; "
+                                   f"`forgetbench status {run}` lists its points")
+        return _point_side(arg, point_dir)
+    path = Path(arg)
+    if path.is_dir() and (path / "point.json").exists():
+        return _point_side(arg, path)
+    if path.is_dir() and path.name == "model" and (path.parent / "point.json").exists():
+        return _point_side(arg, path.parent)
+    if path.is_file():
+        if path.suffix != ".json":
+            raise ForgetbenchError(f"{arg}: a file here must be a stored evaluation (.json from "
+                                   "runs/evals or a point's scores/); a model is a folder")
+        return Side(arg, _slug(path.stem), None, path, None)
+    return Side(arg, _slug(arg), arg, None, None)
+
+
+def side_scores(side: Side, suite: Suite, runs_dir: Path, *, say=print) -> tuple[dict, Path]:
+    """The side's evaluation: a given record, else the evaluation store's (evaluated now if
+    this model has none under the suite's eval settings)."""
+    if side.record is not None:
+        record = read_result(side.record)
+        if not (isinstance(record, dict) and {"settings", "tasks"} <= set(record)):
+            raise ForgetbenchError(f"{side.record}: not an evaluation record (it lacks settings or "
+                                   "tasks); give a model, a point, or a file from runs/evals")
+        return record, side.record
+    record, path, _ = EvalStore(runs_dir / "evals").scores(
+        side.model, suite.tasks, suite.eval, trust_remote_code=suite.trust_remote_code,
+        warn=say, before=lambda: say(f"evaluating {side.arg} on {len(suite.all_tasks())} tasks ..."))
+    return record, path
+
+
+# ---------------------------------------------------------------- the command
+
+@dataclass(frozen=True)
+class Outcome:
+    result: dict[str, Any]  # compare.json
+    out: Path               # where the files went
+
+
+def run(base_arg: str, candidate_arg: str, *, suite: Suite | None, gate_path: Path | None,
+        runs_dir: Path, out: Path | None, force: bool, say=print) -> Outcome:
+    """Resolve both sides, get their evaluations, refuse incomparable ones (unless ``force``),
+    compare, and write compare.json, compare.md and compare.html into ``out``."""
+    base, candidate = resolve_side(base_arg), resolve_side(candidate_arg)
+    suite = suite or base.suite or candidate.suite
+    if suite is None:
+        raise ForgetbenchError("compare: --suite is needed (which tasks are target and general, and the "
+                               "eval settings); it is only implied when BASE or CANDIDATE is a sweep point")
+    gate = load_gate(gate_path) if gate_path else DEFAULT_GATE
+    check_gate(gate, suite, str(gate_path or "the default gate"))
+    for side, field in ((base, "BASE"), (candidate, "CANDIDATE")):
+        if side.model and side.suite is None:
+            check_model(side.model, "forgetbench compare", field=field, trust_remote_code=suite.trust_remote_code)
+    if base.model or candidate.model:
+        check_tasks(suite.tasks, source="compare")
+    (b, b_path), (c, c_path) = (side_scores(s, suite, runs_dir, say=say) for s in (base, candidate))
+    mismatch = differences(b, c)
+    if mismatch and not force:
+        raise ForgetbenchError(f"compare: the two evaluations are not comparable: {'; '.join(mismatch)}; "
+                               "evaluate both under the same settings (or pass --force to compare anyway)")
+    result = {"suite": suite.name, "generated": compare_page.now(), "resamples": RESAMPLES,
+              "mismatch": mismatch,
+              "base": _side_info(base, b, b_path), "candidate": _side_info(candidate, c, c_path),
+              "settings": b["settings"], **compare_scores(suite, b, c, gate)}
+    out = out or runs_dir / "compare" / f"{base.label}-vs-{candidate.label}"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "compare.json", result)
+    atomic_write_text(out / "compare.md", compare_page.markdown(result))
+    atomic_write_text(out / "compare.html", compare_page.render_html(result, compare_page.forest_plot(result)))
+    return Outcome(result, out)
+
+
+def _side_info(side: Side, record: dict, path: Path) -> dict[str, Any]:
+    return {"arg": side.arg, "model": side.model, "scores": str(path), "eval_key": record.get("eval_key"),
+            "fingerprint": record.get("model"), "tokenization": record.get("tokenization")}
