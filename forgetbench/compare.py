@@ -140,6 +140,7 @@ class Paired:
     task: str
     base: list[dict]
     candidate: list[dict]
+    clustered: bool  # the suite declares a cluster field for the task (tasks.*.cluster)
 
     def values(self, metric: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """(base values, candidate values, positions) of the items where both have ``metric``."""
@@ -149,11 +150,13 @@ class Paired:
                 np.array([self.candidate[i]["values"][metric] for i in keep], dtype=float), keep)
 
     def clusters(self, keep: list[int]) -> np.ndarray | None:
-        labels = [self.base[i].get("cluster") for i in keep]
-        return None if any(c is None for c in labels) else np.array(labels, dtype=object)
+        """The cluster label of each kept item; None when the task declares no cluster."""
+        if not self.clustered:
+            return None
+        return np.array([self.base[i]["cluster"] for i in keep], dtype=object)
 
 
-def pair_items(task: str, base: dict, candidate: dict) -> Paired:
+def pair_items(task: str, base: dict, candidate: dict, *, clustered: bool = False) -> Paired:
     """Match the two evaluations' items of ``task`` by document hash (doc_id where a record
     has none). The same document must have been asked with the same prompt and judged against
     the same target; a document only one side has means they evaluated different items."""
@@ -174,8 +177,11 @@ def pair_items(task: str, base: dict, candidate: dict) -> Paired:
                     f"compare: task {task}: document {b[k]['doc_id']} was asked differently "
                     f"({field} differs): the two evaluations did not give the models the same "
                     "prompt and target; evaluate both with the same task and few-shot settings")
+    if clustered and not all("cluster" in s for s in (*b.values(), *c.values())):
+        raise ForgetbenchError(f"compare: task {task} declares a cluster field, but an evaluation has no "
+                               "cluster per item (it was made before the field was set); evaluate it again")
     order = sorted(b, key=lambda k: b[k]["doc_id"])
-    return Paired(task, [b[k] for k in order], [c[k] for k in order])
+    return Paired(task, [b[k] for k in order], [c[k] for k in order], clustered)
 
 
 # ---------------------------------------------------------------- statistics per metric
@@ -254,7 +260,7 @@ def compare_scores(suite: Suite, base: dict, candidate: dict, gate: Gate) -> dic
             if task.name not in record["tasks"]:
                 raise ForgetbenchError(f"compare: the {side}'s evaluation has no task {task.name!r}; "
                                        "evaluate it with this suite's tasks")
-        paired = pair_items(task.name, base, candidate)
+        paired = pair_items(task.name, base, candidate, clustered=task.cluster is not None)
         head = headline_metric(task.name, task.metric, base)
         entry = {"task": task.name, "role": role, "category": task.category or role,
                  "headline": head, "metrics": []}

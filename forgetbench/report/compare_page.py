@@ -43,28 +43,39 @@ def rule_line(r: dict) -> str:
             f"lower bound {r['lower_bound']:+.1f} {side} {r['threshold']:+.1f}, p (Holm) {_p(r['p_holm'])}")
 
 
+def _columns(rows: list[tuple[str, ...]], left: int) -> list[str]:
+    """Rows as aligned text: the first ``left`` columns to the left, the others to the right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in rows]
+
+
 def format_terminal(result: dict) -> str:
-    """Headline metrics, one row per task (≤ 100 columns for task names up to 16 characters),
-    then the gate's hypotheses and the verdict."""
+    """Headline metrics, one row per task, then the gate's tests and the verdict; fits 100
+    columns for task names up to 16 characters."""
     rows = [("task", "metric", "n", "base", "cand", "delta [95% CI]", "McNemar", "-/+", "MDE")]
     for t, m in _headlines(result):
         n = f"{m['n']}" + (f"/{m['clusters']}c" if m["clusters"] else "")
         rows.append((t["task"][:16], m["metric"][:12], n, f"{m['base']:.3f}", f"{m['candidate']:.3f}",
                      f"{m['delta'] * 100:+.1f} {_ci(*m['delta_ci'])}", _p(m["mcnemar_p"]),
                      f"{m['worse']}/{m['better']}", f"{m['mde'] * 100:.1f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
     gate = result["gate"]
-    lines += ["", "deltas and MDE in points (candidate − base); -/+: items that got worse/better; "
-              "n/Nc: items/clusters",
-              f"gate: {len(result['rules'])} tests, one-sided, Holm-corrected at alpha {gate['alpha']:g}"]
-    lines += ["  " + rule_line(r) for r in result["rules"]]
+    tests = [("", "task", "test", "delta", "bound", "threshold", "p (Holm)")]
+    for r in result["rules"]:
+        test = ("non-inferior" if r["test"] == "non_inferior" else "superior") + f" {r['margin']:g}"
+        tests.append(("pass" if r["passed"] else "FAIL", r["task"][:16], test, f"{r['delta']:+.1f}",
+                      f"{r['lower_bound']:+.1f}", f"{r['threshold']:+.1f}", _p(r["p_holm"])))
+    lines = [*_columns(rows, 2), "",
+             "points (candidate − base); -/+: items worse/better; n/Nc: items/clusters; MDE: detectable at 80%",
+             f"gate: one-sided tests on the headline metric, Holm-corrected, alpha {gate['alpha']:g}; "
+             "pass: bound > threshold",
+             *("  " + line for line in _columns(tests, 3))]
     stamp = result.get("mismatch")
     if stamp:
         lines.append("NOT COMPARABLE (compared with --force): " + "; ".join(stamp))
-    lines.append(f"verdict: {result['verdict']}" + (f" ({len(_failing(result))} of {len(result['rules'])} "
-                                                     "tests failed)" if _failing(result) else ""))
+    failing = _failing(result)
+    lines.append(f"verdict: {result['verdict']}"
+                 + (f" ({len(failing)} of {len(result['rules'])} tests failed)" if failing else ""))
     return "\n".join(lines)
 
 

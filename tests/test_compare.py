@@ -1,0 +1,184 @@
+"""`forgetbench compare` on evaluation records written here: pairing, statistics, the gate and
+its exit codes, the comparability guard, and the three outputs (the browser test opens the
+HTML). The end-to-end comparison against the default sweep's points is in
+test_default_suite.py."""
+import json
+
+import pytest
+import yaml
+
+from forgetbench.cli import main
+from tests.browser import browser_available, open_page
+from tests.conftest import suite_dict
+
+SETTINGS = {"tasks": {}, "num_fewshot": None, "limit": None, "batch_size": 64, "dtype": "float32",
+            "device_type": "cpu", "confirm_run_unsafe_code": False, "apply_chat_template": False,
+            "clusters": {}, "versions": {"lm_eval": "x", "transformers": "y", "torch": "z"}, "eval_version": 2}
+
+
+def record(values: dict[str, list[float]], *, metric: dict[str, str], answer="a", **settings) -> dict:
+    """An evaluation record of per-item 0/1 values per task, as the harness writes one."""
+    tasks = {}
+    for task, vals in values.items():
+        m = metric[task]
+        tasks[task] = {"metrics": {m: {"value": sum(vals) / len(vals), "stderr": None, "higher_is_better": True}},
+                       "n": len(vals), "samples": [
+                           {"doc_id": i, "doc_hash": f"{task}-{i}", "prompt_hash": f"p{i}", "target_hash": f"t{i}",
+                            "prompt": f"<b>question</b> {i} | pipe", "target": "gold",
+                            "cluster": str(i // 3), "responses": {"none": f"{answer}{i}"}, "values": {m: v}}
+                           for i, v in enumerate(vals)]}
+    return {"eval_key": "k", "settings": {**SETTINGS, **settings}, "model": {"kind": "test"},
+            "tokenization": {"tokenizer": "tok", "add_bos_token": None}, "tasks": tasks}
+
+
+METRIC = {"fb_medical": "acc", "fb_capitals": "acc", "fb_addition": "exact_match", "fb_code": "exact_match"}
+
+
+def scores(target=0.25, capitals=1.0, addition=0.95, code=0.95, n=120) -> dict[str, list[float]]:
+    def items(p):
+        return [1.0 if i < round(p * n) else 0.0 for i in range(n)]
+    return {"fb_medical": items(target), "fb_capitals": items(capitals), "fb_addition": items(addition),
+            "fb_code": items(code)}
+
+
+@pytest.fixture
+def env(tmp_path, write_suite):
+    raw = suite_dict()
+    raw["tasks"]["target"] = [{"name": "fb_medical", "metric": "acc", "cluster": "drug"}]
+    suite = write_suite(raw)
+
+    def write(name: str, rec: dict):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(rec))
+        return str(path)
+
+    def compare(base: dict, cand: dict, *extra: str) -> tuple[int, dict | None]:
+        out = tmp_path / "out"
+        code = main(["compare", write("base", base), write("cand", cand), "--suite", str(suite),
+                     "--out", str(out), "--runs-dir", str(tmp_path / "runs"), *extra])
+        result = json.loads((out / "compare.json").read_text()) if (out / "compare.json").exists() else None
+        return code, result
+
+    return compare, tmp_path, suite
+
+
+def test_identical_evaluations_give_zero_delta_mcnemar_one_and_pass(env, capsys):
+    compare, tmp_path, _ = env
+    rec = record(scores(), metric=METRIC)
+    code, result = compare(rec, rec)
+    assert code == 0 and result["verdict"] == "PASS"
+    for task in result["tasks"]:
+        m = task["metrics"][0]
+        assert m["delta"] == 0 and m["delta_ci"] == [0, 0] and m["mcnemar_p"] == 1.0
+        assert m["worse"] == m["better"] == 0
+    assert result["flips"] == [] and result["mismatch"] == []
+    # clusters declared for the target: resampled by cluster, counted
+    medical = next(t for t in result["tasks"] if t["task"] == "fb_medical")["metrics"][0]
+    assert medical["clusters"] == 40 and medical["n"] == 120
+    out = capsys.readouterr().out
+    table = out.rsplit("\n\n", 1)[0]  # the files' path comes last
+    assert "verdict: PASS" in out and all(len(line) <= 100 for line in table.splitlines())
+    # the 120-item tasks cannot see a small loss, and say so
+    assert all(t["metrics"][0]["mde"] > 0.05 for t in result["tasks"])
+
+
+def test_a_candidate_that_forgets_fails_the_gate_naming_the_rule(env, capsys):
+    compare, tmp_path, _ = env
+    code, result = compare(record(scores(), metric=METRIC),
+                           record(scores(target=0.8, addition=0.5), metric=METRIC))
+    assert code == 1 and result["verdict"] == "FAIL"
+    failed = [r for r in result["rules"] if not r["passed"]]
+    assert [r["task"] for r in failed] == ["fb_addition"]
+    assert "fb_addition" in capsys.readouterr().err
+    add = next(t for t in result["tasks"] if t["task"] == "fb_addition")["metrics"][0]
+    assert add["worse"] == 54 and add["better"] == 0 and add["mcnemar_p"] < 1e-10
+    assert add["delta_ci"][1] < -0.3
+    flips = [f for f in result["flips"] if f["task"] == "fb_addition"]
+    assert len(flips) == 54 and {f["direction"] for f in flips} == {"worse"}
+    # the target's improvement is not a flip to hide: it is listed as better
+    assert {f["direction"] for f in result["flips"] if f["task"] == "fb_medical"} == {"better"}
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "FAIL" in md and "| fb_addition |" in md.replace("**", "")
+
+
+def test_a_gate_file_with_superiority_and_holm(env, tmp_path):
+    compare, tmp_path, _ = env
+    gate = tmp_path / "gate.yaml"
+    gate.write_text(yaml.safe_dump({"alpha": 0.025, "rules": [
+        {"role": "general", "test": "non_inferior", "margin": 5},
+        {"task": "fb_medical", "test": "superior", "margin": 10}]}))
+    base = record(scores(), metric=METRIC)
+    code, result = compare(base, record(scores(target=0.8, code=0.94), metric=METRIC), "--gate", str(gate))
+    assert code == 0, [r for r in result["rules"] if not r["passed"]]
+    assert len(result["rules"]) == 4
+    assert all(r["p_holm"] >= r["p"] for r in result["rules"])
+    # no improvement: the superiority rule fails
+    code, result = compare(base, base, "--gate", str(gate))
+    assert code == 1 and [r["task"] for r in result["rules"] if not r["passed"]] == ["fb_medical"]
+
+
+def test_different_eval_settings_are_refused_unless_forced(env, capsys):
+    compare, tmp_path, _ = env
+    base = record(scores(), metric=METRIC)
+    code, result = compare(base, record(scores(), metric=METRIC, batch_size=32))
+    err = capsys.readouterr().err
+    assert code == 2 and result is None
+    assert "batch_size 64 vs 32" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    code, result = compare(base, record(scores(), metric=METRIC, batch_size=32), "--force")
+    assert code == 0 and result["mismatch"] == ["batch_size 64 vs 32"]
+    assert "Not comparable" in (tmp_path / "out" / "compare.md").read_text()
+    assert "Not comparable" in (tmp_path / "out" / "compare.html").read_text()
+
+
+def test_a_different_tokenizer_or_prompt_is_refused(env, capsys):
+    compare, _, _ = env
+    base = record(scores(), metric=METRIC)
+    other = record(scores(), metric=METRIC)
+    other["tokenization"]["tokenizer"] = "another"
+    assert compare(base, other)[0] == 2
+    assert "tokenization.tokenizer" in capsys.readouterr().err
+    other = record(scores(), metric=METRIC)
+    other["tasks"]["fb_code"]["samples"][3]["prompt_hash"] = "changed"
+    assert compare(base, other)[0] == 2
+    assert "fb_code: document 3 was asked differently (prompt_hash differs)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gate, message", [
+    ({"rules": [{"role": "general", "margn": 2}]}, "rules[0].margn: unknown field 'margn'; valid fields here"),
+    ({"rules": [{"task": "fb_nothing"}]}, "rules[0]: task 'fb_nothing' matches no task"),
+    ({"rules": [{"task": "fb_code", "role": "general"}]}, "exactly one of task, category or role"),
+    ({"rules": []}, "rules: List should have at least 1 item"),
+])
+def test_a_bad_gate_file_is_one_line_exit_2(env, tmp_path, capsys, gate, message):
+    compare, tmp_path, _ = env
+    path = tmp_path / "gate.yaml"
+    path.write_text(yaml.safe_dump(gate))
+    rec = record(scores(), metric=METRIC)
+    code, result = compare(rec, rec, "--gate", str(path))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and result is None
+    assert message in err and str(path) in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(not browser_available(), reason="needs chromium, chromedriver and selenium (.ci/run installs them)")
+def test_compare_html_in_a_browser(env, tmp_path):
+    compare, tmp_path, _ = env
+    code, _ = compare(record(scores(), metric=METRIC),
+                      record(scores(target=0.8, addition=0.5), metric=METRIC, answer="<script>alert(2)</script>"))
+    assert code == 1
+    with open_page(tmp_path / "out" / "compare.html") as page:
+        assert page.console_errors == [] and page.failed_requests == [] and page.dialogs == []
+        assert all(img["decoded"] for img in page.images()) and page.images()
+        assert page.text(".verdict").startswith("FAIL")
+        total = page.visible_count("#flips tbody tr")
+        assert total == 54 + 66  # addition worse, medical better
+        page.select("#flip-direction", "worse")
+        assert page.visible_count("#flips tbody tr") == 54
+        page.select("#flip-direction", "")
+        page.select("#flip-task", "fb_medical")
+        assert page.visible_count("#flips tbody tr") == 66
+        assert page.text("#flips-shown") == "66"
+        # a model's answer with markup is text, and ran nothing
+        assert "<script>alert(2)</script>" in page.run(
+            "document.querySelector('#flips tbody tr:not([hidden]) td:nth-child(7)').textContent")
+        assert page.text("#flips tbody tr:not([hidden]) td:nth-child(4)").startswith("<b>question</b>")
