@@ -240,21 +240,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from forgetbench import compare
     from forgetbench.config import load_suite
-    from forgetbench.report.compare_page import format_terminal, rule_line
+    from forgetbench.report.compare_page import format_terminal, rule_line, write_outputs
 
     suite = load_suite(args.suite, args.set) if args.suite else None
     if args.set and not args.suite:
         raise ForgetbenchError("compare: --set changes the --suite file; give --suite too")
-    outcome = compare.run(args.base, args.candidate, suite=suite,
-                          gate_path=Path(args.gate) if args.gate else None, runs_dir=Path(args.runs_dir),
-                          out=Path(args.out) if args.out else None, force=args.force,
-                          say=lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = outcome.result
+    result, name = compare.run(args.base, args.candidate, suite=suite,
+                               gate_path=Path(args.gate) if args.gate else None, runs_dir=Path(args.runs_dir),
+                               force=args.force, say=lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "compare" / name
+    write_outputs(result, out)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         _echo(format_terminal(result))
-        _echo(f"\n{outcome.out}/: compare.json, compare.md, compare.html")
+        _echo(f"\n{out}/: compare.json, compare.md, compare.html")
     for rule in result["rules"]:
         if not rule["passed"]:
             print(f"forgetbench: gate failed: {rule_line(rule)}", file=sys.stderr)

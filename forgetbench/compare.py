@@ -20,6 +20,7 @@ is above -m. Margins are in points: hundredths of the metric (2 points of accura
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,8 +35,7 @@ from forgetbench.eval.harness import check_tasks
 from forgetbench.evalstore import EvalStore
 from forgetbench.metrics import headline_metric
 from forgetbench.models import check_model
-from forgetbench.report import compare_page
-from forgetbench.store import atomic_write_json, atomic_write_text, read_result
+from forgetbench.store import read_result
 
 RESAMPLES = 10_000
 # settings that may differ between two comparable evaluations: where the model came from
@@ -380,16 +380,10 @@ def side_scores(side: Side, suite: Suite, runs_dir: Path, *, say=print) -> tuple
 
 # ---------------------------------------------------------------- the command
 
-@dataclass(frozen=True)
-class Outcome:
-    result: dict[str, Any]  # compare.json
-    out: Path               # where the files went
-
-
 def run(base_arg: str, candidate_arg: str, *, suite: Suite | None, gate_path: Path | None,
-        runs_dir: Path, out: Path | None, force: bool, say=print) -> Outcome:
-    """Resolve both sides, get their evaluations, refuse incomparable ones (unless ``force``),
-    compare, and write compare.json, compare.md and compare.html into ``out``."""
+        runs_dir: Path, force: bool, say=print) -> tuple[dict[str, Any], str]:
+    """Resolve both sides, get their evaluations, refuse incomparable ones (unless ``force``)
+    and compare: (compare.json's dict, the default output folder's name)."""
     base, candidate = resolve_side(base_arg), resolve_side(candidate_arg)
     suite = suite or base.suite or candidate.suite
     if suite is None:
@@ -407,16 +401,11 @@ def run(base_arg: str, candidate_arg: str, *, suite: Suite | None, gate_path: Pa
     if mismatch and not force:
         raise ForgetbenchError(f"compare: the two evaluations are not comparable: {'; '.join(mismatch)}; "
                                "evaluate both under the same settings (or pass --force to compare anyway)")
-    result = {"suite": suite.name, "generated": compare_page.now(), "resamples": RESAMPLES,
+    result = {"suite": suite.name, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "resamples": RESAMPLES,
               "mismatch": mismatch,
               "base": _side_info(base, b, b_path), "candidate": _side_info(candidate, c, c_path),
               "settings": b["settings"], **compare_scores(suite, b, c, gate)}
-    out = out or runs_dir / "compare" / f"{base.label}-vs-{candidate.label}"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "compare.json", result)
-    atomic_write_text(out / "compare.md", compare_page.markdown(result))
-    atomic_write_text(out / "compare.html", compare_page.render_html(result, compare_page.forest_plot(result)))
-    return Outcome(result, out)
+    return result, f"{base.label}-vs-{candidate.label}"
 
 
 def _side_info(side: Side, record: dict, path: Path) -> dict[str, Any]:

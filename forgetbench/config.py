@@ -247,8 +247,9 @@ class Suite(_Strict):
     @field_validator("name")
     @classmethod
     def _not_the_evaluation_store(cls, name: str) -> str:
-        if name == "evals":
-            raise ValueError("'evals' is the evaluation store's folder beside the run directories; "
+        reserved = {"evals": "the evaluation store's", "compare": "forgetbench compare's outputs'"}
+        if name in reserved:
+            raise ValueError(f"{name!r} is {reserved[name]} folder beside the run directories; "
                              "choose another name")
         return name
 

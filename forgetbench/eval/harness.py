@@ -435,7 +435,10 @@ def evaluate(model_dir: Path | str, tasks: TasksSpec, spec: EvalSpec, *, trust_r
         samples = [by_doc[k] for k in sorted(by_doc)]
         results[task.name] = {"metrics": metrics, "n": len(samples) or out.get("n-samples", {}).get(
             task.name, {}).get("effective"), "version": out.get("versions", {}).get(task.name),
-            "n_shot": out.get("n-shot", {}).get(task.name), "samples": samples}
+            "n_shot": out.get("n-shot", {}).get(task.name),
+            # multiple_choice tasks are scored by log-likelihood: the model never generates
+            "output_type": (out.get("configs", {}).get(task.name) or {}).get("output_type"),
+            "samples": samples}
     return {"eval_key": eval_key(settings), "settings": settings, "model_dir": str(model_dir),
             # what of the model itself decides how prompts become tokens: compare checks both
             "tokenization": {"tokenizer": tokenizer_digest(lm.tokenizer),

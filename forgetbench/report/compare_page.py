@@ -6,12 +6,13 @@ import base64
 import html
 import io
 import json
-import time
+from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
 
 from forgetbench.report.items import flips_section
+from forgetbench.store import atomic_write_json, atomic_write_text
 
 matplotlib.use("Agg")
 
@@ -194,5 +195,9 @@ MDE: the smallest true delta this many items would detect (80% power). ★: the 
 """
 
 
-def now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z")
+def write_outputs(result: dict, out: Path) -> None:
+    """compare.json, compare.md and compare.html into ``out``, each written whole or not at all."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "compare.json", result)
+    atomic_write_text(out / "compare.md", markdown(result))
+    atomic_write_text(out / "compare.html", render_html(result, forest_plot(result)))

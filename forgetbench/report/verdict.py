@@ -1,0 +1,233 @@
+"""The sweep's verdict, what a reviewer reads first: which setting to ship, whether each
+mitigation's reduction in forgetting is real, and forgetting the scores cannot see.
+
+Every figure here comes from per-item scores paired with the base model's, and its interval
+from :func:`stats.bootstrap_mean`: items resampled (clusters where the task declares them)
+and, where a setting was trained with several seeds, the seeds too, so an interval covers the
+noise of the evaluation items and of training.
+
+- **Recommended**: among settings whose general tasks pass the default gate against the base
+  model (compare.DEFAULT_GATE's general rule: none loses its margin, one-sided, Holm), the one
+  that learned the target most.
+- **Mitigations**: each mitigated setting against plain training at the same lr, epochs and
+  schedule, seed by seed: the reduction in mean forgetting over the general tasks, real when
+  its interval excludes 0.
+- **Hidden forgetting**: a point whose KL to the base (or held-out general loss) rose sharply
+  in training while none of its multiple-choice general scores moved: log-likelihood scoring
+  never generates, so a model that stopped answering well can keep its MC score.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from forgetbench import compare, stats
+from forgetbench.config import Point, Suite
+from forgetbench.metrics import headline_metric
+
+# KL(base ‖ model) per token on held-out general text, and the relative rise of the held-out
+# general loss, from which a point's in-training change counts as sharp
+KL_SHARP = 0.1
+LOSS_SHARP = 0.10
+RESAMPLES = 10_000
+
+Scored = tuple[str, Point, dict]  # (point id, point, scores)
+
+
+def _setting(point: Point) -> Point:
+    """The point without its seed: replicates share it."""
+    return point.model_copy(update={"seed": None}) if "seed" in Point.model_fields else point
+
+
+def _seed(point: Point, suite: Suite) -> int:
+    seed = getattr(point, "seed", None)
+    return suite.train.seed if seed is None else seed
+
+
+@dataclass(frozen=True)
+class _Task:
+    name: str
+    role: str
+    metric: str
+    higher_is_better: bool
+    clustered: bool
+
+
+def _tasks(suite: Suite, baseline: dict) -> list[_Task]:
+    out = []
+    for task, role in suite.all_tasks():
+        head = headline_metric(task.name, task.metric, baseline)
+        better = bool(baseline["tasks"][task.name]["metrics"][head].get("higher_is_better", True))
+        out.append(_Task(task.name, role, head, better, task.cluster is not None))
+    return out
+
+
+def _after(task: _Task, reference: dict, scores: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(reference's values, the scores' values, clusters) of ``task``'s headline metric, items
+    paired with the reference's."""
+    paired = compare.pair_items(task.name, reference, scores, clustered=task.clustered)
+    xs, ys, keep = paired.values(task.metric)
+    return xs, ys, paired.clusters(keep)
+
+
+def _oriented_boot(task_deltas: list[np.ndarray], clusters: list[np.ndarray | None]) -> stats.Bootstrap:
+    return stats.bootstrap_mean(task_deltas, clusters, resamples=RESAMPLES)
+
+
+def _interval(boot: stats.Bootstrap) -> list[float]:
+    i = boot.interval()
+    return [i.low * 100, i.high * 100]
+
+
+def judge_settings(suite: Suite, baseline: dict, points: Sequence[Scored]) -> list[dict[str, Any]]:
+    """Per setting (replicates together): learning and mean forgetting with intervals, and
+    the default gate's general rule against the base model."""
+    tasks = _tasks(suite, baseline)
+    general_gate = compare.Gate(alpha=compare.DEFAULT_GATE.alpha,
+                                rules=[r for r in compare.DEFAULT_GATE.rules if r.role == "general"])
+    groups: dict[Point, list[Scored]] = {}
+    for item in points:
+        groups.setdefault(_setting(item[1]), []).append(item)
+    rows = []
+    for setting, members in groups.items():
+        boots, entries, per_role = {}, [], {"target": ([], []), "general": ([], [])}
+        for task in tasks:
+            rows_xy = [_after(task, baseline, scores) for _, _, scores in members]
+            deltas = np.stack([ys - xs for xs, ys, _ in rows_xy])  # [seeds, items], after − before
+            clusters = rows_xy[0][2]
+            boots[task.name, task.metric] = _oriented_boot([deltas], [clusters])
+            entries.append({"task": task.name, "headline": task.metric, "metrics": [
+                {"metric": task.metric, "higher_is_better": task.higher_is_better}]})
+            sign = 1.0 if task.higher_is_better else -1.0
+            per_role[task.role][0].append(sign * deltas)
+            per_role[task.role][1].append(clusters)
+        learn = _oriented_boot(*per_role["target"])
+        forget = _oriented_boot([-d for d in per_role["general"][0]], per_role["general"][1])
+        rules = compare.judge(general_gate, suite, entries, boots)
+        rows.append({"setting": setting, "label": setting.label(), "point_ids": [pid for pid, _, _ in members],
+                     "seeds": len(members), "learning": learn.estimate * 100, "learning_ci": _interval(learn),
+                     "forgetting": forget.estimate * 100, "forgetting_ci": _interval(forget),
+                     "passes": all(r["passed"] for r in rules),
+                     "failed_tasks": [r["task"] for r in rules if not r["passed"]]})
+    return rows
+
+
+def mitigation_effects(suite: Suite, baseline: dict, points: Sequence[Scored]) -> list[dict[str, Any]]:
+    """Each mitigated setting against plain training at the same lr, epochs and schedule,
+    paired seed by seed: the reduction in mean general forgetting and the learning given up,
+    in points, with intervals over items and seeds."""
+    tasks = _tasks(suite, baseline)
+    plain: dict[tuple, dict[int, dict]] = {}
+    for _, point, scores in points:
+        if not point.describe():
+            plain.setdefault((point.lr, point.epochs, point.schedule), {})[_seed(point, suite)] = scores
+    groups: dict[Point, dict[int, dict]] = {}
+    for _, point, scores in points:
+        if point.describe() and (point.lr, point.epochs, point.schedule) in plain:
+            groups.setdefault(_setting(point), {})[_seed(point, suite)] = scores
+    rows = []
+    for setting, by_seed in groups.items():
+        counterpart = plain[setting.lr, setting.epochs, setting.schedule]
+        seeds = sorted(set(by_seed) & set(counterpart))
+        if not seeds:
+            continue
+        reduced, reduced_clusters, cost, cost_clusters = [], [], [], []
+        for task in tasks:
+            sign = 1.0 if task.higher_is_better else -1.0
+            pairs = [_after(task, counterpart[s], by_seed[s]) for s in seeds]
+            gain = np.stack([sign * (ys - xs) for xs, ys, _ in pairs])  # mitigated − plain, oriented
+            if task.role == "general":
+                reduced.append(gain)
+                reduced_clusters.append(pairs[0][2])
+            else:
+                cost.append(-gain)
+                cost_clusters.append(pairs[0][2])
+        r, c = _oriented_boot(reduced, reduced_clusters), _oriented_boot(cost, cost_clusters)
+        low, high = _interval(r)
+        rows.append({"setting": setting, "mitigation": " + ".join(m.text for m in setting.describe()),
+                     "lr": setting.lr, "seeds": len(seeds), "reduced": r.estimate * 100, "reduced_ci": [low, high],
+                     "cost": c.estimate * 100, "cost_ci": _interval(c),
+                     "real": low > 0, "harmful": high < 0})
+    return rows
+
+
+def hidden_forgetting(suite: Suite, baseline: dict, points: Sequence[Scored],
+                      logs: dict[str, list[dict]]) -> list[dict[str, Any]]:
+    """Points whose in-training KL to the base, or held-out general loss, rose sharply while
+    none of the multiple-choice general tasks' scores moved (their intervals include 0)."""
+    mc = [t for t in _tasks(suite, baseline)
+          if t.role == "general" and baseline["tasks"][t.name].get("output_type") == "multiple_choice"]
+    if not mc:
+        return []
+    out = []
+    for pid, point, scores in points:
+        evals = [r for r in logs.get(pid, []) if "general_loss" in r]
+        if len(evals) < 2:
+            continue
+        first, last = evals[0], evals[-1]
+        kl = last.get("kl")
+        loss_rise = (last["general_loss"] - first["general_loss"]) / max(first["general_loss"], 1e-9)
+        if not ((kl is not None and kl >= KL_SHARP) or loss_rise >= LOSS_SHARP):
+            continue
+        moved = []
+        for task in mc:
+            xs, ys, clusters = _after(task, baseline, scores)
+            low, high = _interval(_oriented_boot([ys - xs], [clusters]))
+            if low > 0 or high < 0:
+                moved.append(task.name)
+        if not moved:
+            out.append({"point_id": pid, "label": point.label(), "kl": kl, "general_loss_rise": loss_rise * 100,
+                        "mc_tasks": [t.name for t in mc]})
+    return out
+
+
+def sweep_verdict(suite: Suite, baseline: dict, points: Sequence[Scored],
+                  logs: dict[str, list[dict]]) -> dict[str, Any]:
+    """Everything the report's verdict section and the terminal's last lines say."""
+    settings = judge_settings(suite, baseline, points)
+    passing = [s for s in settings if s["passes"]]
+    best = max(passing, key=lambda s: s["learning"]) if passing else None
+    generative = [t.name for t, role in suite.all_tasks() if role == "general"
+                  and baseline["tasks"][t.name].get("output_type") not in (None, "multiple_choice")]
+    return {"settings": settings, "recommended": best, "margin": compare.DEFAULT_GATE.rules[0].margin,
+            "mitigations": mitigation_effects(suite, baseline, points),
+            "hidden": hidden_forgetting(suite, baseline, points, logs), "generative_tasks": generative}
+
+
+def verdict_lines(verdict: dict[str, Any]) -> list[str]:
+    """The verdict in plain sentences, for the terminal and the top of report.html."""
+    lines = []
+    best, margin = verdict["recommended"], verdict["margin"]
+    if best is None:
+        least = min(verdict["settings"], key=lambda s: s["forgetting"], default=None)
+        lines.append(f"Recommended: none. Every setting loses {margin:g} points or more on some general task "
+                     "(the gate's interval cannot rule it out)"
+                     + (f"; the least forgetting is {least['label']} ({least['forgetting']:+.1f})." if least else "."))
+    else:
+        seeds = f", {best['seeds']} seeds" if best["seeds"] > 1 else ""
+        lines.append(f"Recommended: {best['label']}: learns {best['learning']:+.1f} "
+                     f"[{best['learning_ci'][0]:+.1f}, {best['learning_ci'][1]:+.1f}] points on the target "
+                     f"and loses less than {margin:g} points on every general task{seeds}.")
+    for m in verdict["mitigations"]:
+        low, high = m["reduced_ci"]
+        if m["real"]:
+            what = "real"
+        elif m["harmful"]:
+            what = "harmful: it forgot more"
+        else:
+            what = "not distinguishable from 0"
+        noise = "items and seeds" if m["seeds"] > 1 else "items only: one seed, training noise not covered"
+        lines.append(f"{m['mitigation']} at lr {m['lr']:g}: forgetting reduced {m['reduced']:+.1f} "
+                     f"[{low:+.1f}, {high:+.1f}] for {m['cost']:+.1f} learning: {what} (CI over {noise}).")
+    for h in verdict["hidden"]:
+        kl = f"KL to the base rose to {h['kl']:.2f}" if h["kl"] is not None else ""
+        loss = f"held-out general loss {h['general_loss_rise']:+.0f}%"
+        lines.append(f"Hidden forgetting? {h['label']}: {', '.join(x for x in (kl, loss) if x)} in training while "
+                     f"its multiple-choice general scores ({', '.join(h['mc_tasks'])}) did not move: log-likelihood "
+                     "scoring never generates. "
+                     + (f"Check its generative general tasks ({', '.join(verdict['generative_tasks'])})."
+                        if verdict["generative_tasks"] else "Add a generative general task to see it."))
+    return lines
