@@ -12,6 +12,8 @@ import pandas as pd
 
 from forgetbench.config import Suite
 from forgetbench.report import plots
+from forgetbench.report.items import flips_section
+from forgetbench.report.verdict import verdict_lines
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -63,9 +65,33 @@ def _training(curves: bytes | None, overhead: pd.DataFrame | None) -> str:
     return out
 
 
+def _verdict(verdict: dict | None) -> str:
+    if verdict is None:
+        return "<p>No point has been evaluated yet.</p>"
+    lines = verdict_lines(verdict)
+    first = ' class="recommended"' if verdict.get("recommended") else ""
+    items = "".join(f"<li{first if i == 0 else ''}>{html.escape(line)}</li>" for i, line in enumerate(lines))
+    return f'<ul class="verdict">{items}</ul>'
+
+
+def _flips(flips: list[dict] | None, labels: dict[str, str], first: str) -> str:
+    if not flips:
+        return "<p>No item changed.</p>" if flips is not None else "<p>–</p>"
+    return flips_section(flips, base="base model", candidate="point", points=labels, point=first)
+
+
+def _recommended_point(verdict: dict | None) -> str:
+    best = (verdict or {}).get("recommended")
+    return best["point_ids"][0] if best else ""
+
+
 def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.DataFrame,
            *, failed: dict[str, str], mitigations: pd.DataFrame | None = None,
-           curves: bytes | None = None, overhead: pd.DataFrame | None = None) -> str:
+           curves: bytes | None = None, overhead: pd.DataFrame | None = None,
+           verdict: dict | None = None, flips: list[dict] | None = None,
+           labels: dict[str, str] | None = None) -> str:
+    """The page; ``verdict`` from verdict.sweep_verdict, ``flips`` from verdict.point_flips
+    with ``labels`` (point id -> label) for its point filter."""
     base_rows = []
     for task, role in suite.all_tasks():
         for metric, v in baseline["tasks"][task.name]["metrics"].items():
@@ -85,6 +111,8 @@ def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.Data
         suite=html.escape(suite.name), model=html.escape(suite.model),
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         n_points=len(summary), n_failed=len(failed),
+        verdict=_verdict(verdict),
+        flips=_flips(flips, labels or {}, _recommended_point(verdict)),
         failures=f"<h2>Failed points</h2><ul>{failures}</ul>" if failures else "",
         baseline=_table(pd.DataFrame(base_rows)),
         figures=figures,

@@ -231,3 +231,15 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
                      + (f"Check its generative general tasks ({', '.join(verdict['generative_tasks'])})."
                         if verdict["generative_tasks"] else "Add a generative general task to see it."))
     return lines
+
+
+def point_flips(suite: Suite, baseline: dict, points: Sequence[Scored]) -> list[dict[str, Any]]:
+    """Every point's items that flipped against the base model (headline metrics), each
+    tagged with its point id, for the report's item table."""
+    out = []
+    for task in _tasks(suite, baseline):
+        for pid, _, scores in points:
+            paired = compare.pair_items(task.name, baseline, scores, clustered=task.clustered)
+            out += [{**f, "point": pid}
+                    for f in compare.flipped_items(paired, task.metric, higher_is_better=task.higher_is_better)]
+    return out
