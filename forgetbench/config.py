@@ -165,13 +165,19 @@ class SweepSpec(_Strict):
     # early stopping: evaluations (every train.eval_every steps) without a new best validation
     # loss before training stops; the best step is exported. None: train to the end
     patience: Annotated[list[Annotated[int, Field(gt=0)] | None], Field(min_length=1)] = [None]
+    # replicates: the same point trained with each of these seeds (in place of train.seed),
+    # to tell an effect from the noise of training. None: train.seed alone
+    # (strict: YAML's true or "1" is a typo, not seed 1)
+    seed: Annotated[list[Annotated[int, Field(strict=True)]], Field(min_length=1)] | None = None
 
     def points(self) -> list[Point]:
+        """The product of the lists; a point's seed is as listed (Suite.points makes it canonical)."""
         return [Point(lr=lr, epochs=epochs, mix_ratio=mix, regularizer=reg,
-                      lam=0.0 if reg == "none" else lam, schedule=sched, xi=xi, patience=pat)
-                for lr, epochs, mix, reg, lam, sched, xi, pat in itertools.product(
+                      lam=0.0 if reg == "none" else lam, schedule=sched, xi=xi, patience=pat,
+                      seed=seed)
+                for lr, epochs, mix, reg, lam, sched, xi, pat, seed in itertools.product(
                     self.lr, self.epochs, self.mix_ratio, self.regularizer, self.lam,
-                    self.schedule, self.xi, self.patience)]
+                    self.schedule, self.xi, self.patience, self.seed or [None])]
 
 
 class Mitigation(NamedTuple):
@@ -189,7 +195,8 @@ def mitigation_kinds() -> list[str]:
 
 
 class Point(_Strict):
-    """One grid point: the values a sweep varies."""
+    """One grid point: the values a sweep varies. ``seed`` is a replicate's training seed;
+    None is train.seed's (a suite's points are canonical: never ``seed == train.seed``)."""
 
     lr: float
     epochs: float
@@ -199,6 +206,7 @@ class Point(_Strict):
     schedule: str = "cosine"
     xi: float = 1.0
     patience: int | None = None
+    seed: int | None = None
 
     def describe(self) -> list[Mitigation]:
         """The mitigations this point has on, in the reports' order; empty: plain training."""
@@ -221,11 +229,13 @@ class Point(_Strict):
         return [m.kind for m in self.describe()]
 
     def label_parts(self) -> list[str]:
-        """lr, epochs, mix (always), a schedule other than cosine, then each other mitigation."""
+        """lr, epochs, mix (always), a schedule other than cosine, each other mitigation, then
+        a replicate's seed."""
         parts = [f"lr {self.lr:g}", f"epochs {self.epochs:g}", f"mix {self.mix_ratio:g}"]
         if self.schedule != "cosine":
             parts.append(self.schedule)
-        return parts + [m.short for m in self.describe() if m.kind != "replay"]
+        parts += [m.short for m in self.describe() if m.kind != "replay"]
+        return parts + ([f"seed {self.seed}"] if self.seed is not None else [])
 
     def label(self) -> str:
         """Short, for progress lines and plot legends."""
@@ -286,8 +296,17 @@ class Suite(_Strict):
     def points(self) -> list[Point]:
         """Every grid's points in a stable order, without duplicates. λ only varies where a
         regularizer is on, so a point without one appears once (with lam 0) however many λ
-        values are swept; grids that share points (e.g. the same plain baseline) share them."""
-        return list(dict.fromkeys(p for grid in self.grids for p in grid.points()))
+        values are swept; grids that share points (e.g. the same plain baseline) share them.
+        A swept seed equal to train.seed becomes None: that replicate is the unswept point."""
+        return list(dict.fromkeys(
+            p.model_copy(update={"seed": None}) if p.seed == self.train.seed else p
+            for grid in self.grids for p in grid.points()))
+
+    def for_point(self, point: Point) -> Suite:
+        """The suite as ``point`` trains: train.seed is the point's seed where it has one."""
+        if point.seed is None or point.seed == self.train.seed:
+            return self
+        return self.model_copy(update={"train": self.train.model_copy(update={"seed": point.seed})})
 
     def all_tasks(self) -> list[tuple[TaskSpec, str]]:
         """(task, role) pairs, role being ``target`` or ``general``."""

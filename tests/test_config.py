@@ -47,6 +47,9 @@ def error_of(path, overrides=()):
      "train.track_kl needs train.eval_every"),
     (lambda r: r.update(sweep=[{"lr": [1e-3]}, {"lr": [1e-3], "regularizer": ["l3"]}]),
      "sweep[1].regularizer[0]", "'none', 'l2' or 'ewc'"),
+    (lambda r: r["sweep"].update(seed=[0.5]), "sweep.seed[0]", "valid integer (got 0.5)"),
+    (lambda r: r["sweep"].update(seed=[0, True]), "sweep.seed[1]", "valid integer (got True)"),
+    (lambda r: r["sweep"].update(seed=[]), "sweep.seed", "at least 1 item"),
 ])
 def test_schema_errors_name_the_field_and_the_fix(write_suite, mutate, field, hint):
     raw = suite_dict()
@@ -113,6 +116,24 @@ def test_a_list_of_grids_joins_their_points_without_duplicates(write_suite):
     assert len(points) == 4 + 4 + 2 and len(set(points)) == len(points)
     assert points[0].lr == 1e-4 and points[-1].xi == 2.6 and points[-1].schedule == "constant"
     assert sum(p.regularizer == "ewc" for p in points) == 2
+
+
+def test_seed_replicates_share_all_but_the_seed_and_train_seed_is_the_unswept_point(write_suite):
+    raw = suite_dict(**{"train.seed": 0})
+    raw["sweep"] = {"lr": [1e-4, 1e-3], "regularizer": ["none", "l2"], "lam": [1.0], "seed": [0, 1, 2]}
+    suite = load_suite(write_suite(raw))
+    points = suite.points()
+    assert len(points) == 2 * 2 * 3 and len(set(points)) == len(points)
+    # the seed-0 replicate is the point of the same grid without seeds
+    unswept = load_suite(write_suite(raw, "b.yaml"), ["sweep.seed=null"]).points()
+    assert [p for p in points if p.seed is None] == unswept
+    assert [p.seed for p in points[:3]] == [None, 1, 2]
+    assert {p.model_copy(update={"seed": None}) for p in points} == set(unswept)
+    # a replicate trains with its seed in place of train.seed; the others as the suite says
+    assert suite.for_point(points[1]).train.seed == 1
+    assert suite.for_point(points[0]) is suite
+    assert points[2].label() == "lr 0.0001, epochs 1, mix 0, seed 2"
+    assert points[2].describe() == []  # a replicate of plain training is plain
 
 
 def test_set_addresses_one_grid_of_a_list(write_suite):
