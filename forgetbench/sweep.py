@@ -51,7 +51,11 @@ def point_identity(suite: Suite, point: Point) -> dict[str, Any]:
     """The settings one point's result depends on, beyond the model and the data: hashed
     into its id. Process count and checkpointing change speed and memory, not the result;
     held-out evaluation only matters when it decides early stopping; the settings of a
-    regulariser's estimated state (EWC's Fisher) only for its points."""
+    regulariser's estimated state (EWC's Fisher) only for its points. A replicate's seed is
+    hashed as what it is, the training seed, so a point without one keeps the id it had
+    before seeds could be swept, and a point trains the same, under the same id, whether
+    its seed comes from ``sweep.seed`` or ``train.seed``."""
+    suite = suite.for_point(point)
     train = suite.train.model_dump(mode="json", exclude={
         "nproc", "checkpoint_every", "activation_checkpointing", "compile", "eval_every",
         "track_kl", "eval_batch_size", "ewc"})
@@ -62,7 +66,7 @@ def point_identity(suite: Suite, point: Point) -> dict[str, Any]:
     reg = regularizers.get(point.regularizer)
     if reg is not None and reg.cache is not None:
         extra[reg.cache] = {**reg.identity(suite), "training_version": TRAINING_VERSION}
-    return {"train": train, "point": point.model_dump(), **extra}
+    return {"train": train, "point": point.model_dump(exclude={"seed"}), **extra}
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,11 @@ class PlannedPoint:
     config: dict[str, Any]  # what its training depends on, hashed into its id
 
     def record(self, suite: Suite) -> dict[str, Any]:
-        """``points/<id>/point.json``: the point and the resolved suite it trains, so a queued
-        job trains exactly what was planned, whatever later happens to the suite file."""
+        """``points/<id>/point.json``: the point and the resolved suite it trains (train.seed
+        its seed), so a queued job trains exactly what was planned, whatever later happens to
+        the suite file."""
         return {"id": self.id, "point": self.point.model_dump(), "config": self.config,
-                "suite": suite.resolved()}
+                "suite": suite.for_point(self.point).resolved()}
 
 
 def read_point(path: Path) -> tuple[Suite, PlannedPoint, RunStore]:
@@ -245,7 +250,7 @@ def train_one(suite: Suite, pp: PlannedPoint, store: RunStore, stop_after: int |
         # rank 0 exports into a private directory that replaces model/ only on success
         with fresh_dir(store.model_dir(pp.id)) if main else contextlib.nullcontext() as tmp:
             summary = recipe.train_point(
-                suite, pp.point, base_model_dir=base, out_dir=tmp,
+                suite.for_point(pp.point), pp.point, base_model_dir=base, out_dir=tmp,
                 log_path=store.point_dir(pp.id) / "train_log.jsonl" if main else None,
                 checkpoint_dir=ckpt, stop_after=stop_after, state_dir=state_dir)
             if main and "stopped_at" in summary:

@@ -31,6 +31,43 @@ def test_point_ids_hash_the_config_not_the_grid_position(write_suite, tiny_model
     assert {p.id for p in sweep.plan(changed)}.isdisjoint(ids.values())
 
 
+def test_seed_replicates_have_their_own_ids_and_train_with_their_seed(
+        write_suite, tiny_model_dir, tmp_path, monkeypatch):
+    from forgetbench.train import recipe
+
+    raw = tiny_suite(tiny_model_dir)
+    unswept = {pp.point.lr: pp.id for pp in sweep.plan(load_suite(write_suite(raw)))}
+    raw["sweep"]["seed"] = [0, 1, 2]  # train.seed is 0: the seed-0 replicate is the unswept point
+    suite = load_suite(write_suite(raw, "seeds.yaml"))
+    planned = sweep.plan(suite)
+    assert len(planned) == 3 * len(unswept)
+    ids = {(pp.point.lr, pp.point.seed): pp.id for pp in planned}
+    for lr, pid in unswept.items():
+        assert ids[lr, None] == pid
+        assert len({ids[lr, None], ids[lr, 1], ids[lr, 2]}) == 3
+    # a replicate trains as the unswept point of a suite whose train.seed is its seed, and
+    # has its id
+    one = load_suite(write_suite(tiny_suite(tiny_model_dir, **{"train.seed": 1}), "one.yaml"))
+    assert {pp.id for pp in sweep.plan(one)} == {ids[lr, 1] for lr in unswept}
+
+    received = []
+
+    def train_point(suite, point, **kwargs):
+        received.append((suite.train.seed, point.seed))
+        return {"steps": 1, "last_step": 1}
+
+    monkeypatch.setattr(recipe, "train_point", train_point)
+    store = RunStore(tmp_path / "runs" / suite.name)
+    pp = sweep.planned_point(suite, ids[1e-3, 1])
+    sweep.train_one(suite, pp, store)
+    # point.json holds the suite the point trains, and still hashes to its id
+    recorded, again, _ = sweep.read_point(store.point_dir(pp.id))
+    assert recorded.train.seed == 1 and again.id == pp.id and again.point.seed == 1
+    sweep.train_one(recorded, again, store)  # what `forgetbench train POINT_JSON` runs
+    sweep.train_one(suite, sweep.planned_point(suite, ids[1e-3, None]), store)
+    assert received == [(1, 1), (1, 1), (0, None)]
+
+
 def read_csv(path):
     with open(path) as fh:
         return list(csv.DictReader(fh))
