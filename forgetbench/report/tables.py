@@ -1,5 +1,7 @@
-"""Tables from stored scores: the long ``results.csv``, the one-row-per-point summary, what
-each mitigation buys against plain training, and the cost of the in-training evaluations."""
+"""Tables from stored scores: the long ``results.csv``, the one-row-per-point summary, its
+replicates (points that differ only in the training seed) as one row, what each mitigation
+buys against plain training, the cost of the in-training evaluations, and their text for the
+terminal and for a pull request (``summary.md``)."""
 from __future__ import annotations
 
 import textwrap
@@ -11,8 +13,10 @@ import pandas as pd
 from forgetbench import metrics, regularizers
 from forgetbench.config import Mitigation, Point, Suite, mitigation_kinds
 
-# lr, epochs, mix_ratio, regularizer, lam, schedule, xi, patience
+# lr, epochs, mix_ratio, regularizer, lam, schedule, xi, patience, seed
 POINT_COLUMNS = list(Point.model_fields)
+# what the replicates of a point share: all but the seed
+SETTING_COLUMNS = [c for c in POINT_COLUMNS if c != "seed"]
 # from the training summary: planned steps, where training ended, the step exported by early
 # stopping, and the Fisher variant of an EWC point
 TRAIN_COLUMNS = ["steps", "last_step", "best_step", "fisher"]
@@ -25,8 +29,10 @@ _STEP_COLUMNS = ["patience", "steps", "last_step", "best_step"]  # integers, som
 
 
 def point_of(row: Mapping[str, Any]) -> Point:
-    """The point a results or summary row describes (its point columns; an empty cell is unset)."""
-    return Point(**{c: None if pd.isna(row[c]) else row[c] for c in POINT_COLUMNS})
+    """The setting a results or summary row describes: its point without the seed, which every
+    replicate shares (an empty cell is unset). The row's ``seed`` is the training seed in
+    effect, train.seed's included, so it would not give back a point's own (canonical) seed."""
+    return Point(**{c: None if pd.isna(row[c]) else row[c] for c in SETTING_COLUMNS})
 
 
 def training_columns(point: Point, summary: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -43,7 +49,8 @@ def training_columns(point: Point, summary: Mapping[str, Any] | None) -> dict[st
 def results_frame(suite: Suite, baseline: dict, points: list[tuple[str, Point, dict | None]],
                   train: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
     """One row per evaluated point and task metric (points without scores are left out);
-    ``train`` maps point ids to their training summaries."""
+    ``train`` maps point ids to their training summaries. ``seed`` is the seed each point
+    trained with: its replicate's, else train.seed."""
     train = train or {}
     rows: list[dict[str, Any]] = []
     for task, role in suite.all_tasks():
@@ -63,7 +70,8 @@ def results_frame(suite: Suite, baseline: dict, points: list[tuple[str, Point, d
                 better = b.get("higher_is_better", True)
                 sign = 1 if better else -1
                 rows.append({
-                    "point_id": pid, **point.model_dump(), **trained, "task": task.name,
+                    "point_id": pid, **point.model_dump(),
+                    "seed": suite.for_point(point).train.seed, **trained, "task": task.name,
                     "category": task.category or role, "role": role, "metric": metric,
                     "headline": metric == head, "n": len(xs) or after_task.get("n"),
                     "before": b["value"], "after": a["value"],
@@ -79,7 +87,8 @@ def results_frame(suite: Suite, baseline: dict, points: list[tuple[str, Point, d
 
 
 def summary_frame(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per point: its settings, its planned ``steps`` and ``last_step``, where early
+    """One row per point (each replicate its own, with its ``seed``; :func:`replicate_frame`
+    joins them): its settings, its planned ``steps`` and ``last_step``, where early
     stopping stopped (``stopped``: "last step/planned steps" to read, and ``best_step``, the
     step exported), learning per target task and
     forgetting per general task (headline metrics, in points of the metric ×100), and the
@@ -111,7 +120,7 @@ def summary_frame(results: pd.DataFrame) -> pd.DataFrame:
     # plain training first (regularizers in the registry's order), patience unset before set
     order = regularizers.names()
     out = out.reset_index().sort_values(
-        ["regularizer", "mix_ratio", "xi", "patience", "schedule", "epochs", "lam", "lr"],
+        ["regularizer", "mix_ratio", "xi", "patience", "schedule", "epochs", "lam", "lr", "seed"],
         na_position="first",
         key=lambda col: col.map(order.index) if col.name == "regularizer" else col)
     front = metrics.pareto_front(list(zip(out["learning"].fillna(0), out["forgetting"].fillna(0))))
@@ -123,30 +132,95 @@ def _number(v: Any) -> str:
     return "" if pd.isna(v) else f"{v:g}"
 
 
+def _points(v: Any) -> str:
+    return "" if pd.isna(v) else f"{v:+.1f}"
+
+
+def _span(lo: Any, hi: Any) -> str:
+    return "" if pd.isna(lo) else f"{lo:+.1f}…{hi:+.1f}"
+
+
 def _varying(frame: pd.DataFrame, columns: list[str]) -> list[str]:
     """The columns among ``columns`` whose value differs between rows (all-empty ones go)."""
     return [c for c in columns if c in frame and frame[c].nunique(dropna=False) > 1]
 
 
+def _score_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame if c in ("learning", "forgetting", "max_forgetting")
+            or c.startswith(("learn:", "forget:"))]
+
+
+def _replicates(frame: pd.DataFrame) -> list[pd.DataFrame]:
+    """The rows of ``frame`` that differ only in the seed, group by group in the order of
+    their first row, each in seed order."""
+    return [group.sort_values("seed", kind="stable")
+            for _, group in frame.groupby(SETTING_COLUMNS, dropna=False, sort=False)]
+
+
+def replicate_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting, in the summary's order: its replicates (the points that differ
+    only in the training seed; a point without any is a group of one) as one row.
+
+    ``seeds``: how many; each score column (learning, forgetting, max_forgetting, learn:*,
+    forget:*): their mean; ``forgetting_min``, ``forgetting_max``: the range of forgetting
+    over the seeds; ``pareto``: on the Pareto front of the means; ``point_ids``: the
+    replicates, ';'-joined in seed order (their per-item scores are what confidence
+    intervals over items and seeds are computed from)."""
+    if summary.empty:
+        return pd.DataFrame()
+    scores = _score_columns(summary)
+    rows = []
+    for group in _replicates(summary):
+        first = group.iloc[0]
+        rows.append({**{c: first[c] for c in SETTING_COLUMNS}, "seeds": len(group),
+                     **group[scores].mean().to_dict(),
+                     "forgetting_min": group["forgetting"].min(),
+                     "forgetting_max": group["forgetting"].max(),
+                     "point_ids": ";".join(group["point_id"])})
+    out = pd.DataFrame(rows)
+    front = metrics.pareto_front(list(zip(out["learning"].fillna(0), out["forgetting"].fillna(0))))
+    out["pareto"] = [i in front for i in range(len(out))]
+    per_task = [c for c in scores if c.startswith(("learn:", "forget:"))]
+    return out[[*SETTING_COLUMNS, "seeds", "learning", "forgetting", "max_forgetting",
+                "forgetting_min", "forgetting_max", "pareto", *per_task, "point_ids"]
+               ].astype({"patience": "Int64"})
+
+
+def _labels(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Each row's setting as Point.label says it, without the parts every row shares; and
+    those parts."""
+    parts = [point_of(row).label_parts() for _, row in frame.iterrows()]
+    shared = [x for x in parts[0] if all(x in ps for ps in parts)] if len(parts) > 1 else []
+    return [", ".join(x for x in ps if x not in shared) for ps in parts], shared
+
+
+def _text_table(shown: pd.DataFrame, width: int) -> str:
+    """``shown`` as plain text, its first column (text) read from the left."""
+    first = shown.columns[0]
+    pad = max(shown[first].str.len().max(), len(first))
+    shown = shown.assign(**{first: shown[first].str.ljust(pad)}).rename(columns={first: first.ljust(pad)})
+    return shown.to_string(index=False, line_width=width)
+
+
 def format_summary(summary: pd.DataFrame, width: int = 100) -> str:
-    """The summary as a plain-text table for the terminal: settings that every point shares
-    are left out (they are in results.csv), and the table wraps at ``width`` columns with
-    the point id repeated, the means first."""
+    """The summary for the terminal, one line per setting (its replicates' means): the
+    setting without what every row shares (said first), learn, forget, max forget (the
+    largest on one general task), seeds where a setting has several, and * on the Pareto
+    front of the means. Each task and each replicate are in summary.csv."""
     if summary.empty:
         return "(no evaluated points)"
-    settings = _varying(summary, POINT_COLUMNS + ["stopped", "best_step"])
-    per_task = [c for c in summary if c.startswith(("learn:", "forget:"))]
-    shown = summary[["point_id", *settings, "learning", "forgetting", "max_forgetting",
-                     "pareto", *per_task]].copy()
-    for col in ("lr", "epochs", "mix_ratio", "lam", "xi", "patience", "best_step"):
-        if col in shown:
-            shown[col] = shown[col].map(_number)
-    shown["pareto"] = shown["pareto"].map(lambda v: "*" if v else "")
-    shown = shown.fillna("").rename(columns={"point_id": "point", "mix_ratio": "mix",
-                                             "regularizer": "reg", "best_step": "best",
-                                             "max_forgetting": "max_forget"})
-    return shown.set_index("point").to_string(
-        float_format=lambda v: f"{v:+.1f}", line_width=width, index_names=False)
+    groups = replicate_frame(summary)
+    labels, shared = _labels(groups)
+    shown = pd.DataFrame({"setting": labels, "learn": groups["learning"].map(_points),
+                          "forget": groups["forgetting"].map(_points),
+                          "max forget": groups["max_forgetting"].map(_points)})
+    if (groups["seeds"] > 1).any():
+        shown["seeds"] = groups["seeds"].astype(str)
+        shown["forget range"] = [_span(lo, hi) if n > 1 else "" for lo, hi, n in
+                                 zip(groups["forgetting_min"], groups["forgetting_max"], groups["seeds"])]
+    shown["front"] = groups["pareto"].map(lambda v: "*" if v else "")
+    head = f"every point: {', '.join(shared)}\n" if shared else ""
+    return head + _text_table(shown, width)
 
 
 # ---------------------------------------------------------------- mitigations
@@ -165,52 +239,71 @@ def _mitigations(row: Mapping[str, Any]) -> list[Mitigation]:
 
 
 def mitigation_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """What each mitigation buys against plain training, one row per mitigated point.
+    """What each mitigation buys against plain training, one row per mitigated setting.
 
     A point is *plain* when it has no mitigation on (``Point.describe`` is empty); any other
-    point is paired with the plain point of the same lr, epochs and schedule (its
+    point is paired with the plain point of the same lr, epochs, schedule and seed (its
     counterpart) and left out when the sweep has none. In points (×100, as the summary):
 
         forgetting_reduced = forgetting(plain) − forgetting(point)   (> 0: it forgot less)
         learning_cost      = learning(plain)   − learning(point)     (> 0: it learned less)
 
-    ``best_lam`` marks, among points that differ only in λ (one regularizer, one lr, the
-    other settings equal, at least two λ swept), the λ with the highest learning −
+    The replicates of a setting (points that differ only in the seed) are one row: learning,
+    forgetting, max_forgetting, forgetting_reduced and learning_cost are their means over the
+    ``seeds`` paired, ``reduced_min`` and ``reduced_max`` the range of forgetting_reduced (a
+    reduction that holds in every seed has reduced_min > 0). ``point_id`` and ``plain_id``
+    are the first seed's points; ``point_ids`` and ``plain_ids`` every seed's, ';'-joined in
+    the same order.
+
+    ``best_lam`` marks, among settings that differ only in λ (one regularizer, one lr, the
+    other settings equal, at least two λ swept), the λ with the highest mean learning −
     forgetting; on a tie the smaller λ. Rows: lr descending, then replay, L2-SP, EWC,
     discriminative lr, early stopping, then the swept value ascending.
     """
     columns = ["point_id", "mitigation", "lr", "epochs", "schedule", "learning", "forgetting",
-               "max_forgetting", "forgetting_reduced", "learning_cost", "best_lam", "plain_id"]
+               "max_forgetting", "forgetting_reduced", "learning_cost", "best_lam", "plain_id",
+               "seeds", "reduced_min", "reduced_max", "point_ids", "plain_ids"]
     if summary.empty:
         return pd.DataFrame(columns=columns)
-    pair_keys = ["lr", "epochs", "schedule"]
-    described = [_mitigations(row) for _, row in summary.iterrows()]
-    plain = summary[[not found for found in described]]
-    plain = plain.drop_duplicates(pair_keys).set_index(pair_keys)
-    rows, kinds = [], mitigation_kinds()
-    for (_, row), found in zip(summary.iterrows(), described):
+    pair_keys = ["lr", "epochs", "schedule", "seed"]
+    is_plain = [not point_of(row).describe() for _, row in summary.iterrows()]
+    plain = summary[is_plain].drop_duplicates(pair_keys).set_index(pair_keys)
+    pairs = []
+    for (_, row), alone in zip(summary.iterrows(), is_plain):
         key = tuple(row[k] for k in pair_keys)
-        if not found or key not in plain.index:
+        if alone or key not in plain.index:
             continue
         base = plain.loc[key]
+        pairs.append({**row[["point_id", *POINT_COLUMNS, "steps", "last_step", "learning",
+                             "forgetting", "max_forgetting"]],
+                      "forgetting_reduced": base["forgetting"] - row["forgetting"],
+                      "learning_cost": base["learning"] - row["learning"],
+                      "plain_id": base["point_id"]})
+    if not pairs:
+        return pd.DataFrame(columns=columns)
+    rows, kinds = [], mitigation_kinds()
+    means = ["learning", "forgetting", "max_forgetting", "forgetting_reduced", "learning_cost"]
+    for group in _replicates(pd.DataFrame(pairs)):
+        first = group.iloc[0]
+        # where early stopping stopped, as a range when the seeds stopped at different steps
+        lasts = group["last_step"].dropna()
+        last = (first["last_step"] if lasts.nunique() <= 1
+                else f"{int(lasts.min())}–{int(lasts.max())}")
+        found = _mitigations({**first, "last_step": last})
         rows.append({
-            "point_id": row["point_id"], "mitigation": " + ".join(m.text for m in found),
-            "lr": row["lr"], "epochs": row["epochs"], "schedule": row["schedule"],
-            "learning": row["learning"], "forgetting": row["forgetting"],
-            "max_forgetting": row["max_forgetting"],
-            "forgetting_reduced": base["forgetting"] - row["forgetting"],
-            "learning_cost": base["learning"] - row["learning"],
-            "best_lam": False, "plain_id": base["point_id"],
+            "point_id": first["point_id"], "mitigation": " + ".join(m.text for m in found),
+            "lr": first["lr"], "epochs": first["epochs"], "schedule": first["schedule"],
+            **group[means].mean().to_dict(), "best_lam": False, "plain_id": first["plain_id"],
+            "seeds": len(group), "reduced_min": group["forgetting_reduced"].min(),
+            "reduced_max": group["forgetting_reduced"].max(),
+            "point_ids": ";".join(group["point_id"]), "plain_ids": ";".join(group["plain_id"]),
             # for marking and sorting, dropped below
             "_kind": min(kinds.index(m.kind) for m in found),
-            "_regularizer": row["regularizer"], "_lam": row["lam"], "_mix": row["mix_ratio"],
-            "_xi": row["xi"],
-            "_patience": float(row["patience"]) if pd.notna(row["patience"]) else None,
+            "_regularizer": first["regularizer"], "_lam": first["lam"], "_mix": first["mix_ratio"],
+            "_xi": first["xi"],
+            "_patience": float(first["patience"]) if pd.notna(first["patience"]) else None,
         })
-    out = pd.DataFrame(rows, columns=columns + ["_kind", "_regularizer", "_lam", "_mix",
-                                                "_xi", "_patience"])
-    if out.empty:
-        return out[columns]
+    out = pd.DataFrame(rows)
     same = ["_regularizer", "lr", "epochs", "schedule", "_mix", "_xi", "_patience"]
     regularized = out[out["_regularizer"] != regularizers.NONE]
     for _, group in regularized.groupby(same, dropna=False):
@@ -225,28 +318,79 @@ def mitigation_frame(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_mitigations(frame: pd.DataFrame, width: int = 100) -> str:
-    """The mitigation table for the terminal, with a line on how to read it."""
+    """The mitigation table for the terminal, with a line on how to read it. Where a
+    mitigation has several seeds: ``range``, that of ``reduced`` over them, in place of
+    ``max`` (it stays in the files), and ``seeds`` when their count differs between rows."""
     if frame.empty:
         return "(no mitigated point with a plain counterpart at the same lr, epochs and schedule)"
-    shown = frame[["mitigation", "lr", *_varying(frame, ["epochs", "schedule"]),
-                   "learning", "forgetting", "max_forgetting", "forgetting_reduced",
-                   "learning_cost"]].copy()
-    for col in ("lr", "epochs"):
-        if col in shown:
-            shown[col] = shown[col].map(_number)
-    shown["mitigation"] += frame["best_lam"].map(lambda v: " *" if v else "")
-    # text reads from the left: pad it and its header to the longest
-    pad = max(shown["mitigation"].str.len().max(), len("mitigation"))
-    shown["mitigation"] = shown["mitigation"].str.ljust(pad)
-    shown = shown.rename(columns={"mitigation": "mitigation".ljust(pad),
-                                  "learning": "learn", "forgetting": "forget",
-                                  "max_forgetting": "max", "forgetting_reduced": "reduced",
-                                  "learning_cost": "cost"})
-    legend = ("Against plain training at the same lr, in points: reduced = forgetting avoided, "
-              "cost = learning given up; max: the largest forgetting on one general task; "
-              "*: the best λ swept (the highest learn − forget).")
-    table = shown.to_string(index=False, float_format=lambda v: f"{v:+.1f}", line_width=width)
-    return textwrap.fill(legend, width) + "\n" + table
+    shown = pd.DataFrame({"mitigation": frame["mitigation"] + frame["best_lam"].map(
+        lambda v: " *" if v else ""), "lr": frame["lr"].map(_number)})
+    for col in _varying(frame, ["epochs", "schedule"]):
+        shown[col] = frame[col].map(_number) if col == "epochs" else frame[col]
+    several = bool((frame["seeds"] > 1).any())
+    shown["learn"] = frame["learning"].map(_points)
+    shown["forget"] = frame["forgetting"].map(_points)
+    if not several:
+        shown["max"] = frame["max_forgetting"].map(_points)
+    shown["reduced"] = frame["forgetting_reduced"].map(_points)
+    if several:
+        shown["range"] = [_span(lo, hi) if n > 1 else "" for lo, hi, n in
+                          zip(frame["reduced_min"], frame["reduced_max"], frame["seeds"])]
+    shown["cost"] = frame["learning_cost"].map(_points)
+    if frame["seeds"].nunique() > 1:
+        shown["seeds"] = frame["seeds"].astype(str)
+    legend = ("Against plain training at the same lr and seed, in points: reduced = forgetting "
+              "avoided, cost = learning given up; ")
+    if several:
+        counts = frame["seeds"].unique()
+        legend += (f"means over {counts[0]} seeds, " if len(counts) == 1 else "means over the seeds, ")
+        legend += "range: reduced's min…max over them; "
+    else:
+        legend += "max: the largest forgetting on one general task; "
+    legend += "*: the best λ swept (the highest learn − forget)."
+    return textwrap.fill(legend, width) + "\n" + _text_table(shown, width)
+
+
+def summary_markdown(summary: pd.DataFrame, mitigations: pd.DataFrame, title: str) -> str:
+    """``summary.md``: the settings as the terminal shows them (replicates as one), a Markdown
+    table to paste into a pull request: the setting (what differs between rows), learn,
+    forget, max forget, seeds, and for a mitigated setting the forgetting it avoided against
+    plain training; with several seeds, the ranges over them."""
+    if summary.empty:
+        return f"## {title}\n\nNo evaluated points.\n"
+    groups = replicate_frame(summary)
+    labels, shared = _labels(groups)
+    several = bool((groups["seeds"] > 1).any())
+    # a setting's mitigation row: the one holding its first paired seed
+    by_id = {pid: row for _, row in mitigations.iterrows() for pid in row["point_ids"].split(";")}
+    paired = [next((by_id[pid] for pid in ids.split(";") if pid in by_id), None)
+              for ids in groups["point_ids"]]
+    table = pd.DataFrame({"setting": labels, "learn": groups["learning"].map(_points),
+                          "forget": groups["forgetting"].map(_points),
+                          "max forget": groups["max_forgetting"].map(_points),
+                          "seeds": groups["seeds"].astype(str)})
+    if several:
+        table["forget range"] = [_span(lo, hi) if n > 1 else "" for lo, hi, n in
+                                 zip(groups["forgetting_min"], groups["forgetting_max"], groups["seeds"])]
+    table["reduced"] = [_points(m["forgetting_reduced"]) + (" *" if m["best_lam"] else "")
+                        if m is not None else "" for m in paired]
+    if several:
+        table["reduced range"] = [_span(m["reduced_min"], m["reduced_max"])
+                                  if m is not None and m["seeds"] > 1 else "" for m in paired]
+    lines = ["| " + " | ".join(table.columns) + " |",
+             "|" + "|".join(":---" if c == "setting" else "---:" for c in table.columns) + "|"]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
+              for row in table.itertuples(index=False)]
+    notes = ["Headline metrics, in points (×100): learn = learning on the target tasks "
+             "(after − before), forget = mean forgetting on the general tasks (before − after), "
+             "max forget = the largest on one general task.",
+             "reduced = forgetting avoided against plain training at the same lr, epochs, "
+             "schedule and seed; *: the best λ swept."]
+    if several:
+        notes.append("Several seeds: means over the replicates; ranges: min…max over them.")
+    if shared:
+        notes.insert(0, f"Every row: {', '.join(shared)}.")
+    return f"## {title}\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
 # ---------------------------------------------------------------- training

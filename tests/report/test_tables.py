@@ -1,3 +1,5 @@
+import random
+
 import pandas as pd
 import pytest
 
@@ -8,10 +10,12 @@ from forgetbench.report.tables import (
     format_summary,
     mitigation_frame,
     overhead_frame,
+    replicate_frame,
     results_frame,
     summary_frame,
+    summary_markdown,
 )
-from tests.conftest import suite_dict
+from tests.conftest import SUITES, suite_dict
 
 
 def scores(values: dict[str, tuple[str, float, bool]]) -> dict:
@@ -72,9 +76,9 @@ def test_results_carry_the_new_settings_and_the_training_summary(write_suite):
                        [("plain", plain, medical_scores(0.75, 0.5)),
                         ("stop", stopping, medical_scores(0.5, 0.9)),
                         ("ewc", ewc, medical_scores(0.7, 0.8)), ("failed", plain, None)], train)
-    assert list(df.columns[:13]) == ["point_id", "lr", "epochs", "mix_ratio", "regularizer",
-                                     "lam", "schedule", "xi", "patience", "steps", "last_step",
-                                     "best_step", "fisher"]
+    assert list(df.columns[:14]) == ["point_id", "lr", "epochs", "mix_ratio", "regularizer",
+                                     "lam", "schedule", "xi", "patience", "seed", "steps",
+                                     "last_step", "best_step", "fisher"]
     assert list(df.columns) == RESULT_COLUMNS
     by_point = df.drop_duplicates("point_id").set_index("point_id")
     assert set(by_point.index) == {"plain", "stop", "ewc"}
@@ -108,14 +112,16 @@ def test_a_point_without_patience_survives_the_summary(write_suite):
 
     text = format_summary(summary_frame(df))
     assert all(len(line) <= 100 for line in text.splitlines())
-    assert "learn:fb_medical" in text and "forget:fb_code" in text
-    assert "39/78" in text and "patience" in text
-    assert "schedule" not in text and "cosine" not in text  # the same for every point
+    # one compact line per setting: the per-task columns are in summary.csv
+    assert "learn:fb_medical" not in text and "max forget" in text
+    assert "patience 2" in text and "+50.0" in text
+    assert "seeds" not in text  # one seed each
+    assert "cosine" not in text  # the same for every point
 
 
 def summary_of(*rows: dict) -> pd.DataFrame:
     """A summary frame as summary_frame builds it, from settings and mean scores."""
-    full = [{"point_id": f"p{i}", **PLAIN, "schedule": "cosine", "xi": 1.0, "patience": None,
+    full = [{"point_id": f"p{i}", **PLAIN, "schedule": "cosine", "xi": 1.0, "patience": None, "seed": 0,
              "stopped": None, "steps": 78, "last_step": 78, "best_step": None, "max_forgetting": None,
              **row}
             for i, row in enumerate(rows)]
@@ -186,3 +192,120 @@ def test_in_training_evaluation_overhead_is_eval_over_train_seconds():
                             ("c", point, None)])
     assert list(frame["point_id"]) == ["a"]
     assert frame.loc[0, "eval_share"] == pytest.approx(8.0)
+
+
+def test_replicates_are_one_row_per_setting_with_their_mean_and_range(write_suite):
+    raw = suite_dict()
+    raw["sweep"] = {"lr": [3e-3], "epochs": [4], "regularizer": ["none", "l2"], "lam": [0.1],
+                    "seed": [0, 1, 2]}
+    raw["sweep"] = [raw["sweep"], {"lr": [1e-3], "epochs": [4]}]  # a point without replicates
+    suite = load_suite(write_suite(raw))
+    general = {(None, None): 0.5, (None, 1): 0.6, (None, 2): 0.4,     # plain: forgets 50, 40, 60
+               ("l2", None): 0.9, ("l2", 1): 0.7, ("l2", 2): 0.95}   # L2-SP: 10, 30, 5
+    points = []
+    for i, p in enumerate(suite.points()):
+        reg = None if p.regularizer == "none" else p.regularizer
+        points.append((f"p{i}", p, medical_scores(0.75, general.get((reg, p.seed), 0.8))))
+    summary = summary_frame(results_frame(suite, medical_scores(0.25, 1.0), points))
+    assert len(summary) == 7  # each replicate its own row, with the seed it trained with
+    assert sorted(summary.loc[summary["lr"] == 3e-3, "seed"]) == [0, 0, 1, 1, 2, 2]
+
+    groups = replicate_frame(summary).set_index("regularizer")
+    assert list(groups["seeds"]) == [1, 3, 3] and list(groups["lr"]) == [1e-3, 3e-3, 3e-3]
+    plain = groups[groups["lr"] == 3e-3].loc["none"]
+    assert plain["forgetting"] == pytest.approx(50)
+    assert (plain["forgetting_min"], plain["forgetting_max"]) == pytest.approx((40, 60))
+    assert plain["forget:fb_code"] == pytest.approx(50) and plain["learning"] == pytest.approx(50)
+    by_seed = summary.set_index(["regularizer", "seed"])["point_id"]
+    assert groups.loc["l2", "point_ids"] == ";".join(by_seed["l2"].loc[[0, 1, 2]])
+    alone = groups[groups["lr"] == 1e-3].iloc[0]  # a group of one
+    assert alone["forgetting_min"] == alone["forgetting_max"] == alone["forgetting"] == pytest.approx(50)
+    assert alone["point_ids"] == summary.loc[summary["lr"] == 1e-3, "point_id"].item()
+
+    # L2-SP against plain training of the same seed: 40, 10, 55 avoided; one row
+    [m] = mitigation_frame(summary).to_dict("records")
+    assert m["seeds"] == 3 and m["forgetting_reduced"] == pytest.approx(35)
+    assert (m["reduced_min"], m["reduced_max"]) == pytest.approx((10, 55))
+    assert m["forgetting"] == pytest.approx(15) and m["learning_cost"] == pytest.approx(0)
+    assert m["point_ids"].split(";")[0] == m["point_id"] == groups.loc["l2", "point_ids"].split(";")[0]
+    assert m["plain_ids"] == plain["point_ids"]
+
+
+def test_best_lambda_is_judged_on_the_seed_means():
+    seeds = [{"seed": s} for s in (0, 1)]
+    summary = summary_of(
+        *({**s, "learning": 60, "forgetting": 40} for s in seeds),
+        # λ=0.1 is the best in seed 0 by a little, much worse in seed 1
+        {"seed": 0, "regularizer": "l2", "lam": 0.1, "learning": 60, "forgetting": 10},
+        {"seed": 1, "regularizer": "l2", "lam": 0.1, "learning": 30, "forgetting": 30},
+        {"seed": 0, "regularizer": "l2", "lam": 1.0, "learning": 58, "forgetting": 10},
+        {"seed": 1, "regularizer": "l2", "lam": 1.0, "learning": 58, "forgetting": 10},
+    )
+    m = mitigation_frame(summary).set_index("mitigation")
+    assert list(m["seeds"]) == [2, 2]
+    assert m["best_lam"].to_dict() == {"L2-SP λ=0.1": False, "L2-SP λ=1": True}
+    assert m.loc["L2-SP λ=0.1", "forgetting_reduced"] == pytest.approx(20)
+    assert (m.loc["L2-SP λ=0.1", "reduced_min"], m.loc["L2-SP λ=0.1", "reduced_max"]) == (10, 30)
+    # a single seed keeps the single-seed columns: seeds 1, the range one value
+    one = mitigation_frame(summary[summary["seed"] == 0]).set_index("mitigation")
+    assert list(one["seeds"]) == [1, 1] and one["best_lam"].to_dict() == {"L2-SP λ=0.1": True,
+                                                                          "L2-SP λ=1": False}
+    assert (one["reduced_min"] == one["forgetting_reduced"]).all()
+
+
+def test_a_mitigation_is_paired_with_plain_training_of_its_own_seed():
+    summary = summary_of({"seed": 0, "learning": 60, "forgetting": 40},
+                         {"seed": 1, "learning": 50, "forgetting": 20},
+                         {"seed": 1, "mix_ratio": 0.1, "learning": 50, "forgetting": 15},
+                         {"seed": 2, "mix_ratio": 0.1, "learning": 50, "forgetting": 5})  # no plain
+    [m] = mitigation_frame(summary).to_dict("records")
+    assert (m["plain_id"], m["point_id"], m["seeds"]) == ("p1", "p2", 1)
+    assert m["forgetting_reduced"] == pytest.approx(5)
+
+
+def default_suite_summary(*overrides: str) -> pd.DataFrame:
+    """The summary of the default suite's points (with ``--set`` overrides), made-up scores
+    as far apart as they get (learning and forgetting of ±100 points on some tasks)."""
+    rng = random.Random(0)
+    suite = load_suite(SUITES / "medical.yaml", list(overrides))
+    points, train = [], {}
+    for i, point in enumerate(suite.points()):
+        values = [rng.choice([0.0, 0.003, 0.5, 1.0]) for _ in range(4)]
+        points.append((f"{i:012x}", point, scores({
+            "fb_medical": ("acc", values[0], True), "fb_capitals": ("acc", values[1], True),
+            "fb_addition": ("exact_match", values[2], True), "fb_code": ("exact_match", values[3], True)})))
+        train[f"{i:012x}"] = {"steps": 78, "last_step": rng.choice([39, 78] if point.patience else [78])}
+    return summary_frame(results_frame(suite, medical_scores(0.5, 1.0), points, train))
+
+
+@pytest.mark.parametrize("seeds", [0, 3], ids=["one seed", "three seeds"])
+def test_the_terminal_tables_fit_100_columns_for_the_default_suite(seeds):
+    grids = len(load_suite(SUITES / "medical.yaml").grids)
+    summary = default_suite_summary(*(f"sweep.{i}.seed=[{','.join(map(str, range(seeds)))}]"
+                                      for i in range(grids) if seeds))
+    assert len(summary) == 16 * max(seeds, 1)
+    text = format_summary(summary)
+    lines = text.splitlines()
+    assert lines[0] == "every point: epochs 4"
+    assert len(lines) == 2 + 16  # one line per setting, however many seeds
+    assert ("seeds" in lines[1]) == (seeds > 1) and "learn:" not in text
+    mitigations = format_mitigations(mitigation_frame(summary))
+    assert "EWC λ=1000" in mitigations and ("range" in mitigations) == (seeds > 1)
+    for line in text.splitlines() + mitigations.splitlines():
+        assert len(line) <= 100, line
+
+
+def test_summary_markdown_is_a_table_of_settings_with_what_each_mitigation_avoided():
+    summary = default_suite_summary(*(f"sweep.{i}.seed=[0,1]" for i in range(5)))
+    md = summary_markdown(summary, mitigation_frame(summary), "forgetbench: medical")
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert rows[0] == ("| setting | learn | forget | max forget | seeds | forget range | reduced "
+                       "| reduced range |")
+    assert len(rows) == 2 + 16
+    plain = next(r for r in rows if r.startswith("| lr 0.003, mix 0 |"))
+    ewc = next(r for r in rows if r.startswith("| lr 0.003, mix 0, EWC λ=100 |"))
+    assert plain.endswith("|  |  |") and "| 2 |" in plain  # no reduction for plain training
+    assert "…" in ewc.split("|")[-2]
+    assert "Every row: epochs 4." in md
+    one = summary_markdown(summary[summary["seed"] == 0], mitigation_frame(summary), "t")
+    assert "range" not in one.splitlines()[2]
