@@ -68,11 +68,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _print_tables(summary, mitigations) -> None:
     from forgetbench.report.tables import format_mitigations, format_summary
 
-    _echo("\nlearning (target) and forgetting (general), headline metrics, in points:")
+    _echo("\nlearning (target) and forgetting (general), headline metrics, in points; one line per\n"
+          "setting, the mean of its seeds; max forget: the worst general task; *: Pareto front:")
     _echo(format_summary(summary))
     if not mitigations.empty:
         _echo("\nwhat each mitigation buys:")
         _echo(format_mitigations(mitigations))
+
+
+def _print_files(root: Path) -> None:
+    """Where the details the terminal tables leave out are."""
+    _echo(f"details in {root}:\n"
+          "  summary.csv  one row per point (each seed): learning and forgetting per task\n"
+          "  summary.md   the settings above as a Markdown table, to paste into a pull request\n"
+          "  results.csv  one row per point and task metric: before, after, stderr\n"
+          "  report.html  figures, training curves and every table")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -116,7 +126,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _echo(f"\n{len(outcome.trained)} trained, {len(outcome.evaluated)} evaluated, "
           f"{len(outcome.skipped)} already complete, {len(outcome.failed)} failed "
           f"in {time.monotonic() - start:.0f} s")
-    _echo(f"results: {outcome.store.root / 'results.csv'}\nreport:  {outcome.store.root / 'report.html'}")
+    _print_files(outcome.store.root)
     return 1 if outcome.failed else 0
 
 
@@ -185,7 +195,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     sweep = store.latest_sweep()
     # the suite that sweep ran with, not suite.yaml, which a later sweep may have rewritten
     _print_tables(*write_outputs(store, Suite.model_validate(sweep["suite"]), sweep))
-    _echo(f"report: {store.root / 'report.html'}")
+    _echo("")
+    _print_files(store.root)
     return 0
 
 

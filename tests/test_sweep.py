@@ -83,9 +83,15 @@ def test_sweep_end_to_end_on_a_local_model_directory(write_suite, tiny_model_dir
     runs = tmp_path / "runs"
     assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
-    assert "learn:fb_medical" in out and "forget:fb_code" in out
     store = RunStore(runs / "medical")
+    # one compact line per point; the per-task scores are in the files it names
+    assert "max forget" in out and "learn:fb_medical" not in out
+    assert f"details in {store.root}" in out and "summary.md" in out
     assert (store.root / "suite.yaml").exists()
+    summary = read_csv(store.root / "summary.csv")
+    assert len(summary) == 2 and {"seed", "learn:fb_medical", "forget:fb_code"} <= set(summary[0])
+    md = (store.root / "summary.md").read_text()
+    assert md.count("\n| lr ") == 2 and "| setting | learn | forget | max forget | seeds |" in md
 
     rows = read_csv(store.root / "results.csv")
     assert list(rows[0]) == RESULT_COLUMNS

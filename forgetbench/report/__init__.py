@@ -10,6 +10,7 @@ from forgetbench.report.tables import (
     overhead_frame,
     results_frame,
     summary_frame,
+    summary_markdown,
 )
 from forgetbench.store import RunStore, atomic_write_text, read_json, read_result
 
@@ -26,8 +27,10 @@ def stored_results(store: RunStore, sweep: dict) -> tuple[dict, list[tuple[str, 
 
 
 def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write results.csv and report.html for the sweep recorded in ``sweep``; returns the
-    per-point summary and the mitigation table, the two the CLI prints."""
+    """Write results.csv (one row per point and task metric), summary.csv (one per point),
+    summary.md (one per setting, replicates joined) and report.html for the sweep recorded
+    in ``sweep``; returns the per-point summary and the mitigation table, the two the CLI
+    prints."""
     baseline, points = stored_results(store, sweep)
     states = store.states()
     # each point's training summary, from the journal's point_trained event
@@ -40,7 +43,10 @@ def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> tuple[pd.DataFr
     curves = plots.training_curves([(point, store.train_log(pid), info)
                                     for pid, point, info in trained])
     atomic_write_text(store.root / "results.csv", results.to_csv(index=False))
+    atomic_write_text(store.root / "summary.csv", summary.to_csv(index=False))
     mitigations = mitigation_frame(summary)
+    atomic_write_text(store.root / "summary.md",
+                      summary_markdown(summary, mitigations, f"forgetbench: {suite.name} ({suite.model})"))
     atomic_write_text(store.root / "report.html",
                       html.render(suite, baseline, results, summary, failed=failed,
                                   mitigations=mitigations, curves=curves,
