@@ -188,10 +188,13 @@ def replicate_frame(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _labels(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     """Each row's setting as Point.label says it, without the parts every row shares; and
-    those parts."""
-    parts = [point_of(row).label_parts() for _, row in frame.iterrows()]
+    those parts. A row that is nothing but those is named by its mitigations, or "plain"."""
+    points = [point_of(row) for _, row in frame.iterrows()]
+    parts = [p.label_parts() for p in points]
     shared = [x for x in parts[0] if all(x in ps for ps in parts)] if len(parts) > 1 else []
-    return [", ".join(x for x in ps if x not in shared) for ps in parts], shared
+    return [", ".join(x for x in ps if x not in shared)
+            or ", ".join(m.short for m in p.describe()) or "plain"
+            for p, ps in zip(points, parts)], shared
 
 
 def _text_table(shown: pd.DataFrame, width: int) -> str:

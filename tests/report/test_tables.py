@@ -221,6 +221,10 @@ def test_replicates_are_one_row_per_setting_with_their_mean_and_range(write_suit
     alone = groups[groups["lr"] == 1e-3].iloc[0]  # a group of one
     assert alone["forgetting_min"] == alone["forgetting_max"] == alone["forgetting"] == pytest.approx(50)
     assert alone["point_ids"] == summary.loc[summary["lr"] == 1e-3, "point_id"].item()
+    # without the lr 1e-3 point every label part but L2-SP's is shared: plain training says so
+    lines = format_summary(summary[summary["lr"] == 3e-3]).splitlines()
+    assert lines[0] == "every point: lr 0.003, epochs 4, mix 0"
+    assert [line[:len("L2-SP λ=0.1")].strip() for line in lines[2:]] == ["plain", "L2-SP λ=0.1"]
 
     # L2-SP against plain training of the same seed: 40, 10, 55 avoided; one row
     [m] = mitigation_frame(summary).to_dict("records")
