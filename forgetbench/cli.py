@@ -65,8 +65,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_tables(summary, mitigations) -> None:
+def _print_tables(summary, mitigations, judged) -> None:
+    import textwrap
+
     from forgetbench.report.tables import format_mitigations, format_summary
+    from forgetbench.report.verdict import verdict_lines
 
     _echo("\nlearning (target) and forgetting (general), headline metrics, in points; one line per\n"
           "setting, the mean of its seeds; max forget: the worst general task; *: Pareto front:")
@@ -74,6 +77,10 @@ def _print_tables(summary, mitigations) -> None:
     if not mitigations.empty:
         _echo("\nwhat each mitigation buys:")
         _echo(format_mitigations(mitigations))
+    if judged is not None:
+        _echo("\nverdict (95% paired intervals over items, and seeds where a setting has several):")
+        for line in verdict_lines(judged):
+            _echo(textwrap.fill(line, 100, initial_indent="- ", subsequent_indent="  "))
 
 
 def _print_files(root: Path) -> None:

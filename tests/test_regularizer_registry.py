@@ -86,7 +86,7 @@ def test_a_regulariser_registered_outside_the_package_trains_and_is_reported(
     assert not outcome.failed and len(outcome.evaluated) == 3
     from forgetbench.report import write_outputs
 
-    summary, mitigations = write_outputs(outcome.store, suite, outcome.store.latest_sweep())
+    summary, mitigations, _ = write_outputs(outcome.store, suite, outcome.store.latest_sweep())
     results = pd.read_csv(outcome.store.root / "results.csv")
     assert sorted(results["regularizer"].unique()) == ["l1", "none"]
     assert set(results.loc[results["regularizer"] == "l1", "lam"]) == {1e-4, 1e-2}

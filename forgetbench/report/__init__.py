@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from forgetbench.config import Point, Suite
-from forgetbench.report import html, plots
+from forgetbench.report import html, plots, verdict
 from forgetbench.report.tables import (
     mitigation_frame,
     overhead_frame,
@@ -26,11 +26,11 @@ def stored_results(store: RunStore, sweep: dict) -> tuple[dict, list[tuple[str, 
     return baseline, points
 
 
-def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict | None]:
     """Write results.csv (one row per point and task metric), summary.csv (one per point),
     summary.md (one per setting, replicates joined) and report.html for the sweep recorded
-    in ``sweep``; returns the per-point summary and the mitigation table, the two the CLI
-    prints."""
+    in ``sweep``; returns the per-point summary, the mitigation table and the verdict
+    (None before any point is evaluated), what the CLI prints."""
     baseline, points = stored_results(store, sweep)
     states = store.states()
     # each point's training summary, from the journal's point_trained event
@@ -47,8 +47,13 @@ def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> tuple[pd.DataFr
     mitigations = mitigation_frame(summary)
     atomic_write_text(store.root / "summary.md",
                       summary_markdown(summary, mitigations, f"forgetbench: {suite.name} ({suite.model})"))
+    scored = [(pid, point, scores) for pid, point, scores in points if scores is not None]
+    judged = (verdict.sweep_verdict(suite, baseline, scored, {pid: store.train_log(pid) for pid, _, _ in scored})
+              if scored else None)
     atomic_write_text(store.root / "report.html",
                       html.render(suite, baseline, results, summary, failed=failed,
                                   mitigations=mitigations, curves=curves,
-                                  overhead=overhead_frame(trained)))
-    return summary, mitigations
+                                  overhead=overhead_frame(trained), verdict=judged,
+                                  flips=verdict.point_flips(suite, baseline, scored),
+                                  labels={pid: point.label() for pid, point, _ in scored}))
+    return summary, mitigations, judged
