@@ -13,7 +13,7 @@ import pandas as pd
 from forgetbench.config import Suite
 from forgetbench.report import plots
 from forgetbench.report.items import flips_section
-from forgetbench.report.verdict import verdict_lines
+from forgetbench.report.verdict import setting_frames, verdict_lines
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -98,11 +98,12 @@ def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.Data
             base_rows.append({"task": task.name, "role": role, "category": task.category or role,
                               "metric": metric, "score": v["value"], "stderr": v["stderr"],
                               "n": baseline["tasks"][task.name]["n"]})
-    if results.empty:
+    if verdict is None:
         figures = "<p>No point has been evaluated yet.</p>"
     else:
-        figures = (_img(plots.change_vs_lr(results), "learning and forgetting vs learning rate")
-                   + _img(plots.learning_vs_forgetting(summary), "learning vs forgetting"))
+        changes, settings = setting_frames(verdict)
+        figures = (_img(plots.change_vs_lr(changes), "learning and forgetting vs learning rate")
+                   + _img(plots.learning_vs_forgetting(settings), "learning vs forgetting"))
     failures = "".join(f"<li><code>{html.escape(pid)}</code>: {html.escape(msg)}</li>"
                        for pid, msg in failed.items())
     template = Template(resources.files("forgetbench.report").joinpath("template.html").read_text())

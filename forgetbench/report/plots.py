@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from forgetbench.config import Point
+from forgetbench.metrics import pareto_front
 from forgetbench.report.tables import point_of
 
 matplotlib.use("Agg")  # no display; pyplot picks its backend at the first figure, not at import
@@ -36,22 +37,32 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def change_vs_lr(results: pd.DataFrame) -> bytes:
+def _yerr(frame: pd.DataFrame, value: str, low: str, high: str) -> list[list[float]]:
+    """Asymmetric error bars from an interval's bounds."""
+    return [list(frame[value] - frame[low]), list(frame[high] - frame[value])]
+
+
+def change_vs_lr(changes: pd.DataFrame) -> bytes:
     """One panel per task: learning (target) or forgetting (general) against the learning
-    rate, one line per combination of the other swept settings, paired-stderr error bars."""
-    head = results[results["headline"]]
-    tasks = list(dict.fromkeys(head.sort_values("role", ascending=False)["task"]))
+    rate, one line per combination of the other swept settings (replicates as their mean);
+    error bars: the 95% paired bootstrap interval over items, and seeds where there are several.
+
+    ``changes``: verdict.setting_frames' first frame (the change after − before, oriented so
+    higher is better, with ``low`` and ``high``)."""
+    tasks = list(dict.fromkeys(changes.sort_values("role", ascending=False, kind="stable")["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        rows = head[head["task"] == task]
+        rows = changes[changes["task"] == task]
         _enough_colours(ax, rows)
         role, metric = rows["role"].iloc[0], rows["metric"].iloc[0]
-        sign = -1 if role == "target" else 1  # learning = −forgetting, oriented per metric
-        # dropna=False: an unset patience (NaN) would otherwise drop the point
-        for _, grp in rows.groupby(GROUP_KEYS, dropna=False):
-            grp = grp.sort_values("lr")
-            ax.errorbar(grp["lr"], sign * grp["forgetting"] * 100, yerr=grp["stderr_delta"].fillna(0) * 100,
-                        marker="o", capsize=3, label=_group_label(grp))
+        sign = 1 if role == "target" else -1  # learning = change; forgetting = −change
+        for _, grp in rows.groupby(GROUP_KEYS, dropna=False):  # dropna: an unset patience is NaN
+            grp = grp.sort_values("lr").assign(y=lambda g: sign * g["change"],
+                                               lo=lambda g: (sign * g[["low", "high"]]).min(axis=1),
+                                               hi=lambda g: (sign * g[["low", "high"]]).max(axis=1))
+            seeds = grp["seeds"].max()
+            label = _group_label(grp) + (f" ({seeds} seeds)" if seeds > 1 else "")
+            ax.errorbar(grp["lr"], grp["y"], yerr=_yerr(grp, "y", "lo", "hi"), marker="o", capsize=3, label=label)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
         lrs = sorted(rows["lr"].unique())
@@ -59,31 +70,36 @@ def change_vs_lr(results: pd.DataFrame) -> bytes:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("learning rate")
         ax.set_ylabel(("learning" if role == "target" else "forgetting") + f" ({metric}, points)")
-        category = rows["category"].iloc[0]
-        ax.set_title(f"{task} [{'target' if role == 'target' else category}]")
+        ax.set_title(f"{task} [{role}]")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Learning on the target and forgetting on general tasks vs learning rate", y=1.04)
+    fig.suptitle("Learning on the target and forgetting on general tasks vs learning rate "
+                 "(95% paired intervals)", y=1.04)
     return _png(fig)
 
 
-def learning_vs_forgetting(summary: pd.DataFrame) -> bytes:
-    """Each point's mean learning against its mean forgetting; the Pareto front joined."""
+def learning_vs_forgetting(settings: pd.DataFrame) -> bytes:
+    """Each setting's mean learning against its mean forgetting with their 95% intervals
+    (replicates joined); the Pareto front joined. ``settings``: verdict.setting_frames' second."""
     fig, ax = plt.subplots(figsize=(6.5, 4.6))
-    _enough_colours(ax, summary)
-    for _, grp in summary.groupby(GROUP_KEYS, dropna=False):
-        ax.scatter(grp["forgetting"], grp["learning"], s=40, label=_group_label(grp))
+    _enough_colours(ax, settings)
+    for _, grp in settings.groupby(GROUP_KEYS, dropna=False):
+        seeds = grp["seeds"].max()
+        ax.errorbar(grp["forgetting"], grp["learning"],
+                    xerr=_yerr(grp, "forgetting", "forgetting_low", "forgetting_high"),
+                    yerr=_yerr(grp, "learning", "learning_low", "learning_high"), fmt="o", ms=5, capsize=2,
+                    label=_group_label(grp) + (f" ({seeds} seeds)" if seeds > 1 else ""))
         for _, row in grp.iterrows():
             ax.annotate(f"{row['lr']:g}", (row["forgetting"], row["learning"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
-    front = summary[summary["pareto"]].sort_values("forgetting")
-    ax.plot(front["forgetting"], front["learning"], color="black", lw=1, ls="--",
-            label="Pareto front")
+    front_idx = pareto_front(list(zip(settings["learning"], settings["forgetting"])))
+    front = settings.iloc[front_idx].sort_values("forgetting")
+    ax.plot(front["forgetting"], front["learning"], color="black", lw=1, ls="--", label="Pareto front")
     ax.axvline(0, color="grey", lw=0.8)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("mean forgetting on general tasks (points)")
     ax.set_ylabel("mean learning on target tasks (points)")
-    ax.set_title("Learning vs forgetting, one marker per point (labels: lr)")
+    ax.set_title("Learning vs forgetting, one marker per setting (labels: lr)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from forgetbench import metrics, regularizers
+from forgetbench import compare, metrics, regularizers, stats
 from forgetbench.config import Mitigation, Point, Suite, mitigation_kinds
 
 # lr, epochs, mix_ratio, regularizer, lam, schedule, xi, patience, seed
@@ -22,9 +22,11 @@ SETTING_COLUMNS = [c for c in POINT_COLUMNS if c != "seed"]
 TRAIN_COLUMNS = ["steps", "last_step", "best_step", "fisher"]
 RESULT_COLUMNS = [
     "point_id", *POINT_COLUMNS, *TRAIN_COLUMNS, "task", "category", "role",
-    "metric", "headline", "n", "before", "after", "delta", "stderr_before", "stderr_after",
-    "stderr_delta", "forgetting", "retention", "higher_is_better",
+    "metric", "headline", "n", "before", "after", "delta", "delta_low", "delta_high", "stderr_before",
+    "stderr_after", "stderr_delta", "forgetting", "retention", "higher_is_better",
 ]
+# resamples of each row's paired bootstrap interval (delta_low, delta_high)
+RESAMPLES = 10_000
 _STEP_COLUMNS = ["patience", "steps", "last_step", "best_step"]  # integers, some empty
 
 
@@ -61,11 +63,15 @@ def results_frame(suite: Suite, baseline: dict, points: list[tuple[str, Point, d
                 continue
             after_task = scores["tasks"][task.name]
             trained = training_columns(point, train.get(pid))
+            pair = compare.pair_items(task.name, baseline, scores, clustered=task.cluster is not None)
             for metric, b in base_task["metrics"].items():
                 a = after_task["metrics"].get(metric)
                 if a is None or b["value"] is None or a["value"] is None:
                     continue
-                xs, ys = metrics.paired(base_task["samples"], after_task["samples"], metric)
+                xs, ys, keep = pair.values(metric)
+                # the 95% paired bootstrap interval of after − before (clusters resampled whole)
+                ci = (stats.bootstrap_mean([ys - xs], [pair.clusters(keep)], resamples=RESAMPLES).interval()
+                      if len(xs) else None)
                 # forgetting and retention read "higher is better"; flip for e.g. perplexity
                 better = b.get("higher_is_better", True)
                 sign = 1 if better else -1
@@ -76,8 +82,9 @@ def results_frame(suite: Suite, baseline: dict, points: list[tuple[str, Point, d
                     "headline": metric == head, "n": len(xs) or after_task.get("n"),
                     "before": b["value"], "after": a["value"],
                     "delta": metrics.delta(b["value"], a["value"]),
+                    "delta_low": ci.low if ci else None, "delta_high": ci.high if ci else None,
                     "stderr_before": b["stderr"], "stderr_after": a["stderr"],
-                    "stderr_delta": metrics.paired_stderr(xs, ys) if xs else None,
+                    "stderr_delta": metrics.paired_stderr(list(xs), list(ys)) if len(xs) else None,
                     "forgetting": sign * metrics.forgetting(b["value"], a["value"]),
                     "retention": metrics.retention(b["value"], a["value"]) if better else None,
                     "higher_is_better": better,

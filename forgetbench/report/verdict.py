@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from forgetbench import compare, stats
 from forgetbench.config import Point, Suite
@@ -94,25 +95,45 @@ def judge_settings(suite: Suite, baseline: dict, points: Sequence[Scored]) -> li
     rows = []
     for setting, members in groups.items():
         boots, entries, per_role = {}, [], {"target": ([], []), "general": ([], [])}
+        changes = []
         for task in tasks:
             rows_xy = [_after(task, baseline, scores) for _, _, scores in members]
             deltas = np.stack([ys - xs for xs, ys, _ in rows_xy])  # [seeds, items], after − before
             clusters = rows_xy[0][2]
-            boots[task.name, task.metric] = _oriented_boot([deltas], [clusters])
+            boot = boots[task.name, task.metric] = _oriented_boot([deltas], [clusters])
             entries.append({"task": task.name, "headline": task.metric, "metrics": [
                 {"metric": task.metric, "higher_is_better": task.higher_is_better}]})
             sign = 1.0 if task.higher_is_better else -1.0
             per_role[task.role][0].append(sign * deltas)
             per_role[task.role][1].append(clusters)
+            low, high = sorted(sign * x for x in _interval(boot))
+            changes.append({"task": task.name, "role": task.role, "metric": task.metric,
+                            "change": sign * boot.estimate * 100, "low": low, "high": high})
         learn = _oriented_boot(*per_role["target"])
         forget = _oriented_boot([-d for d in per_role["general"][0]], per_role["general"][1])
         rules = compare.judge(general_gate, suite, entries, boots)
         rows.append({"setting": setting, "label": setting.label(), "point_ids": [pid for pid, _, _ in members],
                      "seeds": len(members), "learning": learn.estimate * 100, "learning_ci": _interval(learn),
                      "forgetting": forget.estimate * 100, "forgetting_ci": _interval(forget),
-                     "passes": all(r["passed"] for r in rules),
+                     "passes": all(r["passed"] for r in rules), "tasks": changes,
                      "failed_tasks": [r["task"] for r in rules if not r["passed"]]})
     return rows
+
+
+def setting_frames(verdict: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The verdict's settings as frames for the figures: one row per setting and task (its
+    oriented change after − before in points, higher is better, with the interval) and one
+    row per setting (mean learning and forgetting with intervals); the point's settings as
+    columns, the seed left out."""
+    per_task, per_setting = [], []
+    for s in verdict["settings"]:
+        fields = {k: v for k, v in s["setting"].model_dump().items() if k != "seed"}
+        info = {**fields, "label": s["label"], "seeds": s["seeds"]}
+        per_task += [{**info, **t} for t in s["tasks"]]
+        per_setting.append({**info, "learning": s["learning"], "learning_low": s["learning_ci"][0],
+                            "learning_high": s["learning_ci"][1], "forgetting": s["forgetting"],
+                            "forgetting_low": s["forgetting_ci"][0], "forgetting_high": s["forgetting_ci"][1]})
+    return pd.DataFrame(per_task), pd.DataFrame(per_setting)
 
 
 def mitigation_effects(suite: Suite, baseline: dict, points: Sequence[Scored]) -> list[dict[str, Any]]:
