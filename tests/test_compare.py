@@ -182,3 +182,25 @@ def test_compare_html_in_a_browser(env, tmp_path):
         assert "<script>alert(2)</script>" in page.run(
             "document.querySelector('#flips tbody tr:not([hidden]) td:nth-child(7)').textContent")
         assert page.text("#flips tbody tr:not([hidden]) td:nth-child(4)").startswith("<b>question</b>")
+
+
+@pytest.mark.skipif(not browser_available(), reason="needs chromium, chromedriver and selenium (.ci/run installs them)")
+def test_a_task_name_with_markup_is_text_in_every_output(tmp_path, write_suite):
+    name = "<script>alert(3)</script>"
+    raw = suite_dict()
+    raw["tasks"]["general"] = [{"name": name, "category": "<b>qa</b>", "metric": "acc"}]
+    suite = write_suite(raw)
+    metric = {"fb_medical": "acc", name: "acc"}
+    base = record({"fb_medical": [0.0] * 30, name: [1.0] * 30}, metric=metric)
+    cand = record({"fb_medical": [1.0] * 30, name: [1.0] * 20 + [0.0] * 10}, metric=metric)
+    for side, rec in (("base", base), ("cand", cand)):
+        (tmp_path / f"{side}.json").write_text(json.dumps(rec))
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "base.json"), str(tmp_path / "cand.json"), "--suite", str(suite),
+                 "--out", str(out)]) == 1
+    assert name not in (out / "compare.html").read_text() and name not in (out / "compare.md").read_text()
+    with open_page(out / "compare.html") as page:
+        assert page.dialogs == [] and page.console_errors == []
+        assert page.run("[...document.querySelectorAll('td')].some(td => td.textContent === " + json.dumps(name) + ")")
+        page.select("#flip-task", name)
+        assert page.visible_count("#flips tbody tr") == 10

@@ -16,16 +16,19 @@ import pytest
 
 from forgetbench.cli import main
 from forgetbench.report.tables import mitigation_frame, summary_frame
+from tests.browser import browser_available, open_page
 from tests.conftest import SUITES
 
 
 @pytest.mark.slow
-def test_default_sweep_learns_the_target_and_forgets_at_high_learning_rates(tmp_path):
+def test_default_sweep_learns_the_target_and_forgets_at_high_learning_rates(tmp_path, capsys):
     runs = tmp_path / "runs"
     assert main(["sweep", str(SUITES / "medical.yaml"), "--runs-dir", str(runs)]) == 0
     df = pd.read_csv(runs / "medical" / "results.csv")
     head = df[df["headline"]]
-    assert head["point_id"].nunique() == 16
+    # 16 settings; plain training and each mitigation at the top lr over seeds 0-2
+    assert head["point_id"].nunique() == 28
+    assert (df["delta_low"] <= df["delta"] + 1e-9).all() and (df["delta"] <= df["delta_high"] + 1e-9).all()
 
     # the base model knows the general tasks and not the target
     base = head.drop_duplicates("task").set_index("task")["before"]
@@ -68,3 +71,41 @@ def test_default_sweep_learns_the_target_and_forgets_at_high_learning_rates(tmp_
         assert evals[0]["step"] == 0 and evals[-1]["step"] == log[-1]["step"]
     stopped = df[df["patience"].notna()]
     assert not stopped.empty and stopped["best_step"].notna().all()
+
+    # the release gate, on the same run: the base model against the point that forgot most
+    # fails, naming the rules it failed; against itself it passes; an evaluation made with
+    # another batch size is refused
+    summary = summary_frame(df)
+    worst = summary.sort_values("forgetting").iloc[-1]["point_id"]
+    capsys.readouterr()
+    assert main(["compare", "builtin:tiny-llama", f"{runs / 'medical'}:{worst}", "--runs-dir", str(runs),
+                 "--out", str(tmp_path / "worst")]) == 1
+    err = capsys.readouterr().err
+    assert "gate failed" in err and "fb_addition" in err
+    result = json.loads((tmp_path / "worst" / "compare.json").read_text())
+    assert result["verdict"] == "FAIL" and not result["mismatch"]
+    assert main(["compare", "builtin:tiny-llama", "builtin:tiny-llama", "--suite", str(SUITES / "medical.yaml"),
+                 "--runs-dir", str(runs), "--out", str(tmp_path / "same")]) == 0
+    assert main(["eval", "builtin:tiny-llama", "--suite", str(SUITES / "medical.yaml"), "--set", "eval.batch_size=32",
+                 "--runs-dir", str(runs)]) == 0
+    [other] = [p for p in (runs / "evals").glob("*.json")
+               if json.loads(p.read_text())["settings"]["batch_size"] == 32]
+    capsys.readouterr()
+    assert main(["compare", str(other), f"{runs / 'medical'}:{worst}", "--runs-dir", str(runs),
+                 "--out", str(tmp_path / "refused")]) == 2
+    assert "batch_size 32 vs 64" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+    if browser_available():  # .ci/run installs chromium and chromedriver
+        with open_page(runs / "medical" / "report.html") as page:
+            assert page.console_errors == [] and page.failed_requests == [] and page.dialogs == []
+            images = page.images()
+            assert len(images) >= 3 and all(img["decoded"] for img in images)
+            assert page.text("ul.verdict li").startswith("Recommended:")
+            page.select("#flip-point", worst)
+            one = page.visible_count("#flips tbody tr")
+            page.select("#flip-point", "")
+            assert 0 < one < page.visible_count("#flips tbody tr")
+        with open_page(tmp_path / "worst" / "compare.html") as page:
+            assert page.console_errors == [] and page.failed_requests == []
+            assert page.text(".verdict").startswith("FAIL") and all(img["decoded"] for img in page.images())

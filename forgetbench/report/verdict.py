@@ -168,8 +168,11 @@ def mitigation_effects(suite: Suite, baseline: dict, points: Sequence[Scored]) -
                 cost_clusters.append(pairs[0][2])
         r, c = _oriented_boot(reduced, reduced_clusters), _oriented_boot(cost, cost_clusters)
         low, high = _interval(r)
+        # each seed's own reduction (mean over tasks and items): does the sign hold in every seed?
+        per_seed = [float(np.mean([g[i].mean() for g in reduced])) * 100 for i in range(len(seeds))]
         rows.append({"setting": setting, "mitigation": " + ".join(m.text for m in setting.describe()),
-                     "lr": setting.lr, "seeds": len(seeds), "reduced": r.estimate * 100, "reduced_ci": [low, high],
+                     "lr": setting.lr, "seeds": len(seeds), "per_seed": per_seed,
+                     "reduced": r.estimate * 100, "reduced_ci": [low, high],
                      "cost": c.estimate * 100, "cost_ci": _interval(c),
                      "real": low > 0, "harmful": high < 0})
     return rows
@@ -241,8 +244,11 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
         else:
             what = "not distinguishable from 0"
         noise = "items and seeds" if m["seeds"] > 1 else "items only: one seed, training noise not covered"
+        per_seed = m["per_seed"]
+        flips = (f"; its sign flips with the seed (per seed: {', '.join(f'{x:+.1f}' for x in per_seed)})"
+                 if len(per_seed) > 1 and min(per_seed) < 0 < max(per_seed) else "")
         lines.append(f"{m['mitigation']} at lr {m['lr']:g}: forgetting reduced {m['reduced']:+.1f} "
-                     f"[{low:+.1f}, {high:+.1f}] for {m['cost']:+.1f} learning: {what} (CI over {noise}).")
+                     f"[{low:+.1f}, {high:+.1f}] for {m['cost']:+.1f} learning: {what} (CI over {noise}){flips}.")
     for h in verdict["hidden"]:
         kl = f"KL to the base rose to {h['kl']:.2f}" if h["kl"] is not None else ""
         loss = f"held-out general loss {h['general_loss_rise']:+.0f}%"

@@ -1,0 +1,90 @@
+"""The sweep verdict on written records: the recommended setting passes the gate, a
+mitigation's reduction is real only when its interval over seeds and items excludes 0, and
+a sharp KL rise under unmoved multiple-choice scores is flagged."""
+import numpy as np
+import pytest
+
+from forgetbench.config import Point, load_suite
+from forgetbench.report.verdict import setting_frames, sweep_verdict, verdict_lines
+from tests.conftest import SUITES
+from tests.test_compare import METRIC, record
+
+N = 120
+PLAIN = dict(epochs=4, mix_ratio=0.0, regularizer="none", lam=0.0)
+
+
+def items(p: float, rng: np.random.Generator, noise: float = 0.0) -> list[float]:
+    """N 0/1 values, about ``p`` of them correct, drawn per item (so seeds differ)."""
+    q = float(np.clip(p + rng.normal(0, noise), 0, 1))
+    return [float(v) for v in (rng.random(N) < q)]
+
+
+def scores(rng, *, target, capitals, addition, code, noise=0.0) -> dict:
+    rec = record({"fb_medical": items(target, rng, noise), "fb_capitals": items(capitals, rng, noise),
+                  "fb_addition": items(addition, rng, noise), "fb_code": items(code, rng, noise)}, metric=METRIC)
+    rec["tasks"]["fb_capitals"]["output_type"] = rec["tasks"]["fb_medical"]["output_type"] = "multiple_choice"
+    rec["tasks"]["fb_addition"]["output_type"] = rec["tasks"]["fb_code"]["output_type"] = "generate_until"
+    return rec
+
+
+@pytest.fixture
+def suite():
+    return load_suite(SUITES / "medical.yaml")
+
+
+def base_scores() -> dict:
+    rec = record({t: [1.0] * N if t != "fb_medical" else [0.0] * N for t in METRIC}, metric=METRIC)
+    rec["tasks"]["fb_capitals"]["output_type"] = rec["tasks"]["fb_medical"]["output_type"] = "multiple_choice"
+    rec["tasks"]["fb_addition"]["output_type"] = rec["tasks"]["fb_code"]["output_type"] = "generate_until"
+    return rec
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_verdict_recommends_a_passing_setting_and_judges_mitigations(suite, seed):
+    rng = np.random.default_rng(seed)
+    points = []
+    for s in (None, 1, 2):
+        points.append((f"plain{s}", Point(lr=3e-3, seed=s, **PLAIN),
+                       scores(rng, target=0.7, capitals=0.4, addition=0.1, code=0.1)))
+        # L2-SP halves the forgetting in every seed: real
+        points.append((f"l2{s}", Point(lr=3e-3, seed=s, **{**PLAIN, "regularizer": "l2", "lam": 0.1}),
+                       scores(rng, target=0.6, capitals=0.7, addition=0.55, code=0.55)))
+        # replay's effect is noise: the same distribution as plain training
+        points.append((f"mix{s}", Point(lr=3e-3, seed=s, **{**PLAIN, "mix_ratio": 0.1}),
+                       scores(rng, target=0.7, capitals=0.4, addition=0.1, code=0.1, noise=0.02)))
+    # a low learning rate that forgets nothing and learns a little: the one to ship
+    points.append(("low", Point(lr=1e-4, **PLAIN), scores(rng, target=0.2, capitals=1.0, addition=1.0, code=1.0)))
+    verdict = sweep_verdict(suite, base_scores(), points, {})
+    assert verdict["recommended"]["point_ids"] == ["low"]
+    by = {m["mitigation"]: m for m in verdict["mitigations"]}
+    assert by["L2-SP λ=0.1"]["real"] and by["L2-SP λ=0.1"]["seeds"] == 3
+    assert by["L2-SP λ=0.1"]["reduced_ci"][0] > 20
+    assert not by["replay mix 0.1"]["real"]
+    assert by["replay mix 0.1"]["reduced_ci"][0] < 0 < by["replay mix 0.1"]["reduced_ci"][1]
+    lines = verdict_lines(verdict)
+    assert lines[0].startswith("Recommended: lr 0.0001")
+    assert any("L2-SP λ=0.1 at lr 0.003" in line and ": real (CI over items and seeds)" in line for line in lines)
+    changes, settings = setting_frames(verdict)
+    assert len(settings) == 4 and set(changes["task"]) == set(METRIC)
+    assert (changes["low"] <= changes["change"]).all() and (changes["change"] <= changes["high"]).all()
+
+
+def test_no_setting_passes_when_every_one_forgets(suite):
+    rng = np.random.default_rng(0)
+    points = [("plain", Point(lr=3e-3, **PLAIN), scores(rng, target=0.7, capitals=0.9, addition=0.1, code=0.9))]
+    verdict = sweep_verdict(suite, base_scores(), points, {})
+    assert verdict["recommended"] is None
+    assert verdict["settings"][0]["failed_tasks"] == ["fb_capitals", "fb_addition", "fb_code"]
+    assert verdict_lines(verdict)[0].startswith("Recommended: none.")
+
+
+def test_a_sharp_kl_rise_with_unmoved_multiple_choice_scores_is_flagged(suite):
+    rng = np.random.default_rng(0)
+    unmoved = scores(rng, target=0.5, capitals=1.0, addition=1.0, code=1.0)
+    points = [("quiet", Point(lr=1e-4, **PLAIN), unmoved), ("calm", Point(lr=5e-5, **PLAIN), unmoved)]
+    logs = {"quiet": [{"step": 0, "general_loss": 1.0, "kl": 0.0}, {"step": 78, "general_loss": 1.05, "kl": 0.31}],
+            "calm": [{"step": 0, "general_loss": 1.0, "kl": 0.0}, {"step": 78, "general_loss": 1.01, "kl": 0.02}]}
+    verdict = sweep_verdict(suite, base_scores(), points, logs)
+    assert [h["point_id"] for h in verdict["hidden"]] == ["quiet"]
+    line = next(x for x in verdict_lines(verdict) if x.startswith("Hidden forgetting?"))
+    assert "KL to the base rose to 0.31" in line and "fb_capitals" in line and "fb_addition, fb_code" in line
