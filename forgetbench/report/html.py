@@ -35,11 +35,21 @@ def _table(frame: pd.DataFrame, *, pareto: bool = False) -> str:
                          float_format=lambda v: f"{v:.3g}" if abs(v) < 1e-2 else f"{v:.2f}")
 
 
-def _mitigations(frame: pd.DataFrame | None) -> str:
+def _mitigations(frame: pd.DataFrame | None, verdict: dict | None) -> str:
+    """The mitigation table, with the verdict's interval of each reduction (items and seeds)
+    in place of the point ids."""
     if frame is None or frame.empty:
         return ("<p>No point here differs from a plain point of the same learning rate, epochs "
                 "and schedule only by a mitigation.</p>")
-    shown = frame.drop(columns=[c for c in ("epochs", "schedule") if frame[c].nunique() == 1])
+    intervals = {}
+    for m in (verdict or {}).get("mitigations", []):
+        low, high = m["reduced_ci"]
+        intervals[m["point_ids"][0]] = f"[{low:+.1f}, {high:+.1f}] " + ("real" if m["real"] else "noise"
+                                                                        if not m["harmful"] else "harmful")
+    shown = frame.drop(columns=[c for c in ("epochs", "schedule") if frame[c].nunique() == 1]
+                       + [c for c in ("point_ids", "plain_ids") if c in frame])
+    shown.insert(shown.columns.get_loc("forgetting_reduced") + 1, "reduced_95ci",
+                 [intervals.get(pid, "–") for pid in frame["point_id"]])
     return _table(shown)
 
 
@@ -118,7 +128,7 @@ def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.Data
         baseline=_table(pd.DataFrame(base_rows)),
         figures=figures,
         training=_training(curves, overhead),
-        mitigations=_mitigations(mitigations),
+        mitigations=_mitigations(mitigations, verdict),
         # "stopped" shows last_step/steps: the numbers stay in the frame, not twice on the page
         summary=(_table(summary.drop(columns=["steps", "last_step"]), pareto=True) if not summary.empty
                  else "<p>–</p>"),

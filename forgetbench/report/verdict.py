@@ -146,9 +146,11 @@ def mitigation_effects(suite: Suite, baseline: dict, points: Sequence[Scored]) -
         if not point.describe():
             plain.setdefault((point.lr, point.epochs, point.schedule), {})[_seed(point, suite)] = scores
     groups: dict[Point, dict[int, dict]] = {}
-    for _, point, scores in points:
+    ids: dict[Point, dict[int, str]] = {}
+    for pid, point, scores in points:
         if point.describe() and (point.lr, point.epochs, point.schedule) in plain:
             groups.setdefault(_setting(point), {})[_seed(point, suite)] = scores
+            ids.setdefault(_setting(point), {})[_seed(point, suite)] = pid
     rows = []
     for setting, by_seed in groups.items():
         counterpart = plain[setting.lr, setting.epochs, setting.schedule]
@@ -172,6 +174,7 @@ def mitigation_effects(suite: Suite, baseline: dict, points: Sequence[Scored]) -
         per_seed = [float(np.mean([g[i].mean() for g in reduced])) * 100 for i in range(len(seeds))]
         rows.append({"setting": setting, "mitigation": " + ".join(m.text for m in setting.describe()),
                      "lr": setting.lr, "seeds": len(seeds), "per_seed": per_seed,
+                     "point_ids": [ids[setting][x] for x in seeds],
                      "reduced": r.estimate * 100, "reduced_ci": [low, high],
                      "cost": c.estimate * 100, "cost_ci": _interval(c),
                      "real": low > 0, "harmful": high < 0})
