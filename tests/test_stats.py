@@ -172,3 +172,27 @@ def test_min_detectable_effect():
 def test_bad_input_is_refused(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_seeds_and_items_covers_a_seed_dominated_effect_where_resampling_three_seeds_does_not():
+    """Three seeds whose effects scatter (sd 0.05) around a true effect of 0, small item noise:
+    resampling the seed rows gives an interval about the seeds' range, which misses 0 far more
+    often than 5%; seeds_and_items keeps the miss rate near or under 5%."""
+    rng = np.random.default_rng(7)
+    misses_rows = misses_t = 0
+    runs = 300
+    for _ in range(runs):
+        seed_effects = rng.normal(0, 0.05, size=(3, 1))
+        data = seed_effects + rng.normal(0, 0.02, size=(3, 50))
+        rows = stats.bootstrap_mean([data], resamples=400, seed=1).interval()
+        both = stats.seeds_and_items([data], resamples=400, seed=1).interval()
+        misses_rows += not rows.low <= 0 <= rows.high
+        misses_t += not both.low <= 0 <= both.high
+    assert misses_rows / runs > 0.15
+    assert misses_t / runs <= 0.07
+
+
+def test_seeds_and_items_with_one_row_is_the_item_bootstrap():
+    x = np.random.default_rng(0).random((1, 30))
+    a, b = stats.seeds_and_items([x], resamples=300), stats.bootstrap_mean([x], resamples=300)
+    assert a.estimate == b.estimate and np.array_equal(a.samples, b.samples)

@@ -43,6 +43,8 @@ def _mitigations(frame: pd.DataFrame | None, verdict: dict | None) -> str:
                 "and schedule only by a mitigation.</p>")
     intervals = {}
     for m in (verdict or {}).get("mitigations", []):
+        if m["unpaired"]:
+            continue
         low, high = m["reduced_ci"]
         intervals[m["point_ids"][0]] = f"[{low:+.1f}, {high:+.1f}] " + ("real" if m["real"] else "noise"
                                                                         if not m["harmful"] else "harmful")

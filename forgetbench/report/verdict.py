@@ -13,7 +13,7 @@ noise of the evaluation items and of training.
   schedule, seed by seed: the reduction in mean forgetting over the general tasks, real when
   its interval excludes 0.
 - **Hidden forgetting**: a point whose KL to the base (or held-out general loss) rose sharply
-  in training while none of its multiple-choice general scores moved: log-likelihood scoring
+  in training while none of its multiple-choice general scores dropped: log-likelihood scoring
   never generates, so a model that stopped answering well can keep its MC score.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ import pandas as pd
 
 from forgetbench import compare, stats
 from forgetbench.config import Point, Suite
+from forgetbench.errors import ForgetbenchError
 from forgetbench.metrics import headline_metric
 
 # KL(base ‖ model) per token on held-out general text, and the relative rise of the held-out
@@ -66,16 +67,29 @@ def _tasks(suite: Suite, baseline: dict) -> list[_Task]:
     return out
 
 
-def _after(task: _Task, reference: dict, scores: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(reference's values, the scores' values, clusters) of ``task``'s headline metric, items
-    paired with the reference's."""
-    paired = compare.pair_items(task.name, reference, scores, clustered=task.clustered)
-    xs, ys, keep = paired.values(task.metric)
-    return xs, ys, paired.clusters(keep)
+def _deltas(task: _Task, pairs: Sequence[tuple[dict, dict]]) -> tuple[np.ndarray, np.ndarray | None]:
+    """``task``'s headline deltas (second − first, in the metric's direction as stored) of each
+    (reference, scores) pair, one row per pair [R, n], over the items every pair scored; and
+    the items' cluster labels where the task declares clusters."""
+    maps = []
+    for reference, scores in pairs:
+        paired = compare.pair_items(task.name, reference, scores, clustered=task.clustered)
+        xs, ys, keep = paired.values(task.metric)
+        labels = paired.clusters(keep)
+        maps.append({(paired.base[i].get("doc_hash"), paired.base[i]["doc_id"]):
+                     (y - x, None if labels is None else labels[j])
+                     for j, (i, x, y) in enumerate(zip(keep, xs, ys))})
+    common = sorted(set.intersection(*(set(m) for m in maps)), key=lambda k: k[1])
+    if not common:
+        raise ForgetbenchError(f"task {task.name}: no item has a per-item value of its headline metric "
+                               f"{task.metric!r} in every evaluation; choose another metric (tasks.*.metric)")
+    deltas = np.array([[m[k][0] for k in common] for m in maps])
+    return deltas, (np.array([maps[0][k][1] for k in common], dtype=object) if task.clustered else None)
 
 
 def _oriented_boot(task_deltas: list[np.ndarray], clusters: list[np.ndarray | None]) -> stats.Bootstrap:
-    return stats.bootstrap_mean(task_deltas, clusters, resamples=RESAMPLES)
+    """Items (clusters) and, with several rows, the seeds: stats.seeds_and_items."""
+    return stats.seeds_and_items(task_deltas, clusters, resamples=RESAMPLES)
 
 
 def _interval(boot: stats.Bootstrap) -> list[float]:
@@ -97,9 +111,8 @@ def judge_settings(suite: Suite, baseline: dict, points: Sequence[Scored]) -> li
         boots, entries, per_role = {}, [], {"target": ([], []), "general": ([], [])}
         changes = []
         for task in tasks:
-            rows_xy = [_after(task, baseline, scores) for _, _, scores in members]
-            deltas = np.stack([ys - xs for xs, ys, _ in rows_xy])  # [seeds, items], after − before
-            clusters = rows_xy[0][2]
+            # [seeds, items], after − before
+            deltas, clusters = _deltas(task, [(baseline, scores) for _, _, scores in members])
             boot = boots[task.name, task.metric] = _oriented_boot([deltas], [clusters])
             entries.append({"task": task.name, "headline": task.metric, "metrics": [
                 {"metric": task.metric, "higher_is_better": task.higher_is_better}]})
@@ -148,31 +161,35 @@ def mitigation_effects(suite: Suite, baseline: dict, points: Sequence[Scored]) -
     groups: dict[Point, dict[int, dict]] = {}
     ids: dict[Point, dict[int, str]] = {}
     for pid, point, scores in points:
-        if point.describe() and (point.lr, point.epochs, point.schedule) in plain:
+        if point.describe():
             groups.setdefault(_setting(point), {})[_seed(point, suite)] = scores
             ids.setdefault(_setting(point), {})[_seed(point, suite)] = pid
     rows = []
     for setting, by_seed in groups.items():
-        counterpart = plain[setting.lr, setting.epochs, setting.schedule]
+        counterpart = plain.get((setting.lr, setting.epochs, setting.schedule), {})
         seeds = sorted(set(by_seed) & set(counterpart))
-        if not seeds:
+        text = " + ".join(m.text for m in setting.describe())
+        if not seeds:  # said in the verdict, not dropped
+            rows.append({"setting": setting, "mitigation": text, "lr": setting.lr, "seeds": 0, "unpaired": True,
+                         "point_ids": [ids[setting][x] for x in sorted(by_seed)]})
             continue
         reduced, reduced_clusters, cost, cost_clusters = [], [], [], []
         for task in tasks:
             sign = 1.0 if task.higher_is_better else -1.0
-            pairs = [_after(task, counterpart[s], by_seed[s]) for s in seeds]
-            gain = np.stack([sign * (ys - xs) for xs, ys, _ in pairs])  # mitigated − plain, oriented
+            # mitigated − plain of the same seed, item by item, oriented
+            gain, clusters = _deltas(task, [(counterpart[s], by_seed[s]) for s in seeds])
+            gain = sign * gain
             if task.role == "general":
                 reduced.append(gain)
-                reduced_clusters.append(pairs[0][2])
+                reduced_clusters.append(clusters)
             else:
                 cost.append(-gain)
-                cost_clusters.append(pairs[0][2])
+                cost_clusters.append(clusters)
         r, c = _oriented_boot(reduced, reduced_clusters), _oriented_boot(cost, cost_clusters)
         low, high = _interval(r)
         # each seed's own reduction (mean over tasks and items): does the sign hold in every seed?
         per_seed = [float(np.mean([g[i].mean() for g in reduced])) * 100 for i in range(len(seeds))]
-        rows.append({"setting": setting, "mitigation": " + ".join(m.text for m in setting.describe()),
+        rows.append({"setting": setting, "mitigation": text, "unpaired": False,
                      "lr": setting.lr, "seeds": len(seeds), "per_seed": per_seed,
                      "point_ids": [ids[setting][x] for x in seeds],
                      "reduced": r.estimate * 100, "reduced_ci": [low, high],
@@ -184,7 +201,8 @@ def mitigation_effects(suite: Suite, baseline: dict, points: Sequence[Scored]) -
 def hidden_forgetting(suite: Suite, baseline: dict, points: Sequence[Scored],
                       logs: dict[str, list[dict]]) -> list[dict[str, Any]]:
     """Points whose in-training KL to the base, or held-out general loss, rose sharply while
-    none of the multiple-choice general tasks' scores moved (their intervals include 0)."""
+    none of the multiple-choice general tasks' scores dropped (each interval reaches 0 or above:
+    held, or rose, as the issue's chat model's did while it stopped answering)."""
     mc = [t for t in _tasks(suite, baseline)
           if t.role == "general" and baseline["tasks"][t.name].get("output_type") == "multiple_choice"]
     if not mc:
@@ -199,13 +217,13 @@ def hidden_forgetting(suite: Suite, baseline: dict, points: Sequence[Scored],
         loss_rise = (last["general_loss"] - first["general_loss"]) / max(first["general_loss"], 1e-9)
         if not ((kl is not None and kl >= KL_SHARP) or loss_rise >= LOSS_SHARP):
             continue
-        moved = []
+        dropped = []  # a multiple-choice score that rose hides forgetting as well as one that held
         for task in mc:
-            xs, ys, clusters = _after(task, baseline, scores)
-            low, high = _interval(_oriented_boot([ys - xs], [clusters]))
-            if low > 0 or high < 0:
-                moved.append(task.name)
-        if not moved:
+            deltas, clusters = _deltas(task, [(baseline, scores)])
+            sign = 1.0 if task.higher_is_better else -1.0
+            if max(sign * x for x in _interval(_oriented_boot([deltas], [clusters]))) < 0:
+                dropped.append(task.name)
+        if not dropped:
             out.append({"point_id": pid, "label": point.label(), "kl": kl, "general_loss_rise": loss_rise * 100,
                         "mc_tasks": [t.name for t in mc]})
     return out
@@ -239,6 +257,10 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
                      f"[{best['learning_ci'][0]:+.1f}, {best['learning_ci'][1]:+.1f}] points on the target "
                      f"and loses less than {margin:g} points on every general task{seeds}.")
     for m in verdict["mitigations"]:
+        if m["unpaired"]:
+            lines.append(f"{m['mitigation']} at lr {m['lr']:g}: not judged: no plain point of the same lr, epochs, "
+                         "schedule and seed to compare it with; add one to the sweep.")
+            continue
         low, high = m["reduced_ci"]
         if m["real"]:
             what = "real"
@@ -256,7 +278,7 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
         kl = f"KL to the base rose to {h['kl']:.2f}" if h["kl"] is not None else ""
         loss = f"held-out general loss {h['general_loss_rise']:+.0f}%"
         lines.append(f"Hidden forgetting? {h['label']}: {', '.join(x for x in (kl, loss) if x)} in training while "
-                     f"its multiple-choice general scores ({', '.join(h['mc_tasks'])}) did not move: log-likelihood "
+                     f"its multiple-choice general scores ({', '.join(h['mc_tasks'])}) did not drop: log-likelihood "
                      "scoring never generates. "
                      + (f"Check its generative general tasks ({', '.join(verdict['generative_tasks'])})."
                         if verdict["generative_tasks"] else "Add a generative general task to see it."))

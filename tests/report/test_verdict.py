@@ -84,7 +84,22 @@ def test_a_sharp_kl_rise_with_unmoved_multiple_choice_scores_is_flagged(suite):
     points = [("quiet", Point(lr=1e-4, **PLAIN), unmoved), ("calm", Point(lr=5e-5, **PLAIN), unmoved)]
     logs = {"quiet": [{"step": 0, "general_loss": 1.0, "kl": 0.0}, {"step": 78, "general_loss": 1.05, "kl": 0.31}],
             "calm": [{"step": 0, "general_loss": 1.0, "kl": 0.0}, {"step": 78, "general_loss": 1.01, "kl": 0.02}]}
-    verdict = sweep_verdict(suite, base_scores(), points, logs)
-    assert [h["point_id"] for h in verdict["hidden"]] == ["quiet"]
+    # the chat model: its multiple-choice score even rose while it stopped answering
+    rose = base_scores()
+    rose["tasks"]["fb_capitals"]["samples"] = [{**x, "values": {"acc": 0.0 if i < 30 else 1.0}}
+                                               for i, x in enumerate(rose["tasks"]["fb_capitals"]["samples"])]
+    points.append(("rose", Point(lr=2e-4, **PLAIN), unmoved))
+    logs["rose"] = logs["quiet"]
+    verdict = sweep_verdict(suite, rose, points, logs)
+    assert [h["point_id"] for h in verdict["hidden"]] == ["quiet", "rose"]
     line = next(x for x in verdict_lines(verdict) if x.startswith("Hidden forgetting?"))
     assert "KL to the base rose to 0.31" in line and "fb_capitals" in line and "fb_addition, fb_code" in line
+
+
+def test_a_mitigation_without_plain_training_to_compare_with_is_said_not_dropped(suite):
+    rng = np.random.default_rng(0)
+    points = [("l2", Point(lr=3e-3, **{**PLAIN, "regularizer": "l2", "lam": 0.1}),
+               scores(rng, target=0.6, capitals=0.7, addition=0.55, code=0.55)),
+              ("plain", Point(lr=1e-3, **PLAIN), scores(rng, target=0.6, capitals=0.7, addition=0.55, code=0.55))]
+    lines = verdict_lines(sweep_verdict(suite, base_scores(), points, {}))
+    assert any(line.startswith("L2-SP λ=0.1 at lr 0.003: not judged: no plain point") for line in lines)
