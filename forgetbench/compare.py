@@ -20,6 +20,7 @@ is above -m. Margins are in points: hundredths of the metric (2 points of accura
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from forgetbench import stats
 from forgetbench.config import Suite, read_yaml_mapping, validation_message
 from forgetbench.errors import ForgetbenchError
-from forgetbench.eval.harness import check_tasks
+from forgetbench.eval.harness import check_tasks, eval_settings
 from forgetbench.evalstore import EvalStore
 from forgetbench.metrics import headline_metric
 from forgetbench.models import check_model
@@ -50,7 +51,7 @@ class GateRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     task: str | None = None        # one task by name
-    category: str | None = None    # the general tasks of one category (qa, math, code ...)
+    category: str | None = None    # the tasks of one category (qa, math, code ...)
     role: Literal["target", "general"] | None = None  # every target or general task
     test: Literal["non_inferior", "superior"] = "non_inferior"
     margin: Annotated[float, Field(ge=0)] = 2.0  # points
@@ -113,9 +114,9 @@ def _selected(rule: GateRule, suite: Suite) -> list[str]:
 
 # ---------------------------------------------------------------- comparability
 
-def differences(base: dict, candidate: dict) -> list[str]:
-    """What differs between the settings of two evaluations, one phrase each ("batch_size 64
-    vs 32"); empty when they are comparable."""
+def differences(base: dict, candidate: dict, *, tokenization: bool = True) -> list[str]:
+    """What differs between the settings (and, with ``tokenization``, the tokenizers) of two
+    evaluations, one phrase each ("batch_size 64 vs 32"); empty when they are comparable."""
     out: list[str] = []
 
     def walk(a: Any, b: Any, where: str) -> None:
@@ -127,11 +128,16 @@ def differences(base: dict, candidate: dict) -> list[str]:
 
     walk({k: v for k, v in base["settings"].items() if k not in _IGNORED_SETTINGS},
          {k: v for k, v in candidate["settings"].items() if k not in _IGNORED_SETTINGS}, "")
-    walk(base.get("tokenization", {}), candidate.get("tokenization", {}), "tokenization")
+    if tokenization:
+        walk(base.get("tokenization", {}), candidate.get("tokenization", {}), "tokenization")
     return out
 
 
 # ---------------------------------------------------------------- pairing
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
 
 @dataclass(frozen=True)
 class Paired:
@@ -145,7 +151,7 @@ class Paired:
     def values(self, metric: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """(base values, candidate values, positions) of the items where both have ``metric``."""
         keep = [i for i, (b, c) in enumerate(zip(self.base, self.candidate))
-                if b["values"].get(metric) is not None and c["values"].get(metric) is not None]
+                if _finite(b["values"].get(metric)) and _finite(c["values"].get(metric))]
         return (np.array([self.base[i]["values"][metric] for i in keep], dtype=float),
                 np.array([self.candidate[i]["values"][metric] for i in keep], dtype=float), keep)
 
@@ -157,14 +163,28 @@ class Paired:
 
 
 def pair_items(task: str, base: dict, candidate: dict, *, clustered: bool = False) -> Paired:
-    """Match the two evaluations' items of ``task`` by document hash (doc_id where a record
-    has none). The same document must have been asked with the same prompt and judged against
-    the same target; a document only one side has means they evaluated different items."""
-    def key(s: dict) -> Any:
-        return s.get("doc_hash") or s["doc_id"]
+    """Match the two evaluations' items of ``task`` by lm-eval's document hash and document
+    number (a dataset may hold the same document twice). The same document must have been
+    asked with the same prompt and judged against the same target; a document only one side
+    has means they evaluated different items."""
+    records = []
+    for side, record in (("base", base), ("candidate", candidate)):
+        samples = record["tasks"][task].get("samples")
+        if not isinstance(samples, list):
+            raise ForgetbenchError(f"compare: the {side}'s evaluation of task {task} has no per-item results "
+                                   "(samples); give the evaluation store's record, not `eval --json` output")
+        records.append(samples)
+    hashed = [all(s.get("doc_hash") for s in samples) for samples in records]
+    if hashed[0] != hashed[1]:
+        old = "base" if not hashed[0] else "candidate"
+        raise ForgetbenchError(f"compare: task {task}: the {old}'s evaluation predates lm-eval's document "
+                               "hashes, so its items cannot be matched; evaluate it again")
 
-    b = {key(s): s for s in base["tasks"][task]["samples"]}
-    c = {key(s): s for s in candidate["tasks"][task]["samples"]}
+    def key(s: dict) -> Any:
+        return s.get("doc_hash"), s["doc_id"]
+
+    b = {key(s): s for s in records[0]}
+    c = {key(s): s for s in records[1]}
     if set(b) != set(c):
         only = len(set(b) - set(c)), len(set(c) - set(b))
         raise ForgetbenchError(f"compare: task {task}: the evaluations hold different items "
@@ -209,20 +229,22 @@ def metric_comparison(paired: Paired, metric: str, *, higher_is_better: bool) ->
     boot = stats.bootstrap_mean([ys - xs], [clusters], resamples=RESAMPLES)
     delta = boot.interval()
     n_eff = len(set(clusters)) if clusters is not None else len(xs)
+    # points (×100) for a proportion; a metric on another scale (perplexity, 0-100 bleu)
+    # is shown, and its gate margins read, in its own units
+    proportion = bool(((xs >= 0) & (xs <= 1) & (ys >= 0) & (ys <= 1)).all())
     out: dict[str, Any] = {
         "metric": metric, "n": len(xs), "clusters": n_eff if clusters is not None else None,
-        "binary": binary, "higher_is_better": higher_is_better,
-        "base": float(xs.mean()) if len(xs) else None,
-        "candidate": float(ys.mean()) if len(ys) else None,
-        "base_ci": _pair(_score_interval(xs, clusters, binary)) if len(xs) else None,
-        "candidate_ci": _pair(_score_interval(ys, clusters, binary)) if len(ys) else None,
+        "binary": binary, "higher_is_better": higher_is_better, "scale": 100 if proportion else 1,
+        "base": float(xs.mean()), "candidate": float(ys.mean()),
+        "base_ci": _pair(_score_interval(xs, clusters, binary)),
+        "candidate_ci": _pair(_score_interval(ys, clusters, binary)),
         "delta": boot.estimate, "delta_ci": [delta.low, delta.high],
         "mde": stats.min_detectable_effect(float(boot.samples.std(ddof=1)), n_eff, binary=binary),
         "worse": int(((ys < xs) if higher_is_better else (ys > xs)).sum()),
         "better": int(((ys > xs) if higher_is_better else (ys < xs)).sum()),
         "mcnemar_p": None,
     }
-    if binary:
+    if binary:  # items taken as independent, clusters or not (the interval resamples clusters)
         out["mcnemar_p"] = stats.mcnemar_exact(int(((xs == 1) & (ys == 0)).sum()),
                                                int(((xs == 0) & (ys == 1)).sum()))
     return {**out, "_bootstrap": boot}
@@ -252,8 +274,9 @@ def _answer(sample: dict) -> str:
 
 # ---------------------------------------------------------------- the comparison
 
-def compare_scores(suite: Suite, base: dict, candidate: dict, gate: Gate) -> dict[str, Any]:
-    """Every task metric compared, the gate judged; a JSON-ready dict (see compare.json)."""
+def compare_scores(suite: Suite, base: dict, candidate: dict, gate: Gate, source: str = "the gate") -> dict[str, Any]:
+    """Every task metric compared, the gate (read from ``source``) judged; a JSON-ready dict
+    (see compare.json)."""
     tasks, flips, boots = [], [], {}
     for task, role in suite.all_tasks():
         for side, record in (("base", base), ("candidate", candidate)):
@@ -267,6 +290,12 @@ def compare_scores(suite: Suite, base: dict, candidate: dict, gate: Gate) -> dic
         for metric, info in base["tasks"][task.name]["metrics"].items():
             if metric not in candidate["tasks"][task.name]["metrics"]:
                 continue
+            if not paired.values(metric)[2]:  # a corpus-level metric (bleu, perplexity): no per-item values
+                if metric == head:
+                    raise ForgetbenchError(f"compare: task {task.name}: its headline metric {metric!r} has no "
+                                           "per-item values to pair; set tasks.*.metric to a per-item metric")
+                entry.setdefault("skipped", []).append(metric)
+                continue
             better = bool(info.get("higher_is_better", True))
             m = metric_comparison(paired, metric, higher_is_better=better)
             boots[task.name, metric] = m.pop("_bootstrap")
@@ -274,33 +303,41 @@ def compare_scores(suite: Suite, base: dict, candidate: dict, gate: Gate) -> dic
             if metric == head:
                 flips += flipped_items(paired, metric, higher_is_better=better)
         tasks.append(entry)
-    rules = judge(gate, suite, tasks, boots)
+    rules = judge(gate, suite, tasks, boots, source)
     failed = [r for r in rules if not r["passed"]]
     return {"verdict": "FAIL" if failed else "PASS", "gate": gate.model_dump(mode="json"),
             "rules": rules, "tasks": tasks, "flips": flips}
 
 
-def judge(gate: Gate, suite: Suite, tasks: list[dict], boots: dict) -> list[dict[str, Any]]:
-    """One row per (rule, task) hypothesis: its one-sided p, Holm-adjusted p and verdict."""
+def judge(gate: Gate, suite: Suite, tasks: list[dict], boots: dict, source: str = "the gate") -> list[dict[str, Any]]:
+    """One row per (rule, task) hypothesis: its one-sided p, Holm-adjusted p and verdict, in
+    the metric's display units (points for a proportion). ``bound`` is the lower bound of the
+    interval at the hypothesis' own Holm level, α / (m − rank), so "bound > threshold" and
+    "passed" agree (but for Holm's rule that a test after a failed one fails too);
+    ``underpowered``: its minimum detectable effect exceeds the margin, so a pass means little."""
     by_name = {t["task"]: t for t in tasks}
-    rows = []
+    rows, oriented = [], []
     for i, rule in enumerate(gate.rules):
         for name in _selected(rule, suite):
             entry = by_name[name]
             metric = rule.metric or entry["headline"]
             m = next((m for m in entry["metrics"] if m["metric"] == metric), None)
             if m is None:
-                raise ForgetbenchError(f"gate: rules[{i}].metric: task {name} reports no metric "
-                                       f"{metric!r}; it has {', '.join(x['metric'] for x in entry['metrics'])}")
-            sign = 1.0 if m["higher_is_better"] else -1.0
+                have = ", ".join(x["metric"] for x in entry["metrics"])
+                raise ForgetbenchError(f"{source}: rules[{i}].metric: task {name} has no per-item metric "
+                                       f"{metric!r} to test; it has {have}")
+            sign, scale = (1.0 if m["higher_is_better"] else -1.0), m.get("scale", 100)
             boot = boots[name, metric]
-            oriented = stats.Bootstrap(sign * boot.estimate, sign * boot.samples)
-            threshold = (-rule.margin if rule.test == "non_inferior" else rule.margin) / 100
-            low = oriented.interval(1 - 2 * gate.alpha).low
-            rows.append({"rule": i, "text": rule.text(), "task": name, "metric": metric,
-                         "test": rule.test, "margin": rule.margin, "delta": oriented.estimate * 100,
-                         "lower_bound": low * 100, "threshold": threshold * 100,
-                         "p": oriented.p_at_most(threshold)})
+            oriented.append(stats.Bootstrap(sign * boot.estimate, sign * boot.samples))
+            threshold = (-rule.margin if rule.test == "non_inferior" else rule.margin) / scale
+            rows.append({"rule": i, "text": rule.text(), "task": name, "metric": metric, "test": rule.test,
+                         "margin": rule.margin, "scale": scale, "delta": oriented[-1].estimate * scale,
+                         "threshold": threshold * scale, "p": oriented[-1].p_at_most(threshold),
+                         "underpowered": "mde" in m and m["mde"] * scale > rule.margin})
+    ranks = sorted(range(len(rows)), key=lambda k: rows[k]["p"])
+    for rank, k in enumerate(ranks):
+        level = gate.alpha / (len(rows) - rank)
+        rows[k]["bound"] = oriented[k].interval(1 - 2 * level).low * rows[k]["scale"]
     for row, adjusted in zip(rows, stats.holm([r["p"] for r in rows])):
         row["p_holm"] = adjusted
         row["passed"] = adjusted < gate.alpha
@@ -396,16 +433,26 @@ def run(base_arg: str, candidate_arg: str, *, suite: Suite | None, gate_path: Pa
             check_model(side.model, "forgetbench compare", field=field, trust_remote_code=suite.trust_remote_code)
     if base.model or candidate.model:
         check_tasks(suite.tasks, source="compare")
+        # a given record is checked against the settings the other side will be evaluated
+        # under before that evaluation runs (it may take hours); the tokenizer after it
+        planned = {"settings": eval_settings(suite.tasks, suite.eval)}
+        for side in (base, candidate):
+            if side.record is not None:
+                _refuse_mismatch(differences(read_result(side.record), planned, tokenization=False), force)
     (b, b_path), (c, c_path) = (side_scores(s, suite, runs_dir, say=say) for s in (base, candidate))
     mismatch = differences(b, c)
-    if mismatch and not force:
-        raise ForgetbenchError(f"compare: the two evaluations are not comparable: {'; '.join(mismatch)}; "
-                               "evaluate both under the same settings (or pass --force to compare anyway)")
+    _refuse_mismatch(mismatch, force)
     result = {"suite": suite.name, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "resamples": RESAMPLES,
               "mismatch": mismatch,
               "base": _side_info(base, b, b_path), "candidate": _side_info(candidate, c, c_path),
-              "settings": b["settings"], **compare_scores(suite, b, c, gate)}
+              "settings": b["settings"], **compare_scores(suite, b, c, gate, str(gate_path or "the default gate"))}
     return result, f"{base.label}-vs-{candidate.label}"
+
+
+def _refuse_mismatch(mismatch: list[str], force: bool) -> None:
+    if mismatch and not force:
+        raise ForgetbenchError(f"compare: the two evaluations are not comparable: {'; '.join(mismatch)}; "
+                               "evaluate both under the same settings (or pass --force to compare anyway)")
 
 
 def _side_info(side: Side, record: dict, path: Path) -> dict[str, Any]:

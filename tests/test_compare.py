@@ -98,7 +98,7 @@ def test_a_candidate_that_forgets_fails_the_gate_naming_the_rule(env, capsys):
     # the target's improvement is not a flip to hide: it is listed as better
     assert {f["direction"] for f in result["flips"] if f["task"] == "fb_medical"} == {"better"}
     md = (tmp_path / "out" / "compare.md").read_text()
-    assert "FAIL" in md and "| fb_addition |" in md.replace("**", "")
+    assert "FAIL" in md and "| fb\\_addition |" in md.replace("**", "")  # _ escaped: Markdown emphasis
 
 
 def test_a_gate_file_with_superiority_and_holm(env, tmp_path):
@@ -204,3 +204,57 @@ def test_a_task_name_with_markup_is_text_in_every_output(tmp_path, write_suite):
         assert page.run("[...document.querySelectorAll('td')].some(td => td.textContent === " + json.dumps(name) + ")")
         page.select("#flip-task", name)
         assert page.visible_count("#flips tbody tr") == 10
+
+
+def test_metrics_off_the_0_1_scale_corpus_metrics_and_duplicate_documents(env):
+    compare, tmp_path, _ = env
+    base, cand = record(scores(), metric=METRIC), record(scores(), metric=METRIC)
+    for rec, shift in ((base, 0.0), (cand, 3.0)):
+        task = rec["tasks"]["fb_code"]
+        task["metrics"]["perplexity"] = {"value": 10.0 + shift, "stderr": None, "higher_is_better": False}
+        task["metrics"]["bleu"] = {"value": 30.0, "stderr": None, "higher_is_better": True}  # corpus-level
+        for s in task["samples"]:
+            s["values"]["perplexity"] = 10.0 + shift
+            s["doc_hash"] = "same"  # a dataset holding one document many times
+    gate = tmp_path / "gate.yaml"
+    gate.write_text(yaml.safe_dump({"rules": [{"task": "fb_code", "metric": "perplexity", "margin": 2}]}))
+    code, result = compare(base, cand, "--gate", str(gate))
+    code_task = next(t for t in result["tasks"] if t["task"] == "fb_code")
+    ppl = next(m for m in code_task["metrics"] if m["metric"] == "perplexity")
+    assert ppl["n"] == 120 and ppl["scale"] == 1 and ppl["delta"] == pytest.approx(3.0)
+    assert code_task["skipped"] == ["bleu"]
+    # 3 units worse than the base with a 2-unit margin (perplexity: lower is better): fails
+    [rule] = result["rules"]
+    assert code == 1 and rule["delta"] == pytest.approx(-3.0) and rule["threshold"] == -2
+
+
+def test_a_record_without_items_or_hashes_is_one_line_exit_2(env, capsys):
+    compare, _, _ = env
+    base = record(scores(), metric=METRIC)
+    bare = record(scores(), metric=METRIC)
+    for task in bare["tasks"].values():
+        task.pop("samples")
+    assert compare(base, bare)[0] == 2
+    assert "has no per-item results" in capsys.readouterr().err
+    old = record(scores(), metric=METRIC)
+    for s in old["tasks"]["fb_capitals"]["samples"]:
+        s.pop("doc_hash")
+    assert compare(base, old)[0] == 2
+    assert "predates lm-eval's document hashes" in capsys.readouterr().err
+
+
+def test_a_small_task_passing_the_gate_is_marked_underpowered(env):
+    compare, _, _ = env
+    rec = record(scores(n=30), metric=METRIC)
+    code, result = compare(rec, rec)
+    assert code == 0 and all(r["underpowered"] for r in result["rules"])
+
+
+def test_a_record_made_under_other_settings_is_refused_before_the_model_is_evaluated(env, tmp_path, capsys):
+    _, tmp_path, suite = env
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(record(scores(), metric=METRIC, batch_size=8)))
+    runs = tmp_path / "runs"
+    assert main(["compare", str(path), "builtin:tiny-llama", "--suite", str(suite), "--runs-dir", str(runs)]) == 2
+    assert "batch_size 8 vs 64" in capsys.readouterr().err
+    assert not (runs / "evals").exists()  # nothing was evaluated

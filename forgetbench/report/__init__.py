@@ -42,18 +42,20 @@ def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> tuple[pd.DataFr
     trained = [(pid, point, train[pid]) for pid, point, _ in points if pid in train]
     curves = plots.training_curves([(point, store.train_log(pid), info)
                                     for pid, point, info in trained])
-    atomic_write_text(store.root / "results.csv", results.to_csv(index=False))
-    atomic_write_text(store.root / "summary.csv", summary.to_csv(index=False))
     mitigations = mitigation_frame(summary)
-    atomic_write_text(store.root / "summary.md",
-                      summary_markdown(summary, mitigations, f"forgetbench: {suite.name} ({suite.model})"))
     scored = [(pid, point, scores) for pid, point, scores in points if scores is not None]
     judged = (verdict.sweep_verdict(suite, baseline, scored, {pid: store.train_log(pid) for pid, _, _ in scored})
               if scored else None)
-    atomic_write_text(store.root / "report.html",
-                      html.render(suite, baseline, results, summary, failed=failed,
-                                  mitigations=mitigations, curves=curves,
-                                  overhead=overhead_frame(trained), verdict=judged,
-                                  flips=verdict.point_flips(suite, baseline, scored),
-                                  labels={pid: point.label() for pid, point, _ in scored}))
+    flips, left_out = verdict.point_flips(suite, baseline, scored)
+    # everything made before anything is written: a failure leaves the previous files whole
+    made = {
+        "results.csv": results.to_csv(index=False), "summary.csv": summary.to_csv(index=False),
+        "summary.md": summary_markdown(summary, mitigations, f"forgetbench: {suite.name} ({suite.model})"),
+        "report.html": html.render(suite, baseline, results, summary, failed=failed, mitigations=mitigations,
+                                   curves=curves, overhead=overhead_frame(trained), verdict=judged, flips=flips,
+                                   flips_left_out=left_out,
+                                   labels={pid: point.label() for pid, point, _ in scored}),
+    }
+    for name, text in made.items():
+        atomic_write_text(store.root / name, text)
     return summary, mitigations, judged

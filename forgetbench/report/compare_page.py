@@ -12,7 +12,8 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 from forgetbench.report.items import flips_section
-from forgetbench.store import atomic_write_json, atomic_write_text
+from forgetbench.report.tables import markdown_text as _md
+from forgetbench.store import atomic_write_text
 
 matplotlib.use("Agg")
 
@@ -23,8 +24,17 @@ def _p(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _ci(low: float, high: float) -> str:
-    return f"[{low * 100:+.1f}, {high * 100:+.1f}]"
+def _d(m: dict, value: float) -> str:
+    """A delta in the metric's display units: points for a proportion, else its own."""
+    return f"{value * m.get('scale', 100):+.1f}"
+
+
+def _delta(m: dict) -> str:
+    return f"{_d(m, m['delta'])} [{_d(m, m['delta_ci'][0])}, {_d(m, m['delta_ci'][1])}]"
+
+
+def _mde(m: dict) -> str:
+    return f"{m['mde'] * m.get('scale', 100):.1f}"
 
 
 def _headlines(result: dict) -> list[tuple[dict, dict]]:
@@ -39,9 +49,10 @@ def _failing(result: dict) -> list[dict]:
 def rule_line(r: dict) -> str:
     """A gate hypothesis in one line, e.g. for stderr."""
     verdict = "pass" if r["passed"] else "FAIL"
-    side = ">" if r["lower_bound"] > r["threshold"] else "≤"
+    side = ">" if r["bound"] > r["threshold"] else "≤"
+    weak = f" (underpowered: it could not see a loss of {r['margin']:g})" if r["underpowered"] else ""
     return (f"{verdict}  {r['text']}: {r['task']} {r['metric']} delta {r['delta']:+.1f}, "
-            f"lower bound {r['lower_bound']:+.1f} {side} {r['threshold']:+.1f}, p (Holm) {_p(r['p_holm'])}")
+            f"bound {r['bound']:+.1f} {side} {r['threshold']:+.1f}, p (Holm) {_p(r['p_holm'])}{weak}")
 
 
 def _columns(rows: list[tuple[str, ...]], left: int) -> list[str]:
@@ -58,18 +69,19 @@ def format_terminal(result: dict) -> str:
     for t, m in _headlines(result):
         n = f"{m['n']}" + (f"/{m['clusters']}c" if m["clusters"] else "")
         rows.append((t["task"][:16], m["metric"][:12], n, f"{m['base']:.3f}", f"{m['candidate']:.3f}",
-                     f"{m['delta'] * 100:+.1f} {_ci(*m['delta_ci'])}", _p(m["mcnemar_p"]),
-                     f"{m['worse']}/{m['better']}", f"{m['mde'] * 100:.1f}"))
+                     _delta(m), _p(m["mcnemar_p"]), f"{m['worse']}/{m['better']}", _mde(m)))
     gate = result["gate"]
-    tests = [("", "task", "test", "delta", "bound", "threshold", "p (Holm)")]
+    tests = [("", "task", "test", "delta", "bound", "threshold", "p (Holm)", "")]
     for r in result["rules"]:
         test = ("non-inferior" if r["test"] == "non_inferior" else "superior") + f" {r['margin']:g}"
         tests.append(("pass" if r["passed"] else "FAIL", r["task"][:16], test, f"{r['delta']:+.1f}",
-                      f"{r['lower_bound']:+.1f}", f"{r['threshold']:+.1f}", _p(r["p_holm"])))
+                      f"{r['bound']:+.1f}", f"{r['threshold']:+.1f}", _p(r["p_holm"]),
+                      "MDE>margin" if r["underpowered"] else ""))
     lines = [*_columns(rows, 2), "",
-             "points (candidate − base); -/+: items worse/better; n/Nc: items/clusters; MDE: detectable at 80%",
-             f"gate: one-sided tests on the headline metric, Holm-corrected, alpha {gate['alpha']:g}; "
-             "pass: bound > threshold",
+             "points (candidate − base; a metric not on 0-1 in its units); -/+: items worse/better;",
+             "n/Nc: items/clusters; MDE: the smallest delta detectable (80% power)",
+             f"gate: one-sided tests, Holm-corrected, alpha {gate['alpha']:g}; pass: bound (at its Holm level) "
+             "> threshold",
              *("  " + line for line in _columns(tests, 3))]
     stamp = result.get("mismatch")
     if stamp:
@@ -82,27 +94,21 @@ def format_terminal(result: dict) -> str:
 
 def markdown(result: dict) -> str:
     """compare.md: the verdict and a table of every task metric, to paste into a pull request."""
-    b, c = result["base"]["arg"], result["candidate"]["arg"]
+    b, c = _md(result["base"]["arg"]), _md(result["candidate"]["arg"])
     out = [f"### forgetbench compare: **{result['verdict']}**", "",
-           f"`{b}` (base) vs `{c}` (candidate), suite `{result['suite']}`", ""]
+           f"{b} (base) vs {c} (candidate), suite {_md(result['suite'])}", ""]
     if result.get("mismatch"):
-        out += ["> **Not comparable** (compared with `--force`): " + "; ".join(result["mismatch"]), ""]
+        out += ["> **Not comparable** (compared with --force): " + _md("; ".join(result["mismatch"])), ""]
     out += ["| task | metric | n | base | candidate | Δ points [95% CI] | McNemar p | worse / better | MDE |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for t in result["tasks"]:
         for m in t["metrics"]:
-            name = f"**{t['task']}**" if m["metric"] == t["headline"] else t["task"]
-            out.append(f"| {_md(name)} | {_md(m['metric'])} | {m['n']} | {m['base']:.3f} | {m['candidate']:.3f} | "
-                       f"{m['delta'] * 100:+.1f} {_ci(*m['delta_ci'])} | {_p(m['mcnemar_p'])} | "
-                       f"{m['worse']} / {m['better']} | {m['mde'] * 100:.1f} |")
+            name = f"**{_md(t['task'])}**" if m["metric"] == t["headline"] else _md(t["task"])
+            out.append(f"| {name} | {_md(m['metric'])} | {m['n']} | {m['base']:.3f} | {m['candidate']:.3f} | "
+                       f"{_delta(m)} | {_p(m['mcnemar_p'])} | {m['worse']} / {m['better']} | {_mde(m)} |")
     out += ["", f"Gate (one-sided tests, Holm-corrected, alpha {result['gate']['alpha']:g}):", ""]
     out += [f"- {'✅' if r['passed'] else '❌'} {_md(rule_line(r))}" for r in result["rules"]]
     return "\n".join(out) + "\n"
-
-
-def _md(text: str) -> str:
-    """Text in a Markdown table cell: pipes escaped, markup shown as text."""
-    return html.escape(text.replace("|", "\\|"), quote=False)
 
 
 def forest_plot(result: dict) -> bytes:
@@ -110,9 +116,9 @@ def forest_plot(result: dict) -> bytes:
     heads = _headlines(result)
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(heads) + 1.2))
     for i, (t, m) in enumerate(heads):
-        sign = 1 if m["higher_is_better"] else -1
-        low, high = sorted((sign * m["delta_ci"][0] * 100, sign * m["delta_ci"][1] * 100))
-        est = sign * m["delta"] * 100
+        sign = (1 if m["higher_is_better"] else -1) * m.get("scale", 100)
+        low, high = sorted((sign * m["delta_ci"][0], sign * m["delta_ci"][1]))
+        est = sign * m["delta"]
         ax.errorbar([est], [i], xerr=[[est - low], [high - est]], fmt="o", capsize=4,
                     color="#b22" if t["role"] == "general" and high < 0 else "#225")
     for threshold in sorted({r["threshold"] for r in result["rules"]}):
@@ -120,7 +126,8 @@ def forest_plot(result: dict) -> bytes:
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(range(len(heads)), [f"{t['task']} ({t['role']})" for t, _ in heads])
     ax.invert_yaxis()
-    ax.set_xlabel("candidate − base, points (higher is better); dashed: gate thresholds")
+    ax.set_xlabel("candidate − base, points (higher is better; a metric not on 0-1 in its units); "
+                  "dashed: gate thresholds")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -157,12 +164,12 @@ def render_html(result: dict, png: bytes) -> str:
                          str(m["n"]) + (f" ({m['clusters']} clusters)" if m["clusters"] else ""),
                          f"{m['base']:.3f} [{m['base_ci'][0]:.3f}, {m['base_ci'][1]:.3f}]",
                          f"{m['candidate']:.3f} [{m['candidate_ci'][0]:.3f}, {m['candidate_ci'][1]:.3f}]",
-                         f"{m['delta'] * 100:+.1f} {_ci(*m['delta_ci'])}", _p(m["mcnemar_p"]),
-                         f"{m['worse']} / {m['better']}", f"{m['mde'] * 100:.1f}"])
+                         _delta(m), _p(m["mcnemar_p"]), f"{m['worse']} / {m['better']}", _mde(m)])
                  for t in result["tasks"] for m in t["metrics"]]
     rule_rows = [_cells(["pass" if r["passed"] else "FAIL", e(r["text"]), e(r["task"]), e(r["metric"]),
-                         f"{r['delta']:+.1f}", f"{r['lower_bound']:+.1f}", f"{r['threshold']:+.1f}",
-                         _p(r["p"]), _p(r["p_holm"])], "" if r["passed"] else "fail")
+                         f"{r['delta']:+.1f}", f"{r['bound']:+.1f}", f"{r['threshold']:+.1f}",
+                         _p(r["p"]), _p(r["p_holm"]), "MDE &gt; margin: a pass means little" if r["underpowered"]
+                         else ""], "" if r["passed"] else "fail")
                  for r in result["rules"]]
     img = base64.b64encode(png).decode()
     return f"""<!doctype html>
@@ -175,17 +182,19 @@ def render_html(result: dict, png: bytes) -> str:
 <h2>Tasks</h2>
 <p>Scores with 95% intervals (Wilson for 0/1 metrics, else bootstrap; clusters resampled whole where the
 task declares them); the delta is candidate − base in points with a paired bootstrap interval
-({result['resamples']:,} resamples); McNemar's exact p for 0/1 metrics; worse / better: items that changed;
-MDE: the smallest true delta this many items would detect (80% power). ★: the headline metric.</p>
+({result['resamples']:,} resamples; a metric not on a 0-1 scale in its own units); McNemar's exact p for 0/1
+metrics (items taken as independent, clusters or not); worse / better: items that changed; MDE: the smallest
+true delta this many items (clusters) would detect (80% power). ★: the headline metric.</p>
 <table class="t"><thead><tr><th>task</th><th>role</th><th>metric</th><th>n</th><th>base</th><th>candidate</th>
 <th>Δ points [95% CI]</th><th>McNemar p</th><th>worse / better</th><th>MDE</th></tr></thead>
 <tbody>{''.join(task_rows)}</tbody></table>
 <h2>Gate</h2>
 <p>One-sided tests on the headline delta (oriented so higher is better), Holm-corrected across all
-{len(result['rules'])} at alpha {result['gate']['alpha']:g}; the lower bound is that of the
-{100 * (1 - 2 * result['gate']['alpha']):g}% interval.</p>
-<table class="t"><thead><tr><th></th><th>rule</th><th>task</th><th>metric</th><th>Δ</th><th>lower bound</th>
-<th>threshold</th><th>p</th><th>p (Holm)</th></tr></thead><tbody>{''.join(rule_rows)}</tbody></table>
+{len(result['rules'])} at alpha {result['gate']['alpha']:g}: a test passes when its Holm-adjusted p is below
+alpha, that is when the lower bound of its interval at its own Holm level (alpha / the tests not yet passed)
+is above the threshold.</p>
+<table class="t"><thead><tr><th></th><th>rule</th><th>task</th><th>metric</th><th>Δ</th><th>bound</th>
+<th>threshold</th><th>p</th><th>p (Holm)</th><th></th></tr></thead><tbody>{''.join(rule_rows)}</tbody></table>
 <h2>Items that changed (headline metric)</h2>
 {flips_section(result['flips'], base='base', candidate='candidate')}
 <details><summary>Settings and versions both evaluations come from</summary>
@@ -196,8 +205,10 @@ MDE: the smallest true delta this many items would detect (80% power). ★: the 
 
 
 def write_outputs(result: dict, out: Path) -> None:
-    """compare.json, compare.md and compare.html into ``out``, each written whole or not at all."""
+    """compare.json, compare.md and compare.html into ``out``: all three made first, then each
+    written whole, so a failure leaves the previous outputs as they were."""
+    made = {"compare.json": json.dumps(result, indent=2) + "\n", "compare.md": markdown(result),
+            "compare.html": render_html(result, forest_plot(result))}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "compare.json", result)
-    atomic_write_text(out / "compare.md", markdown(result))
-    atomic_write_text(out / "compare.html", render_html(result, forest_plot(result)))
+    for name, text in made.items():
+        atomic_write_text(out / name, text)

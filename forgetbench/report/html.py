@@ -13,7 +13,7 @@ import pandas as pd
 from forgetbench.config import Suite
 from forgetbench.report import plots
 from forgetbench.report.items import flips_section
-from forgetbench.report.verdict import setting_frames, verdict_lines
+from forgetbench.report.verdict import FLIPS_PER_TASK, setting_frames, verdict_lines
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -86,10 +86,13 @@ def _verdict(verdict: dict | None) -> str:
     return f'<ul class="verdict">{items}</ul>'
 
 
-def _flips(flips: list[dict] | None, labels: dict[str, str], first: str) -> str:
+def _flips(flips: list[dict] | None, labels: dict[str, str], first: str, left_out: int) -> str:
     if not flips:
         return "<p>No item changed.</p>" if flips is not None else "<p>–</p>"
-    return flips_section(flips, base="base model", candidate="point", points=labels, point=first)
+    note = (f"<p>{left_out} more changed items are left out (at most {FLIPS_PER_TASK} per point and task, the "
+            "worse ones first); compare a point with the base model (<code>forgetbench compare</code>) for all "
+            "of them.</p>" if left_out else "")
+    return note + flips_section(flips, base="base model", candidate="point", points=labels, point=first)
 
 
 def _recommended_point(verdict: dict | None) -> str:
@@ -100,7 +103,7 @@ def _recommended_point(verdict: dict | None) -> str:
 def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.DataFrame,
            *, failed: dict[str, str], mitigations: pd.DataFrame | None = None,
            curves: bytes | None = None, overhead: pd.DataFrame | None = None,
-           verdict: dict | None = None, flips: list[dict] | None = None,
+           verdict: dict | None = None, flips: list[dict] | None = None, flips_left_out: int = 0,
            labels: dict[str, str] | None = None) -> str:
     """The page; ``verdict`` from verdict.sweep_verdict, ``flips`` from verdict.point_flips
     with ``labels`` (point id -> label) for its point filter."""
@@ -125,7 +128,7 @@ def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.Data
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         n_points=len(summary), n_failed=len(failed),
         verdict=_verdict(verdict),
-        flips=_flips(flips, labels or {}, _recommended_point(verdict)),
+        flips=_flips(flips, labels or {}, _recommended_point(verdict), flips_left_out),
         failures=f"<h2>Failed points</h2><ul>{failures}</ul>" if failures else "",
         baseline=_table(pd.DataFrame(base_rows)),
         figures=figures,

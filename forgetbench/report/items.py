@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-_DIRECTIONS = (("worse", "correct → wrong (worse)"), ("better", "wrong → correct (better)"))
+_DIRECTIONS = (("worse", "worse (0/1 metrics: right → wrong)"), ("better", "better (0/1 metrics: wrong → right)"))
 
 # Hides the rows the selects exclude and counts the rest; runs once on load, then on change.
 _SCRIPT = """<script>

@@ -4,6 +4,7 @@ buys against plain training, the cost of the in-training evaluations, and their 
 terminal and for a pull request (``summary.md``)."""
 from __future__ import annotations
 
+import html
 import textwrap
 from collections.abc import Mapping
 from typing import Any
@@ -361,13 +362,22 @@ def format_mitigations(frame: pd.DataFrame, width: int = 100) -> str:
     return textwrap.fill(legend, width) + "\n" + _text_table(shown, width)
 
 
+def markdown_text(text: str) -> str:
+    """Text from a suite, a task, a model or a command line, for Markdown: backslashes,
+    backticks, emphasis, links, pipes and markup shown as text."""
+    escaped = html.escape(str(text), quote=False)
+    for char in "\\`*_[]|":
+        escaped = escaped.replace(char, "\\" + char)
+    return escaped
+
+
 def summary_markdown(summary: pd.DataFrame, mitigations: pd.DataFrame, title: str) -> str:
     """``summary.md``: the settings as the terminal shows them (replicates as one), a Markdown
     table to paste into a pull request: the setting (what differs between rows), learn,
     forget, max forget, seeds, and for a mitigated setting the forgetting it avoided against
     plain training; with several seeds, the ranges over them."""
     if summary.empty:
-        return f"## {title}\n\nNo evaluated points.\n"
+        return f"## {markdown_text(title)}\n\nNo evaluated points.\n"
     groups = replicate_frame(summary)
     labels, shared = _labels(groups)
     several = bool((groups["seeds"] > 1).any())
@@ -400,7 +410,7 @@ def summary_markdown(summary: pd.DataFrame, mitigations: pd.DataFrame, title: st
         notes.append("Several seeds: means over the replicates; ranges: min…max over them.")
     if shared:
         notes.insert(0, f"Every row: {', '.join(shared)}.")
-    return f"## {title}\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    return f"## {markdown_text(title)}\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
 # ---------------------------------------------------------------- training

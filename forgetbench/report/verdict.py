@@ -285,13 +285,21 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
     return lines
 
 
-def point_flips(suite: Suite, baseline: dict, points: Sequence[Scored]) -> list[dict[str, Any]]:
-    """Every point's items that flipped against the base model (headline metrics), each
-    tagged with its point id, for the report's item table."""
-    out = []
+# items listed per point and task in report.html: a sweep of many points over large tasks
+# would otherwise embed megabytes; the counts are in the page either way
+FLIPS_PER_TASK = 300
+
+
+def point_flips(suite: Suite, baseline: dict, points: Sequence[Scored]) -> tuple[list[dict[str, Any]], int]:
+    """Every point's items that changed against the base model (headline metrics), each
+    tagged with its point id, for the report's item table: the worse ones first, at most
+    FLIPS_PER_TASK per point and task; and how many were left out."""
+    out, left_out = [], 0
     for task in _tasks(suite, baseline):
         for pid, _, scores in points:
             paired = compare.pair_items(task.name, baseline, scores, clustered=task.clustered)
-            out += [{**f, "point": pid}
-                    for f in compare.flipped_items(paired, task.metric, higher_is_better=task.higher_is_better)]
-    return out
+            flips = compare.flipped_items(paired, task.metric, higher_is_better=task.higher_is_better)
+            flips.sort(key=lambda f: f["direction"] != "worse")
+            out += [{**f, "point": pid} for f in flips[:FLIPS_PER_TASK]]
+            left_out += max(0, len(flips) - FLIPS_PER_TASK)
+    return out, left_out
