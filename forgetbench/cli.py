@@ -88,8 +88,8 @@ def _print_files(root: Path) -> None:
     _echo(f"details in {root}:\n"
           "  summary.csv  one row per point (each seed): learning and forgetting per task\n"
           "  summary.md   the settings above as a Markdown table, to paste into a pull request\n"
-          "  results.csv  one row per point and task metric: before, after, stderr\n"
-          "  report.html  figures, training curves and every table")
+          "  results.csv  one row per point and task metric: before, after, delta with its 95% interval\n"
+          "  report.html  the verdict, figures, training curves, every table and the items that changed")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -94,6 +94,17 @@ def load_gate(path: Path) -> Gate:
         raise ForgetbenchError(validation_message(str(path), exc, Gate)) from None
 
 
+def suite_gate(suite: Suite) -> tuple[Gate, str]:
+    """The suite's release gate (its ``gate`` file, checked against its tasks), else the
+    default; and where it came from, for messages."""
+    if suite.gate is None:
+        return DEFAULT_GATE, "the default gate"
+    gate = load_gate(suite.gate)
+    source = str(suite.gate.relative_to(Path.cwd()) if suite.gate.is_relative_to(Path.cwd()) else suite.gate)
+    check_gate(gate, suite, source)
+    return gate, source
+
+
 def check_gate(gate: Gate, suite: Suite, source: str) -> None:
     """Refuse a rule that selects no task of the suite (a typo would pass silently)."""
     for i, rule in enumerate(gate.rules):
@@ -426,8 +437,11 @@ def run(base_arg: str, candidate_arg: str, *, suite: Suite | None, gate_path: Pa
     if suite is None:
         raise ForgetbenchError("compare: --suite is needed (which tasks are target and general, and the "
                                "eval settings); it is only implied when BASE or CANDIDATE is a sweep point")
-    gate = load_gate(gate_path) if gate_path else DEFAULT_GATE
-    check_gate(gate, suite, str(gate_path or "the default gate"))
+    if gate_path:
+        gate, gate_source = load_gate(gate_path), str(gate_path)
+        check_gate(gate, suite, gate_source)
+    else:
+        gate, gate_source = suite_gate(suite)
     for side, field in ((base, "BASE"), (candidate, "CANDIDATE")):
         if side.model and side.suite is None:
             check_model(side.model, "forgetbench compare", field=field, trust_remote_code=suite.trust_remote_code)
@@ -445,7 +459,7 @@ def run(base_arg: str, candidate_arg: str, *, suite: Suite | None, gate_path: Pa
     result = {"suite": suite.name, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "resamples": RESAMPLES,
               "mismatch": mismatch,
               "base": _side_info(base, b, b_path), "candidate": _side_info(candidate, c, c_path),
-              "settings": b["settings"], **compare_scores(suite, b, c, gate, str(gate_path or "the default gate"))}
+              "settings": b["settings"], **compare_scores(suite, b, c, gate, gate_source)}
     return result, f"{base.label}-vs-{candidate.label}"
 
 

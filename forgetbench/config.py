@@ -247,6 +247,10 @@ class Suite(_Strict):
     model: Annotated[str, Field(min_length=1)]  # builtin:tiny-llama, a local HF dir, or a hub id
     # run Python code shipped with a model (its config's auto_map); off: such a model is refused
     trust_remote_code: bool = False
+    # the release gate (a `forgetbench compare --gate` file): what the sweep's verdict and
+    # `compare` without --gate judge a point against the base model by; none: no task may
+    # lose 2 points or more
+    gate: Path | None = None
     data: DataSpec
     tasks: TasksSpec
     train: TrainSpec = TrainSpec()
@@ -410,7 +414,8 @@ def _resolve_paths(suite: Suite, base: Path, source: str) -> Suite:
     if not model.startswith("builtin:") and (model.startswith((".", "/", "~"))
                                              or (base / model).is_dir()):
         model = str(resolve(Path(model), "model", folder=True))
-    return suite.model_copy(update={"data": data, "tasks": tasks, "model": model})
+    return suite.model_copy(update={"data": data, "tasks": tasks, "model": model,
+                                    "gate": resolve(suite.gate, "gate")})
 
 
 def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Suite:

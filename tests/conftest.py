@@ -29,6 +29,7 @@ def suite_dict(**overrides) -> dict:
     """The default suite as a dict with absolute paths, for writing variants to tmp dirs."""
     raw = yaml.safe_load((SUITES / "medical.yaml").read_text())
     raw["data"] = {k: str((SUITES / v).resolve()) for k, v in raw["data"].items()}
+    raw["gate"] = str((SUITES / raw["gate"]).resolve())
     if isinstance(raw["sweep"], list):  # tests vary one plain grid
         raw["sweep"] = raw["sweep"][0]
     raw["tasks"]["include_path"] = str(SUITES / "tasks")

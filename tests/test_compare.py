@@ -44,6 +44,7 @@ def scores(target=0.25, capitals=1.0, addition=0.95, code=0.95, n=120) -> dict[s
 @pytest.fixture
 def env(tmp_path, write_suite):
     raw = suite_dict()
+    raw.pop("gate")  # the default gate: no task may lose 2 points
     raw["tasks"]["target"] = [{"name": "fb_medical", "metric": "acc", "cluster": "drug"}]
     suite = write_suite(raw)
 
@@ -258,3 +259,18 @@ def test_a_record_made_under_other_settings_is_refused_before_the_model_is_evalu
     assert main(["compare", str(path), "builtin:tiny-llama", "--suite", str(suite), "--runs-dir", str(runs)]) == 2
     assert "batch_size 8 vs 64" in capsys.readouterr().err
     assert not (runs / "evals").exists()  # nothing was evaluated
+
+
+def test_the_suite_gate_is_the_default_of_compare(env, tmp_path, write_suite):
+    """suites/medical.yaml names gates/medical.yaml (general tasks: margin 5): a 3-point loss on
+    addition passes it where the default gate (2 points) fails it."""
+    base, cand = record(scores(n=400), metric=METRIC), record(scores(n=400, addition=0.93), metric=METRIC)
+    with_gate = write_suite(suite_dict(), "with_gate.yaml")
+    for name, rec in (("b", base), ("c", cand)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(rec))
+    common = [str(tmp_path / "b.json"), str(tmp_path / "c.json"), "--out", str(tmp_path / "o")]
+    assert main(["compare", *common, "--suite", str(with_gate)]) == 0
+    result = json.loads((tmp_path / "o" / "compare.json").read_text())
+    assert {r["margin"] for r in result["rules"] if r["task"] != "fb_medical"} == {5}
+    compare, _, _ = env
+    assert compare(base, cand)[0] == 1

@@ -15,7 +15,11 @@ import pandas as pd
 import pytest
 
 from forgetbench.cli import main
+from forgetbench.config import load_suite
+from forgetbench.report import stored_results
 from forgetbench.report.tables import mitigation_frame, summary_frame
+from forgetbench.report.verdict import sweep_verdict
+from forgetbench.store import RunStore
 from tests.browser import browser_available, open_page
 from tests.conftest import SUITES
 
@@ -62,6 +66,17 @@ def test_default_sweep_learns_the_target_and_forgets_at_high_learning_rates(tmp_
     assert ewc["forgetting_reduced"] >= 40 and ewc["learning_cost"] <= 15, ewc
     l2 = top[top.index.str.startswith("L2-SP")].iloc[0]
     assert l2["forgetting_reduced"] >= 30 and l2["learning_cost"] <= 20, l2
+
+    # the verdict: the best λ of each regulariser and discriminative lr reduce forgetting
+    # for real at the top lr (their intervals over 3 seeds and the items exclude 0), early
+    # stopping (which never triggers here) does not
+    store = RunStore(runs / "medical")
+    baseline, points = stored_results(store, store.latest_sweep())
+    verdict = sweep_verdict(load_suite(SUITES / "medical.yaml"), baseline, points, {})
+    judged = {m["mitigation"]: m for m in verdict["mitigations"] if m["lr"] == df["lr"].max()}
+    for name in ("EWC λ=1000", "L2-SP λ=0.1", "discriminative lr ξ=2.6"):
+        assert judged[name]["real"] and judged[name]["seeds"] == 3, judged[name]
+    assert not judged["early stopping (patience 2)"]["real"]
 
     # every point logged its forgetting curve, from the base model (step 0) to its last step
     for pid in df["point_id"].unique():

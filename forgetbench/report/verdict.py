@@ -6,9 +6,10 @@ from :func:`stats.bootstrap_mean`: items resampled (clusters where the task decl
 and, where a setting was trained with several seeds, the seeds too, so an interval covers the
 noise of the evaluation items and of training.
 
-- **Recommended**: among settings whose general tasks pass the default gate against the base
-  model (compare.DEFAULT_GATE's general rule: none loses its margin, one-sided, Holm), the one
-  that learned the target most.
+- **Recommended**: among settings that pass the suite's release gate against the base model
+  (its ``gate`` file, else compare.DEFAULT_GATE: no task loses 2 points; one-sided tests,
+  Holm), the one that learned the target most. When none passes, the closest, and whether
+  the tasks are too small to show a loss under the gate's margins.
 - **Mitigations**: each mitigated setting against plain training at the same lr, epochs and
   schedule, seed by seed: the reduction in mean forgetting over the general tasks, real when
   its interval excludes 0.
@@ -56,6 +57,7 @@ class _Task:
     metric: str
     higher_is_better: bool
     clustered: bool
+    scale: int  # display units per unit of the metric: 100 (points) for a proportion, else 1
 
 
 def _tasks(suite: Suite, baseline: dict) -> list[_Task]:
@@ -63,7 +65,9 @@ def _tasks(suite: Suite, baseline: dict) -> list[_Task]:
     for task, role in suite.all_tasks():
         head = headline_metric(task.name, task.metric, baseline)
         better = bool(baseline["tasks"][task.name]["metrics"][head].get("higher_is_better", True))
-        out.append(_Task(task.name, role, head, better, task.cluster is not None))
+        values = [s["values"].get(head) for s in baseline["tasks"][task.name].get("samples", [])]
+        proportion = all(v is None or 0 <= v <= 1 for v in values)
+        out.append(_Task(task.name, role, head, better, task.cluster is not None, 100 if proportion else 1))
     return out
 
 
@@ -99,10 +103,9 @@ def _interval(boot: stats.Bootstrap) -> list[float]:
 
 def judge_settings(suite: Suite, baseline: dict, points: Sequence[Scored]) -> list[dict[str, Any]]:
     """Per setting (replicates together): learning and mean forgetting with intervals, and
-    the default gate's general rule against the base model."""
+    the suite's release gate against the base model."""
     tasks = _tasks(suite, baseline)
-    general_gate = compare.Gate(alpha=compare.DEFAULT_GATE.alpha,
-                                rules=[r for r in compare.DEFAULT_GATE.rules if r.role == "general"])
+    gate, source = compare.suite_gate(suite)
     groups: dict[Point, list[Scored]] = {}
     for item in points:
         groups.setdefault(_setting(item[1]), []).append(item)
@@ -114,8 +117,11 @@ def judge_settings(suite: Suite, baseline: dict, points: Sequence[Scored]) -> li
             # [seeds, items], after − before
             deltas, clusters = _deltas(task, [(baseline, scores) for _, _, scores in members])
             boot = boots[task.name, task.metric] = _oriented_boot([deltas], [clusters])
+            n_eff = len(set(clusters)) if clusters is not None else deltas.shape[1]
+            binary = bool(np.isin(deltas, (-1.0, 0.0, 1.0)).all())
             entries.append({"task": task.name, "headline": task.metric, "metrics": [
-                {"metric": task.metric, "higher_is_better": task.higher_is_better}]})
+                {"metric": task.metric, "higher_is_better": task.higher_is_better, "scale": task.scale,
+                 "mde": stats.min_detectable_effect(float(boot.samples.std(ddof=1)), n_eff, binary=binary)}]})
             sign = 1.0 if task.higher_is_better else -1.0
             per_role[task.role][0].append(sign * deltas)
             per_role[task.role][1].append(clusters)
@@ -124,11 +130,11 @@ def judge_settings(suite: Suite, baseline: dict, points: Sequence[Scored]) -> li
                             "change": sign * boot.estimate * 100, "low": low, "high": high})
         learn = _oriented_boot(*per_role["target"])
         forget = _oriented_boot([-d for d in per_role["general"][0]], per_role["general"][1])
-        rules = compare.judge(general_gate, suite, entries, boots)
+        rules = compare.judge(gate, suite, entries, boots, source)
         rows.append({"setting": setting, "label": setting.label(), "point_ids": [pid for pid, _, _ in members],
                      "seeds": len(members), "learning": learn.estimate * 100, "learning_ci": _interval(learn),
                      "forgetting": forget.estimate * 100, "forgetting_ci": _interval(forget),
-                     "passes": all(r["passed"] for r in rules), "tasks": changes,
+                     "passes": all(r["passed"] for r in rules), "tasks": changes, "rules": rules,
                      "failed_tasks": [r["task"] for r in rules if not r["passed"]]})
     return rows
 
@@ -201,10 +207,11 @@ def mitigation_effects(suite: Suite, baseline: dict, points: Sequence[Scored]) -
 def hidden_forgetting(suite: Suite, baseline: dict, points: Sequence[Scored],
                       logs: dict[str, list[dict]]) -> list[dict[str, Any]]:
     """Points whose in-training KL to the base, or held-out general loss, rose sharply while
-    none of the multiple-choice general tasks' scores dropped (each interval reaches 0 or above:
-    held, or rose, as the issue's chat model's did while it stopped answering)."""
-    mc = [t for t in _tasks(suite, baseline)
-          if t.role == "general" and baseline["tasks"][t.name].get("output_type") == "multiple_choice"]
+    no general score dropped (each interval reaches 0 or above: held, or rose, as the issue's
+    chat model's multiple-choice score did while it stopped answering), in a suite with
+    multiple-choice general tasks (scored by log-likelihood, they never see the model generate)."""
+    general = [t for t in _tasks(suite, baseline) if t.role == "general"]
+    mc = [t.name for t in general if baseline["tasks"][t.name].get("output_type") == "multiple_choice"]
     if not mc:
         return []
     out = []
@@ -217,15 +224,15 @@ def hidden_forgetting(suite: Suite, baseline: dict, points: Sequence[Scored],
         loss_rise = (last["general_loss"] - first["general_loss"]) / max(first["general_loss"], 1e-9)
         if not ((kl is not None and kl >= KL_SHARP) or loss_rise >= LOSS_SHARP):
             continue
-        dropped = []  # a multiple-choice score that rose hides forgetting as well as one that held
-        for task in mc:
+        dropped = []
+        for task in general:
             deltas, clusters = _deltas(task, [(baseline, scores)])
             sign = 1.0 if task.higher_is_better else -1.0
             if max(sign * x for x in _interval(_oriented_boot([deltas], [clusters]))) < 0:
                 dropped.append(task.name)
         if not dropped:
             out.append({"point_id": pid, "label": point.label(), "kl": kl, "general_loss_rise": loss_rise * 100,
-                        "mc_tasks": [t.name for t in mc]})
+                        "mc_tasks": mc})
     return out
 
 
@@ -237,7 +244,7 @@ def sweep_verdict(suite: Suite, baseline: dict, points: Sequence[Scored],
     best = max(passing, key=lambda s: s["learning"]) if passing else None
     generative = [t.name for t, role in suite.all_tasks() if role == "general"
                   and baseline["tasks"][t.name].get("output_type") not in (None, "multiple_choice")]
-    return {"settings": settings, "recommended": best, "margin": compare.DEFAULT_GATE.rules[0].margin,
+    return {"settings": settings, "recommended": best, "gate": compare.suite_gate(suite)[1],
             "mitigations": mitigation_effects(suite, baseline, points),
             "hidden": hidden_forgetting(suite, baseline, points, logs), "generative_tasks": generative}
 
@@ -245,17 +252,23 @@ def sweep_verdict(suite: Suite, baseline: dict, points: Sequence[Scored],
 def verdict_lines(verdict: dict[str, Any]) -> list[str]:
     """The verdict in plain sentences, for the terminal and the top of report.html."""
     lines = []
-    best, margin = verdict["recommended"], verdict["margin"]
-    if best is None:
-        least = min(verdict["settings"], key=lambda s: s["forgetting"], default=None)
-        lines.append(f"Recommended: none. Every setting loses {margin:g} points or more on some general task "
-                     "(the gate's interval cannot rule it out)"
-                     + (f"; the least forgetting is {least['label']} ({least['forgetting']:+.1f})." if least else "."))
-    else:
-        seeds = f", {best['seeds']} seeds" if best["seeds"] > 1 else ""
+    best, gate = verdict["recommended"], verdict["gate"]
+    if best is None and verdict["settings"]:
+        closest = min(verdict["settings"], key=lambda s: (len(s["failed_tasks"]), s["forgetting"]))
+        failed = [r for r in closest["rules"] if not r["passed"]]
+        weak = sorted({r["task"] for r in closest["rules"] if r["underpowered"]})
+        lines.append(f"Recommended: none: no setting passes the release gate ({gate}). The closest, "
+                     f"{closest['label']}, fails "
+                     + "; ".join(f"{r['task']} ({r['text'].split(': ', 1)[1]}: delta {r['delta']:+.1f}, "
+                                 f"bound {r['bound']:+.1f})" for r in failed)
+                     + (f". Too few items to show a loss under the margin on {', '.join(weak)} (minimum "
+                        "detectable effect above it): more items, or a wider margin in the gate." if weak else "."))
+    elif best is not None:
+        seeds = (f" ({best['seeds']} seeds)" if best["seeds"] > 1
+                 else " (one seed: training noise not covered; sweep seed: [0, 1, 2] to cover it)")
         lines.append(f"Recommended: {best['label']}: learns {best['learning']:+.1f} "
                      f"[{best['learning_ci'][0]:+.1f}, {best['learning_ci'][1]:+.1f}] points on the target "
-                     f"and loses less than {margin:g} points on every general task{seeds}.")
+                     f"and passes the release gate ({gate}){seeds}.")
     for m in verdict["mitigations"]:
         if m["unpaired"]:
             lines.append(f"{m['mitigation']} at lr {m['lr']:g}: not judged: no plain point of the same lr, epochs, "
@@ -278,9 +291,10 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
         kl = f"KL to the base rose to {h['kl']:.2f}" if h["kl"] is not None else ""
         loss = f"held-out general loss {h['general_loss_rise']:+.0f}%"
         lines.append(f"Hidden forgetting? {h['label']}: {', '.join(x for x in (kl, loss) if x)} in training while "
-                     f"its multiple-choice general scores ({', '.join(h['mc_tasks'])}) did not drop: log-likelihood "
-                     "scoring never generates. "
-                     + (f"Check its generative general tasks ({', '.join(verdict['generative_tasks'])})."
+                     f"no general score dropped; its multiple-choice ones ({', '.join(h['mc_tasks'])}) are scored by "
+                     "log-likelihood and never see it generate. "
+                     + (f"Its generative tasks ({', '.join(verdict['generative_tasks'])}) held too: read its answers "
+                        "(report: items that changed) before shipping it."
                         if verdict["generative_tasks"] else "Add a generative general task to see it."))
     return lines
 

@@ -75,7 +75,7 @@ def test_no_setting_passes_when_every_one_forgets(suite):
     verdict = sweep_verdict(suite, base_scores(), points, {})
     assert verdict["recommended"] is None
     assert verdict["settings"][0]["failed_tasks"] == ["fb_capitals", "fb_addition", "fb_code"]
-    assert verdict_lines(verdict)[0].startswith("Recommended: none.")
+    assert verdict_lines(verdict)[0].startswith("Recommended: none: no setting passes the release gate (")
 
 
 def test_a_sharp_kl_rise_with_unmoved_multiple_choice_scores_is_flagged(suite):
