@@ -50,7 +50,8 @@ def rule_line(r: dict) -> str:
     """A gate hypothesis in one line, e.g. for stderr."""
     verdict = "pass" if r["passed"] else "FAIL"
     side = ">" if r["bound"] > r["threshold"] else "≤"
-    weak = f" (underpowered: it could not see a loss of {r['margin']:g})" if r["underpowered"] else ""
+    weak = ("" if not r["underpowered"] else " (too few items for this margin: the pass says little)" if r["passed"]
+            else f" (inconclusive: too few items to show a loss under {r['margin']:g})")
     return (f"{verdict}  {r['text']}: {r['task']} {r['metric']} delta {r['delta']:+.1f}, "
             f"bound {r['bound']:+.1f} {side} {r['threshold']:+.1f}, p (Holm) {_p(r['p_holm'])}{weak}")
 
@@ -76,7 +77,7 @@ def format_terminal(result: dict) -> str:
         test = ("non-inferior" if r["test"] == "non_inferior" else "superior") + f" {r['margin']:g}"
         tests.append(("pass" if r["passed"] else "FAIL", r["task"][:16], test, f"{r['delta']:+.1f}",
                       f"{r['bound']:+.1f}", f"{r['threshold']:+.1f}", _p(r["p_holm"]),
-                      "MDE>margin" if r["underpowered"] else ""))
+                      ("MDE>margin" if r["passed"] else "inconclusive") if r["underpowered"] else ""))
     lines = [*_columns(rows, 2), "",
              "points (candidate − base; a metric not on 0-1 in its units); -/+: items worse/better;",
              "n/Nc: items/clusters; MDE: the smallest delta detectable (80% power)",
@@ -146,6 +147,12 @@ img { max-width: 100%; } pre { background: #f7f7f7; padding: 0.8em; overflow-x: 
 """
 
 
+def _power_note(r: dict) -> str:
+    if not r["underpowered"]:
+        return ""
+    return "too few items for this margin: the pass says little" if r["passed"] else "inconclusive: too few items"
+
+
 def _cells(values: list[str], cls: str = "") -> str:
     return (f'<tr class="{cls}">' if cls else "<tr>") + "".join(f"<td>{v}</td>" for v in values) + "</tr>"
 
@@ -168,8 +175,7 @@ def render_html(result: dict, png: bytes) -> str:
                  for t in result["tasks"] for m in t["metrics"]]
     rule_rows = [_cells(["pass" if r["passed"] else "FAIL", e(r["text"]), e(r["task"]), e(r["metric"]),
                          f"{r['delta']:+.1f}", f"{r['bound']:+.1f}", f"{r['threshold']:+.1f}",
-                         _p(r["p"]), _p(r["p_holm"]), "MDE &gt; margin: a pass means little" if r["underpowered"]
-                         else ""], "" if r["passed"] else "fail")
+                         _p(r["p"]), _p(r["p_holm"]), _power_note(r)], "" if r["passed"] else "fail")
                  for r in result["rules"]]
     img = base64.b64encode(png).decode()
     return f"""<!doctype html>
