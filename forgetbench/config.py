@@ -248,7 +248,7 @@ class Suite(_Strict):
     # run Python code shipped with a model (its config's auto_map); off: such a model is refused
     trust_remote_code: bool = False
     # the release gate (a `forgetbench compare --gate` file): what the sweep's verdict and
-    # `compare` without --gate judge a point against the base model by; none: no task may
+    # `compare` without --gate judge a point against the base model by; none: no general task may
     # lose 2 points or more
     gate: Path | None = None
     data: DataSpec

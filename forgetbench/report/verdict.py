@@ -7,7 +7,7 @@ and, where a setting was trained with several seeds, the seeds too, so an interv
 noise of the evaluation items and of training.
 
 - **Recommended**: among settings that pass the suite's release gate against the base model
-  (its ``gate`` file, else compare.DEFAULT_GATE: no task loses 2 points; one-sided tests,
+  (its ``gate`` file, else compare.DEFAULT_GATE: no general task loses 2 points; one-sided tests,
   Holm), the one that learned the target most. When none passes, the closest, and whether
   the tasks are too small to show a loss under the gate's margins.
 - **Mitigations**: each mitigated setting against plain training at the same lr, epochs and
