@@ -349,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("candidate", help="as BASE")
     p.add_argument("--suite", help="the tasks and eval settings (default: a sweep point's suite)")
     with_set(p)
-    p.add_argument("--gate", help="gate rules YAML (default: the suite's gate, else no general task loses 2 points or more)")
+    p.add_argument("--gate", help="gate rules YAML (default: the suite's gate, else: no general task "
+                                  "loses 2 points or more)")
     p.add_argument("--out", help="output folder (default: RUNS_DIR/compare/BASE-vs-CANDIDATE)")
     p.add_argument("--runs-dir", default="runs", help="its evaluation store is RUNS_DIR/evals (default: runs)")
     p.add_argument("--force", action="store_true",
