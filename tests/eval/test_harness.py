@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from forgetbench.config import load_suite
@@ -51,10 +53,19 @@ def test_evaluate_a_local_model_directory_keeps_per_sample_results(write_suite, 
     assert 0 <= med["metrics"]["acc"]["value"] <= 1 and med["metrics"]["acc"]["stderr"] is not None
     mean = sum(s["values"]["acc"] for s in med["samples"]) / 8
     assert med["metrics"]["acc"]["value"] == pytest.approx(mean)
-    assert med["samples"][0]["responses"]["none"] in {"0", "1", "2", "3"}
+    # what compare pairs and shows: lm-eval's hashes, the prompt, the gold answer and the
+    # model's as text (for multiple choice, the choice it ranked first), each item's cluster
+    docs = [json.loads(line) for line in (SUITES / "data" / "medical_eval.jsonl").read_text().splitlines()]
+    first, doc = med["samples"][0], docs[med["samples"][0]["doc_id"]]
+    assert first["responses"]["none"] in doc["choices"] and first["target"] == doc["choices"][doc["answer"]]
+    assert first["prompt"].endswith(doc["prompt"]) and first["cluster"] == doc["drug"]
+    assert first["doc_hash"] and first["prompt_hash"] and first["target_hash"]
+    assert med["output_type"] == "multiple_choice"
     add = scores["tasks"]["fb_addition"]
     assert set(add["metrics"]) == {"exact_match"} and len({s["doc_id"] for s in add["samples"]}) == 8
+    assert add["output_type"] == "generate_until" and add["samples"][0]["target"].isdigit()
     assert scores["settings"]["versions"]["lm_eval"]
+    assert scores["tokenization"]["tokenizer"]
 
 
 def test_editing_an_included_template_changes_the_task_fingerprint(tmp_path):
