@@ -449,15 +449,20 @@ def run(base_arg: str, candidate_arg: str, *, suite: Suite | None, gate_path: Pa
     for side, field in ((base, "BASE"), (candidate, "CANDIDATE")):
         if side.model and side.suite is None:
             check_model(side.model, "forgetbench compare", field=field, trust_remote_code=suite.trust_remote_code)
+    sides = [base, candidate]
+    # given records first (read, not evaluated): each is checked against the settings the
+    # other side will be evaluated under before that evaluation runs (it may take hours);
+    # the tokenizer after it
+    loaded = {i: side_scores(side, suite, runs_dir, say=say) for i, side in enumerate(sides) if side.record}
     if base.model or candidate.model:
         check_tasks(suite.tasks, source="compare")
-        # a given record is checked against the settings the other side will be evaluated
-        # under before that evaluation runs (it may take hours); the tokenizer after it
         planned = {"settings": eval_settings(suite.tasks, suite.eval)}
-        for side in (base, candidate):
-            if side.record is not None:
-                _refuse_mismatch(differences(read_result(side.record), planned, tokenization=False), force)
-    (b, b_path), (c, c_path) = (side_scores(s, suite, runs_dir, say=say) for s in (base, candidate))
+        for record, _ in loaded.values():
+            _refuse_mismatch(differences(record, planned, tokenization=False), force)
+    for i, side in enumerate(sides):
+        if i not in loaded:
+            loaded[i] = side_scores(side, suite, runs_dir, say=say)
+    (b, b_path), (c, c_path) = loaded[0], loaded[1]
     mismatch = differences(b, c)
     _refuse_mismatch(mismatch, force)
     result = {"suite": suite.name, "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "resamples": RESAMPLES,
