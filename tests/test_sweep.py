@@ -300,7 +300,8 @@ def test_a_corrupt_stored_result_fails_report_in_one_line_and_the_next_sweep_rec
 
     def evaluate(model_dir, tasks, spec, **kwargs):  # lm-eval's part is tested in tests/eval
         evaluated.append(str(model_dir))
-        samples = [{"doc_id": i, "values": {"acc": float(i % 2), "exact_match": 0.0}} for i in range(4)]
+        samples = [{"doc_id": i, "cluster": str(i), "values": {"acc": float(i % 2), "exact_match": 0.0}}
+                   for i in range(4)]
         metric = {"value": 0.5, "stderr": 0.1, "higher_is_better": True}
         return {"settings": {}, "tasks": {t.name: {"metrics": {t.metric: metric}, "n": 4, "samples": samples}
                                           for t, _ in tasks.all()}}
