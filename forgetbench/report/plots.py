@@ -37,6 +37,17 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _seeds_note(group: pd.DataFrame) -> str:
+    """" (3 seeds)" when every setting of a line has them, " (3 seeds at lr 0.003)" when some do."""
+    most = group["seeds"].max()
+    if most <= 1:
+        return ""
+    if group["seeds"].min() == most:
+        return f" ({most} seeds)"
+    lrs = sorted(set(group.loc[group["seeds"] == most, "lr"]))
+    return f" ({most} seeds at lr {', '.join(f'{lr:g}' for lr in lrs)})"
+
+
 def _yerr(frame: pd.DataFrame, value: str, low: str, high: str) -> list[list[float]]:
     """Asymmetric error bars from an interval's bounds."""
     return [list(frame[value] - frame[low]), list(frame[high] - frame[value])]
@@ -60,8 +71,7 @@ def change_vs_lr(changes: pd.DataFrame) -> bytes:
             grp = grp.sort_values("lr").assign(y=lambda g: sign * g["change"],
                                                lo=lambda g: (sign * g[["low", "high"]]).min(axis=1),
                                                hi=lambda g: (sign * g[["low", "high"]]).max(axis=1))
-            seeds = grp["seeds"].max()
-            label = _group_label(grp) + (f" ({seeds} seeds)" if seeds > 1 else "")
+            label = _group_label(grp) + _seeds_note(grp)
             ax.errorbar(grp["lr"], grp["y"], yerr=_yerr(grp, "y", "lo", "hi"), marker="o", capsize=3, label=label)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
@@ -84,11 +94,10 @@ def learning_vs_forgetting(settings: pd.DataFrame) -> bytes:
     fig, ax = plt.subplots(figsize=(6.5, 4.6))
     _enough_colours(ax, settings)
     for _, grp in settings.groupby(GROUP_KEYS, dropna=False):
-        seeds = grp["seeds"].max()
         ax.errorbar(grp["forgetting"], grp["learning"],
                     xerr=_yerr(grp, "forgetting", "forgetting_low", "forgetting_high"),
                     yerr=_yerr(grp, "learning", "learning_low", "learning_high"), fmt="o", ms=5, capsize=2,
-                    label=_group_label(grp) + (f" ({seeds} seeds)" if seeds > 1 else ""))
+                    label=_group_label(grp) + _seeds_note(grp))
         for _, row in grp.iterrows():
             ax.annotate(f"{row['lr']:g}", (row["forgetting"], row["learning"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")

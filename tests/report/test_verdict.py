@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from forgetbench.config import Point, load_suite
+from forgetbench.report import plots
 from forgetbench.report.verdict import setting_frames, sweep_verdict, verdict_lines
 from tests.conftest import SUITES
 from tests.test_compare import METRIC, record
@@ -67,6 +68,10 @@ def test_the_verdict_recommends_a_passing_setting_and_judges_mitigations(suite, 
     changes, settings = setting_frames(verdict)
     assert len(settings) == 4 and set(changes["task"]) == set(METRIC)
     assert (changes["low"] <= changes["change"]).all() and (changes["change"] <= changes["high"]).all()
+    # the figures draw these intervals; a line whose settings have 3 seeds at one lr says where
+    assert plots.change_vs_lr(changes).startswith(b"\x89PNG") and plots.learning_vs_forgetting(settings)
+    plain = changes[(changes["regularizer"] == "none") & (changes["mix_ratio"] == 0)]
+    assert plots._seeds_note(plain) == " (3 seeds at lr 0.003)"
 
 
 def test_no_setting_passes_when_every_one_forgets(suite):
