@@ -1,10 +1,11 @@
 """The sweep's verdict, what a reviewer reads first: which setting to ship, whether each
 mitigation's reduction in forgetting is real, and forgetting the scores cannot see.
 
-Every figure here comes from per-item scores paired with the base model's, and its interval
-from :func:`stats.bootstrap_mean`: items resampled (clusters where the task declares them)
-and, where a setting was trained with several seeds, the seeds too, so an interval covers the
-noise of the evaluation items and of training.
+Every figure here comes from per-item scores paired with the base model's (or, for a
+mitigation, with plain training of the same seed), and its interval from
+:func:`stats.seeds_and_items`: items resampled (clusters where the task declares them) and,
+where a setting was trained with several seeds, the seeds' spread too (with Student's t), so
+an interval covers the noise of the evaluation items and of training.
 
 - **Recommended**: among settings that pass the suite's release gate against the base model
   (its ``gate`` file, else compare.DEFAULT_GATE: no general task loses 2 points; one-sided tests,
@@ -14,8 +15,9 @@ noise of the evaluation items and of training.
   schedule, seed by seed: the reduction in mean forgetting over the general tasks, real when
   its interval excludes 0.
 - **Hidden forgetting**: a point whose KL to the base (or held-out general loss) rose sharply
-  in training while none of its multiple-choice general scores dropped: log-likelihood scoring
-  never generates, so a model that stopped answering well can keep its MC score.
+  in training while no general score dropped, in a suite with multiple-choice general tasks:
+  log-likelihood scoring never generates, so a model that stopped answering well can keep
+  (or raise) its MC score.
 """
 from __future__ import annotations
 
@@ -42,12 +44,11 @@ Scored = tuple[str, Point, dict]  # (point id, point, scores)
 
 def _setting(point: Point) -> Point:
     """The point without its seed: replicates share it."""
-    return point.model_copy(update={"seed": None}) if "seed" in Point.model_fields else point
+    return point.model_copy(update={"seed": None})
 
 
 def _seed(point: Point, suite: Suite) -> int:
-    seed = getattr(point, "seed", None)
-    return suite.train.seed if seed is None else seed
+    return suite.for_point(point).train.seed
 
 
 @dataclass(frozen=True)
