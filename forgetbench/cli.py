@@ -93,6 +93,7 @@ def _print_files(root: Path) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from forgetbench.compare import suite_gate
     from forgetbench.config import load_suite
     from forgetbench.datafiles import read_rows
     from forgetbench.eval.harness import check_tasks, eval_items
@@ -109,6 +110,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
     check_tasks(suite.tasks, source=args.suite)
     check_training(suite, args.suite)
+    suite_gate(suite)  # the release gate the verdict judges by: a bad file fails now, not at the end
     # no eval item, nor a held-out row, is trained on; always refused (see leakage.py)
     check_leakage(suite, eval_items(suite.tasks, args.suite, show_progress=args.verbose))
     if suite.data.fisher is not None:  # the one data file the leakage guard does not read

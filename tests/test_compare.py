@@ -274,3 +274,13 @@ def test_the_suite_gate_is_the_default_of_compare(env, tmp_path, write_suite):
     assert {r["margin"] for r in result["rules"] if r["task"] != "fb_medical"} == {5}
     compare, _, _ = env
     assert compare(base, cand)[0] == 1
+
+
+def test_a_sweep_with_a_bad_gate_file_stops_before_anything_runs(tmp_path, write_suite, capsys):
+    gate = tmp_path / "gate.yaml"
+    gate.write_text(yaml.safe_dump({"rules": [{"category": "poetry"}]}))
+    suite = write_suite({**suite_dict(), "gate": str(gate)})
+    assert main(["sweep", str(suite), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{gate}: rules[0]: category 'poetry' matches no task" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
