@@ -93,10 +93,10 @@ def _print_files(root: Path) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from forgetbench.compare import suite_gate
     from forgetbench.config import load_suite
     from forgetbench.datafiles import read_rows
     from forgetbench.eval.harness import check_tasks, eval_items
+    from forgetbench.gate import suite_gate
     from forgetbench.leakage import check_leakage
     from forgetbench.models import check_model
     from forgetbench.planner import check_fits

@@ -1,4 +1,4 @@
-"""``forgetbench compare``: two checkpoints judged item by item, and a release gate.
+"""``forgetbench compare``: two checkpoints judged item by item against a release gate.
 
 Both models are evaluated (or read from the evaluation store) on the suite's tasks under one
 set of eval settings; items are paired by task and lm-eval's document hash. For every task
@@ -7,16 +7,7 @@ delta with a paired bootstrap interval (resampling clusters when the task declar
 exact McNemar p and the items that flipped each way for 0/1 metrics, and the minimum
 detectable effect at this number of items.
 
-The gate is a list of rules over tasks (one task, a category or a role), each a one-sided
-test on the delta of a task's headline metric, oriented so that higher is better:
-
-    non_inferior, margin m:  H0 delta <= -m   (pass: the candidate lost less than m points)
-    superior,     margin m:  H0 delta <= m    (pass: it gained more than m points)
-
-Each (rule, task) is one hypothesis with a bootstrap p-value; Holm's correction across all
-of them keeps the chance of passing any false one below ``alpha``. With one hypothesis and
-``alpha`` 0.025, "non_inferior" passes exactly when the two-sided 95% interval's lower bound
-is above -m. Margins are in points: hundredths of the metric (2 points of accuracy = 0.02).
+The gate that judges the comparison is forgetbench/gate.py's.
 """
 from __future__ import annotations
 
@@ -24,16 +15,17 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from forgetbench import stats
-from forgetbench.config import Suite, read_yaml_mapping, validation_message
+from forgetbench.config import Suite
 from forgetbench.errors import ForgetbenchError
 from forgetbench.eval.harness import check_tasks, eval_settings
 from forgetbench.evalstore import EvalStore
+from forgetbench.gate import Gate, check_gate, judge, load_gate, suite_gate
 from forgetbench.metrics import headline_metric
 from forgetbench.models import check_model
 from forgetbench.store import read_result
@@ -41,86 +33,6 @@ from forgetbench.store import read_result
 RESAMPLES = 10_000
 # settings that may differ between two comparable evaluations: where the model came from
 _IGNORED_SETTINGS = {"model_dir", "model", "seconds"}
-
-
-# ---------------------------------------------------------------- the gate
-
-class GateRule(BaseModel):
-    """One rule: a test on the headline metric (or ``metric``) of each task it selects."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    task: str | None = None        # one task by name
-    category: str | None = None    # the tasks of one category (qa, math, code ...)
-    role: Literal["target", "general"] | None = None  # every target or general task
-    test: Literal["non_inferior", "superior"] = "non_inferior"
-    margin: Annotated[float, Field(ge=0)] = 2.0  # points
-    metric: str | None = None
-
-    @model_validator(mode="after")
-    def _one_selector(self) -> GateRule:
-        chosen = [k for k in ("task", "category", "role") if getattr(self, k) is not None]
-        if len(chosen) != 1:
-            raise ValueError("a rule selects its tasks by exactly one of task, category or role "
-                             f"(got {', '.join(chosen) or 'none'})")
-        return self
-
-    def text(self) -> str:
-        which = (f"task {self.task}" if self.task else f"category {self.category}" if self.category
-                 else f"{self.role} tasks")
-        test = "non-inferior" if self.test == "non_inferior" else "superior"
-        return f"{which}: {test}, margin {self.margin:g}"
-
-
-class Gate(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    # family-wise error rate of the one-sided tests (0.025: a single rule is judged by the
-    # two-sided 95% interval)
-    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.025
-    rules: Annotated[list[GateRule], Field(min_length=1)]
-
-
-# Without a gate file: no general task may lose 2 points or more. (The target is what the
-# fine-tuning is for; a gate file adds rules on it, e.g. superior by some margin.)
-DEFAULT_GATE = Gate(rules=[GateRule(role="general", test="non_inferior", margin=2.0)])
-
-
-def load_gate(path: Path) -> Gate:
-    raw = read_yaml_mapping(path, "gate file", "alpha, rules")
-    try:
-        return Gate.model_validate(raw)
-    except ValidationError as exc:
-        raise ForgetbenchError(validation_message(str(path), exc, Gate)) from None
-
-
-def suite_gate(suite: Suite) -> tuple[Gate, str]:
-    """The suite's release gate (its ``gate`` file, checked against its tasks), else the
-    default; and where it came from, for messages."""
-    if suite.gate is None:
-        return DEFAULT_GATE, "the default gate"
-    gate = load_gate(suite.gate)
-    source = str(suite.gate.relative_to(Path.cwd()) if suite.gate.is_relative_to(Path.cwd()) else suite.gate)
-    check_gate(gate, suite, source)
-    return gate, source
-
-
-def check_gate(gate: Gate, suite: Suite, source: str) -> None:
-    """Refuse a rule that selects no task of the suite (a typo would pass silently)."""
-    for i, rule in enumerate(gate.rules):
-        if not _selected(rule, suite):
-            what = ("task " + repr(rule.task) if rule.task else "category " + repr(rule.category)
-                    if rule.category else f"role {rule.role}")
-            tasks = ", ".join(f"{t.name} ({role}{', ' + t.category if t.category else ''})"
-                              for t, role in suite.all_tasks())
-            raise ForgetbenchError(f"{source}: rules[{i}]: {what} matches no task of suite "
-                                   f"{suite.name!r}; its tasks: {tasks}")
-
-
-def _selected(rule: GateRule, suite: Suite) -> list[str]:
-    return [t.name for t, role in suite.all_tasks()
-            if (rule.task and t.name == rule.task) or (rule.role and role == rule.role)
-            or (rule.category and t.category == rule.category)]
 
 
 # ---------------------------------------------------------------- comparability
@@ -318,45 +230,6 @@ def compare_scores(suite: Suite, base: dict, candidate: dict, gate: Gate, source
     failed = [r for r in rules if not r["passed"]]
     return {"verdict": "FAIL" if failed else "PASS", "gate": gate.model_dump(mode="json"),
             "rules": rules, "tasks": tasks, "flips": flips}
-
-
-def judge(gate: Gate, suite: Suite, tasks: list[dict], boots: dict, source: str = "the gate") -> list[dict[str, Any]]:
-    """One row per (rule, task) hypothesis: its one-sided p, Holm-adjusted p and verdict, in
-    the metric's display units (points for a proportion). ``bound`` is the lower bound of the
-    interval at the hypothesis' own Holm level, α / (m − rank), so "bound > threshold" and
-    "passed" agree (but for Holm's rule that a test after a failed one fails too);
-    ``underpowered``: its minimum detectable effect exceeds the margin, and it passed (which
-    then says little) or failed with an estimate within the margin (inconclusive)."""
-    by_name = {t["task"]: t for t in tasks}
-    rows, oriented = [], []
-    for i, rule in enumerate(gate.rules):
-        for name in _selected(rule, suite):
-            entry = by_name[name]
-            metric = rule.metric or entry["headline"]
-            m = next((m for m in entry["metrics"] if m["metric"] == metric), None)
-            if m is None:
-                have = ", ".join(x["metric"] for x in entry["metrics"])
-                raise ForgetbenchError(f"{source}: rules[{i}].metric: task {name} has no per-item metric "
-                                       f"{metric!r} to test; it has {have}")
-            sign, scale = (1.0 if m["higher_is_better"] else -1.0), m.get("scale", 100)
-            boot = boots[name, metric]
-            oriented.append(stats.Bootstrap(sign * boot.estimate, sign * boot.samples))
-            threshold = (-rule.margin if rule.test == "non_inferior" else rule.margin) / scale
-            rows.append({"rule": i, "text": rule.text(), "task": name, "metric": metric, "test": rule.test,
-                         "margin": rule.margin, "scale": scale, "delta": oriented[-1].estimate * scale,
-                         "threshold": threshold * scale, "p": oriented[-1].p_at_most(threshold),
-                         "weak": "mde" in m and m["mde"] * scale > rule.margin})
-    ranks = sorted(range(len(rows)), key=lambda k: rows[k]["p"])
-    for rank, k in enumerate(ranks):
-        level = gate.alpha / (len(rows) - rank)
-        rows[k]["bound"] = oriented[k].interval(1 - 2 * level).low * rows[k]["scale"]
-    for row, adjusted in zip(rows, stats.holm([r["p"] for r in rows])):
-        row["p_holm"] = adjusted
-        row["passed"] = adjusted < gate.alpha
-        # too few items for this margin: a pass says little (no flips make a [0, 0] interval),
-        # a fail whose estimate is within the margin is inconclusive, not a loss
-        row["underpowered"] = row.pop("weak") and (row["passed"] or row["delta"] > row["threshold"])
-    return rows
 
 
 # ---------------------------------------------------------------- what is compared

@@ -26,26 +26,6 @@ def retention(before: float, after: float) -> float | None:
     return after / before if before else None
 
 
-def paired(before: Sequence[dict], after: Sequence[dict], metric: str) -> tuple[list[float], list[float]]:
-    """Per-item values of ``metric`` for items present in both runs, matched by doc_id.
-
-    Items whose document hash differs between the runs are refused: they are different items.
-    """
-    by_id = {s["doc_id"]: s for s in before}
-    xs, ys = [], []
-    for s in after:
-        b = by_id.get(s["doc_id"])
-        if b is None:
-            continue
-        if b.get("doc_hash") and s.get("doc_hash") and b["doc_hash"] != s["doc_hash"]:
-            raise ValueError(f"doc {s['doc_id']} differs between the two evaluations")
-        x, y = b["values"].get(metric), s["values"].get(metric)
-        if x is not None and y is not None:
-            xs.append(float(x))
-            ys.append(float(y))
-    return xs, ys
-
-
 def paired_stderr(before: Sequence[float], after: Sequence[float]) -> float | None:
     """Standard error of the mean paired difference: sd(d_i) / √n with d_i = after_i − before_i
     (sample sd, n − 1). Pairing removes the between-item variance that two independent

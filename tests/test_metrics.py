@@ -23,17 +23,6 @@ def test_paired_stderr_against_hand_computation():
     assert metrics.paired_stderr([1], [0]) is None
 
 
-def test_pairing_matches_items_by_id_and_refuses_changed_items():
-    b = [{"doc_id": 0, "doc_hash": "a", "values": {"acc": 1.0}},
-         {"doc_id": 1, "doc_hash": "b", "values": {"acc": 0.0}}]
-    a = [{"doc_id": 1, "doc_hash": "b", "values": {"acc": 1.0}},
-         {"doc_id": 0, "doc_hash": "a", "values": {"acc": 0.0}}]
-    assert metrics.paired(b, a, "acc") == ([0.0, 1.0], [1.0, 0.0])
-    a[0]["doc_hash"] = "changed"
-    with pytest.raises(ValueError, match="differs"):
-        metrics.paired(b, a, "acc")
-
-
 def test_pareto_front():
     # (learning, forgetting): 0 and 2 are optimal; 1 is beaten by 0; 3 ties 2 on forgetting
     # with less learning

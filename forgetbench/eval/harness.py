@@ -288,15 +288,23 @@ def _split_metric_key(key: str) -> tuple[str, str] | None:
     return metric, filt
 
 
+def _choice_text(arguments: Any, index: int) -> str | None:
+    """The text of multiple-choice option ``index``: the continuation of its request, None
+    when the requests are not (context, continuation) pairs."""
+    args = arguments[index] if isinstance(arguments, list) and 0 <= index < len(arguments) else None
+    if isinstance(args, (list, tuple)) and len(args) > 1 and isinstance(args[1], str):
+        return args[1].strip()[:_SAMPLE_TEXT_LIMIT]
+    return None
+
+
 def _response(resps: Any, arguments: Any) -> str:
     """What the model answered: generated text, or for multiple choice the text of the choice
-    with the highest log-likelihood (the continuation of its request)."""
+    with the highest log-likelihood."""
     if isinstance(resps, list) and resps and all(isinstance(r, (list, tuple)) for r in resps):
         lls = [float(r[0]) for r in resps]  # (log-likelihood, is_greedy) per choice
         best = max(range(len(lls)), key=lls.__getitem__)
-        args = arguments[best] if isinstance(arguments, list) and best < len(arguments) else None
-        answer = args[1] if isinstance(args, (list, tuple)) and len(args) > 1 else best
-        return str(answer).strip()[:_SAMPLE_TEXT_LIMIT]
+        text = _choice_text(arguments, best)
+        return str(best) if text is None else text
     first = resps[0] if isinstance(resps, list) and resps else resps
     return str(first)[:_SAMPLE_TEXT_LIMIT]
 
@@ -310,12 +318,9 @@ def _prompt(arguments: Any) -> str:
 
 def _gold_text(target: Any, arguments: Any) -> str:
     """The gold answer as text: for multiple choice (an index into the requests) the gold
-    choice's continuation, else the target itself."""
-    if isinstance(target, int) and isinstance(arguments, list) and 0 <= target < len(arguments):
-        args = arguments[target]
-        if isinstance(args, (list, tuple)) and len(args) > 1 and isinstance(args[1], str):
-            return args[1].strip()[:_SAMPLE_TEXT_LIMIT]
-    return str(target)[:_SAMPLE_TEXT_LIMIT]
+    choice's text, else the target itself."""
+    text = _choice_text(arguments, target) if isinstance(target, int) else None
+    return str(target)[:_SAMPLE_TEXT_LIMIT] if text is None else text
 
 
 def tokenizer_digest(tokenizer: Any) -> str:

@@ -8,7 +8,7 @@ where a setting was trained with several seeds, the seeds' spread too (with Stud
 an interval covers the noise of the evaluation items and of training.
 
 - **Recommended**: among settings that pass the suite's release gate against the base model
-  (its ``gate`` file, else compare.DEFAULT_GATE: no general task loses 2 points; one-sided tests,
+  (its ``gate`` file, else gate.DEFAULT_GATE: no general task loses 2 points; one-sided tests,
   Holm), the one that learned the target most. When none passes, the closest, and whether
   the tasks are too small to show a loss under the gate's margins.
 - **Mitigations**: each mitigated setting against plain training at the same lr, epochs and
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forgetbench import compare, stats
+from forgetbench import compare, gate, stats
 from forgetbench.config import Point, Suite
 from forgetbench.errors import ForgetbenchError
 from forgetbench.metrics import headline_metric
@@ -102,11 +102,13 @@ def _interval(boot: stats.Bootstrap) -> list[float]:
     return [i.low * 100, i.high * 100]
 
 
-def judge_settings(suite: Suite, baseline: dict, points: Sequence[Scored]) -> list[dict[str, Any]]:
+def judge_settings(suite: Suite, baseline: dict, points: Sequence[Scored],
+                   release: tuple[gate.Gate, str]) -> list[dict[str, Any]]:
     """Per setting (replicates together): learning and mean forgetting with intervals, and
-    the suite's release gate against the base model."""
+    the release gate (``gate.suite_gate``'s: the gate and where it came from) against the
+    base model."""
     tasks = _tasks(suite, baseline)
-    gate, source = compare.suite_gate(suite)
+    rules_of, source = release
     groups: dict[Point, list[Scored]] = {}
     for item in points:
         groups.setdefault(_setting(item[1]), []).append(item)
@@ -131,7 +133,7 @@ def judge_settings(suite: Suite, baseline: dict, points: Sequence[Scored]) -> li
                             "change": sign * boot.estimate * 100, "low": low, "high": high})
         learn = _oriented_boot(*per_role["target"])
         forget = _oriented_boot([-d for d in per_role["general"][0]], per_role["general"][1])
-        rules = compare.judge(gate, suite, entries, boots, source)
+        rules = gate.judge(rules_of, suite, entries, boots, source)
         rows.append({"setting": setting, "label": setting.label(), "point_ids": [pid for pid, _, _ in members],
                      "seeds": len(members), "learning": learn.estimate * 100, "learning_ci": _interval(learn),
                      "forgetting": forget.estimate * 100, "forgetting_ci": _interval(forget),
@@ -240,12 +242,13 @@ def hidden_forgetting(suite: Suite, baseline: dict, points: Sequence[Scored],
 def sweep_verdict(suite: Suite, baseline: dict, points: Sequence[Scored],
                   logs: dict[str, list[dict]]) -> dict[str, Any]:
     """Everything the report's verdict section and the terminal's last lines say."""
-    settings = judge_settings(suite, baseline, points)
+    release = gate.suite_gate(suite)
+    settings = judge_settings(suite, baseline, points, release)
     passing = [s for s in settings if s["passes"]]
     best = max(passing, key=lambda s: s["learning"]) if passing else None
     generative = [t.name for t, role in suite.all_tasks() if role == "general"
                   and baseline["tasks"][t.name].get("output_type") not in (None, "multiple_choice")]
-    return {"settings": settings, "recommended": best, "gate": compare.suite_gate(suite)[1],
+    return {"settings": settings, "recommended": best, "gate": release[1],
             "mitigations": mitigation_effects(suite, baseline, points),
             "hidden": hidden_forgetting(suite, baseline, points, logs), "generative_tasks": generative}
 
@@ -253,12 +256,12 @@ def sweep_verdict(suite: Suite, baseline: dict, points: Sequence[Scored],
 def verdict_lines(verdict: dict[str, Any]) -> list[str]:
     """The verdict in plain sentences, for the terminal and the top of report.html."""
     lines = []
-    best, gate = verdict["recommended"], verdict["gate"]
+    best, gate_name = verdict["recommended"], verdict["gate"]
     if best is None and verdict["settings"]:
         closest = min(verdict["settings"], key=lambda s: (len(s["failed_tasks"]), s["forgetting"]))
         failed = [r for r in closest["rules"] if not r["passed"]]
         weak = sorted({r["task"] for r in closest["rules"] if r["underpowered"]})
-        lines.append(f"Recommended: none: no setting passes the release gate ({gate}). The closest, "
+        lines.append(f"Recommended: none: no setting passes the release gate ({gate_name}). The closest, "
                      f"{closest['label']}, fails "
                      + "; ".join(f"{r['task']} ({r['text'].split(': ', 1)[1]}: delta {r['delta']:+.1f}, "
                                  f"bound {r['bound']:+.1f})" for r in failed)
@@ -269,7 +272,7 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
                  else " (one seed: training noise not covered; sweep seed: [0, 1, 2] to cover it)")
         lines.append(f"Recommended: {best['label']}: learns {best['learning']:+.1f} "
                      f"[{best['learning_ci'][0]:+.1f}, {best['learning_ci'][1]:+.1f}] points on the target "
-                     f"and passes the release gate ({gate}){seeds}.")
+                     f"and passes the release gate ({gate_name}){seeds}.")
     for m in verdict["mitigations"]:
         if m["unpaired"]:
             lines.append(f"{m['mitigation']} at lr {m['lr']:g}: not judged: no plain point of the same lr, epochs, "
