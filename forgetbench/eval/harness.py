@@ -347,14 +347,19 @@ def _clean(x: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_git_provenance():
-    """lm-eval records the working directory's git commit by running ``git describe``, whose
-    stderr is this process's file descriptor 2, out of reach of ``redirect_stderr``: outside a
-    repository git prints ``fatal: not a git repository`` on every evaluation. Its own call is
-    kept (lm-eval's result still has what it found), with only git's stderr discarded."""
+def _cheap_provenance():
+    """lm-eval stamps every result with where it ran; two of its probes cost more than they
+    are worth here (forgetbench records its own versions and settings with each score):
+
+    - the working directory's git commit, by ``git describe``, whose stderr is this process's
+      file descriptor 2 (out of reach of ``redirect_stderr``): outside a repository git prints
+      ``fatal: not a git repository`` on every evaluation. The call is kept, its stderr dropped.
+    - torch's ``collect_env`` report, which runs ``pip list`` and other programs: ~1.2 s of a
+      ~4 s evaluation of the embedded model. It is replaced by a note; the rest of lm-eval's
+      environment fields (its and transformers' versions) stay."""
     from lm_eval import evaluator
 
-    lookup = evaluator.get_git_commit_hash
+    lookup, env_info = evaluator.get_git_commit_hash, evaluator.add_env_info
 
     def quiet() -> str | None:
         saved = os.dup(2)
@@ -366,11 +371,21 @@ def _quiet_git_provenance():
             os.dup2(saved, 2)
             os.close(saved)
 
-    evaluator.get_git_commit_hash = quiet
+    def cheap_env_info(storage: dict[str, Any]) -> None:
+        import torch.utils.collect_env as collect_env
+
+        real = collect_env.get_pretty_env_info
+        collect_env.get_pretty_env_info = lambda: "not collected (forgetbench records its versions)"
+        try:
+            env_info(storage)
+        finally:
+            collect_env.get_pretty_env_info = real
+
+    evaluator.get_git_commit_hash, evaluator.add_env_info = quiet, cheap_env_info
     try:
         yield
     finally:
-        evaluator.get_git_commit_hash = lookup
+        evaluator.get_git_commit_hash, evaluator.add_env_info = lookup, env_info
 
 
 def evaluate(model_dir: Path | str, tasks: TasksSpec, spec: EvalSpec, *, trust_remote_code: bool = False,
@@ -390,7 +405,7 @@ def evaluate(model_dir: Path | str, tasks: TasksSpec, spec: EvalSpec, *, trust_r
              for t, _ in tasks.all()]
     start = time.monotonic()
     with (contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()),
-          _quiet_git_provenance()):
+          _cheap_provenance()):
         lm = HFLM(pretrained=str(model_dir), device=str(resolve_device(e.device)), dtype=e.dtype,
                   batch_size=e.batch_size, trust_remote_code=trust_remote_code)
         out = lm_eval.simple_evaluate(
