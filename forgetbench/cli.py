@@ -95,7 +95,9 @@ def _print_files(root: Path) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
     from forgetbench.datafiles import read_rows
+    from forgetbench.devices import resolve_device
     from forgetbench.eval.harness import check_tasks, eval_items
+    from forgetbench.executor import LocalExecutor, lanes, model_modules
     from forgetbench.gate import suite_gate
     from forgetbench.leakage import check_leakage
     from forgetbench.models import check_model
@@ -108,6 +110,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, args.set)
     # Everything a user can get wrong is checked before the run directory is touched.
     check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
+    executor = None
+    if not args.dry_run:
+        executor = LocalExecutor(lanes(args.jobs, suite.train.nproc, resolve_device(suite.train.device).type),
+                                 preload=model_modules(suite.model))
+        executor.start()  # its imports overlap the checks below
     check_tasks(suite.tasks, source=args.suite)
     check_training(suite, args.suite)
     suite_gate(suite)  # the release gate the verdict judges by: a bad file fails now, not at the end
@@ -130,20 +137,39 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                       else "trained" if st.train else st.status)
             _echo(f"  {pp.id}  {p.label()}  [{status}]")
         return 0
-    outcome = run_sweep(suite, Path(args.runs_dir), echo=_echo, show_progress=args.verbose)
+    outcome = run_sweep(suite, Path(args.runs_dir), echo=_echo, executor=executor)
     _print_tables(*write_outputs(outcome.store, suite, outcome.store.latest_sweep()))
     _echo(f"\n{len(outcome.trained)} trained, {len(outcome.evaluated)} evaluated, "
           f"{len(outcome.skipped)} already complete, {len(outcome.failed)} failed "
           f"in {time.monotonic() - start:.0f} s")
+    if outcome.failed:
+        _echo("failed: " + ", ".join(outcome.failed) + "; each point's log is points/<id>/point.log")
     _print_files(outcome.store.root)
     return 1 if outcome.failed else 0
+
+
+def cmd_point(args: argparse.Namespace) -> int:
+    from forgetbench.sweep import run_point
+
+    target = Path(args.point_json)
+    if not target.exists():
+        raise ForgetbenchError(f"{target}: not found; give a point's point.json (or its folder), "
+                               "as `forgetbench sweep` writes it under <run>/points/<id>/")
+    return run_point(target)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from forgetbench.config import load_suite
     from forgetbench.models import check_model
     from forgetbench.store import RunStore, atomic_write_json
-    from forgetbench.sweep import check_training, planned_point, read_point, train_command, train_one
+    from forgetbench.sweep import (
+        check_training,
+        planned_point,
+        read_point,
+        train_command,
+        train_one,
+        training_line,
+    )
     from forgetbench.train import distributed
 
     target = Path(args.target)
@@ -178,18 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "WORLD_SIZE" in os.environ:
             distributed.shutdown_group()
     if int(os.environ.get("RANK", "0")) == 0:
-        if "stopped_at" in summary:
-            _echo(f"point {pp.id}: stopped with a checkpoint after step "
-                  f"{summary['stopped_at']} of {summary['steps']}; run again to resume")
-        else:
-            steps = (f"{summary['steps']} steps" if summary["last_step"] == summary["steps"] else
-                     f"stopped early at step {summary['last_step']} of {summary['steps']}")
-            best = (f" (exported: step {summary['best_step']}, the best validation loss)"
-                    if summary.get("best_step") is not None else "")
-            _echo(f"point {pp.id}: {steps}{best} on {summary['world_size']} "
-                  f"process(es){' (FSDP2)' if summary['sharded'] else ''} in {summary['train_seconds']} s"
-                  + (f", resumed from step {summary['resumed_from_step']}"
-                     if summary["resumed_from_step"] else ""))
+        _echo(training_line(pp.id, summary))
     return 0
 
 
@@ -299,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="parent of the run directory (default: runs)")
     p.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
     p.add_argument("--force", action="store_true", help="run even if the memory plan says it will not fit")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="points at once, each in its own process: on GPUs each gets train.nproc of them, "
+                        "on a CPU its share of the cores (default: 1)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("plan", parents=[common], help="memory per GPU and the minimum GPU count")
@@ -334,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop with a checkpoint after this many optimizer steps (time-limited jobs); "
                         "the next run of the same command resumes")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("point", parents=[common],
+                       help="train one point, then evaluate it: a sweep's job for one point")
+    p.add_argument("point_json", metavar="POINT_JSON",
+                   help="the point's point.json (or its folder), as `forgetbench sweep` wrote it")
+    p.set_defaults(func=cmd_point)
 
     p = sub.add_parser("eval", parents=[common], help="evaluate a model on a suite's tasks")
     p.add_argument("model", help="builtin:NAME, a Hugging Face model folder, or a hub id")

@@ -39,17 +39,23 @@ class EvalStore:
             return point / "scores" / f"{key}.json"
         return self.root / f"{model_hash(model)}-{key}.json"
 
+    def stored(self, model: str, tasks: TasksSpec, spec: EvalSpec, *,
+               warn: Callable[[str], None] = print) -> dict[str, Any] | None:
+        """``model``'s stored scores under these settings, if it has them as it is now."""
+        path = self.path(model, harness.eval_key(harness.eval_settings(tasks, spec)))
+        stored = reuse_result(path, warn)
+        return stored if stored is not None and stored.get("model") == model_fingerprint(model) else None
+
     def scores(self, model: str, tasks: TasksSpec, spec: EvalSpec, *, trust_remote_code: bool = False,
                warn: Callable[[str], None] = print, before: Callable[[], None] | None = None,
                show_progress: bool = False) -> tuple[dict[str, Any], Path, bool]:
         """``model``'s scores: (record, its file, whether it was evaluated now). ``before`` is
         called just before an evaluation (to say one is starting)."""
-        key = harness.eval_key(harness.eval_settings(tasks, spec))
-        path = self.path(model, key)
-        fingerprint = model_fingerprint(model)
-        stored = reuse_result(path, warn)
-        if stored is not None and stored.get("model") == fingerprint:
+        path = self.path(model, harness.eval_key(harness.eval_settings(tasks, spec)))
+        stored = self.stored(model, tasks, spec, warn=warn)
+        if stored is not None:
             return stored, path, False
+        fingerprint = model_fingerprint(model)  # the model as evaluated
         if before is not None:
             before()
         record = harness.evaluate(resolve_model(model), tasks, spec, trust_remote_code=trust_remote_code,

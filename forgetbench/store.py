@@ -165,6 +165,7 @@ class PointState:
     status: str = "pending"   # pending -> running [-> paused] -> trained -> evaluated, or failed
     eval_keys: set[str] = field(default_factory=set)
     error: str | None = None
+    failed_at: float | None = None  # the journal time of the failure
     train: dict[str, Any] = field(default_factory=dict)
 
 
@@ -250,5 +251,5 @@ class RunStore:
             elif kind == Event.POINT_PAUSED:
                 st.status = "paused"
             elif kind == Event.POINT_FAILED:
-                st.status, st.error = "failed", ev.get("error")
+                st.status, st.error, st.failed_at = "failed", ev.get("error"), ev.get("time")
         return states

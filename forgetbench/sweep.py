@@ -11,6 +11,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,12 +23,15 @@ from pydantic import ValidationError
 from forgetbench import metrics, regularizers
 from forgetbench.config import Point, Suite
 from forgetbench.datafiles import read_rows
+from forgetbench.devices import resolve_device
 from forgetbench.errors import ForgetbenchError
 from forgetbench.eval.harness import eval_key, eval_settings
 from forgetbench.evalstore import EvalStore
+from forgetbench.executor import Done, InlineExecutor, Job, Lane, LocalExecutor, lanes
 from forgetbench.models import model_fingerprint, model_hash, resolve_model
 from forgetbench.store import (
     Event,
+    PointState,
     RunStore,
     atomic_write_json,
     file_digest,
@@ -166,65 +170,187 @@ class SweepOutcome:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+def _trained(state: PointState | None, model_dir: Path) -> bool:
+    """A point whose exported model is whole: trained (or evaluated) per the journal, and there."""
+    return bool(state and (state.status in ("trained", "evaluated") or state.train)
+                and (model_dir / "config.json").exists())
+
+
+def evaluate_model(model: str, suite_record: dict[str, Any], runs_root: str) -> int:
+    """A job: evaluate ``model`` on the suite's tasks into the evaluation store of ``runs_root``."""
+    suite = Suite.model_validate(suite_record)
+    record, path, _ = EvalStore(Path(runs_root) / "evals").scores(
+        model, suite.tasks, suite.eval, trust_remote_code=suite.trust_remote_code)
+    print(f"evaluated {model} in {record.get('seconds')} s: {path}")
+    return 0
+
+
+def run_point(point_file: str | Path) -> int:
+    """The whole work of one point, from its ``point.json``: train it (unless its model is
+    already trained), then evaluate it. What ``forgetbench point POINT_JSON`` runs, and each
+    point's job in a sweep. A failure is recorded in the journal, with its reason, and raised."""
+    suite, pp, store = read_point(Path(point_file))
+    key = eval_key(eval_settings(suite.tasks, suite.eval))
+    model_dir = store.model_dir(pp.id)
+    if not _trained(store.states().get(pp.id), model_dir):
+        if suite.train.nproc > 1:
+            failure = launch_training(store, pp.id, suite.train.nproc)
+            if failure:
+                raise RuntimeError(f"point {pp.id}: {failure}")
+        else:
+            print(training_line(pp.id, train_one(suite, pp, store)), flush=True)
+    try:
+        _, path, _ = EvalStore(store.root.parent / "evals").scores(
+            str(model_dir), suite.tasks, suite.eval, trust_remote_code=suite.trust_remote_code)
+    except Exception as exc:  # e.g. out of memory in generation: recorded, the sweep goes on
+        store.append(Event.POINT_FAILED, point=pp.id, error=f"evaluation: {type(exc).__name__}: {exc}",
+                     stage="eval", traceback=traceback.format_exc(limit=8))
+        raise
+    store.append(Event.POINT_EVALUATED, point=pp.id, eval_key=key)
+    print(f"point {pp.id}: evaluated: {path}", flush=True)
+    return 0
+
+
+def training_line(point_id: str, summary: dict[str, Any]) -> str:
+    """One line on how a point's training went, from its summary."""
+    if "stopped_at" in summary:
+        return (f"point {point_id}: stopped with a checkpoint after step {summary['stopped_at']} of "
+                f"{summary['steps']}; run again to resume")
+    steps = (f"{summary['steps']} steps" if summary["last_step"] == summary["steps"] else
+             f"stopped early at step {summary['last_step']} of {summary['steps']}")
+    best = (f" (exported: step {summary['best_step']}, the best validation loss)"
+            if summary.get("best_step") is not None else "")
+    return (f"point {point_id}: {steps}{best} on {summary.get('world_size', 1)} "
+            f"process(es){' (FSDP2)' if summary.get('sharded') else ''} in {summary.get('train_seconds')} s"
+            + (f", resumed from step {summary['resumed_from_step']}" if summary.get("resumed_from_step") else ""))
+
+
+def _log_tail(log: Path | None) -> str:
+    """The last line a job wrote to its log (its error, or the last line of its traceback)."""
+    if log is None or not log.exists():
+        return ""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return last.removeprefix("forgetbench: error: ")
+
+
+_BASE = "base model"  # the job key of the base model's evaluation (a point's is its id)
+
+
 def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = print,
-              show_progress: bool = False) -> SweepOutcome:
-    """Evaluate the base model once, then train and evaluate every point not yet complete."""
+              executor: LocalExecutor | InlineExecutor | None = None,
+              work: Callable[[str], int] = run_point) -> SweepOutcome:
+    """Evaluate the base model once, then train and evaluate every point not yet complete.
+
+    Each of those is a job of ``executor`` (default: one at a time, each in its own process):
+    the base model's evaluation (:func:`evaluate_model`) first, then ``work``
+    (:func:`run_point`) for each point. This process plans, launches and collects, one line
+    per job; a job's own output goes to its log (``points/<id>/point.log``). A base model
+    whose scores lack a task's metric (a group's, which is only known then) stops the sweep
+    and the points running beside its evaluation."""
+    runs_root = Path(runs_root).resolve()  # jobs run in processes of their own
     planned = plan(suite)
     store = RunStore(runs_root / suite.name)
     evals = EvalStore(runs_root / "evals")
     key = eval_key(eval_settings(suite.tasks, suite.eval))
     store.save_suite(suite.resolved())
     outcome = SweepOutcome(store=store, eval_key=key)
-
-    def evaluated(model: str, before: Callable[[], None] | None = None) -> tuple[dict, Path, bool]:
-        return evals.scores(model, suite.tasks, suite.eval, trust_remote_code=suite.trust_remote_code,
-                            warn=echo, before=before, show_progress=show_progress)
+    if executor is None:
+        executor = LocalExecutor(lanes(1, suite.train.nproc, resolve_device(suite.train.device).type))
+    executor.start()
 
     # the base model's scores, from the evaluation store when `forgetbench eval` or another
-    # sweep already evaluated it under these settings
-    baseline, _, computed = evaluated(
-        suite.model, before=lambda: echo(f"evaluating the base model {suite.model} ..."))
-    # and the run keeps a copy: a run directory is whole on its own (to copy, to report)
+    # sweep already evaluated it under these settings; else its evaluation is the first job,
+    # running beside the first points
+    baseline = evals.stored(suite.model, suite.tasks, suite.eval, warn=echo)
     bpath = store.baseline_path(model_hash(suite.model), key)
-    if computed or reuse_result(bpath, echo) is None:
-        atomic_write_json(bpath, baseline)
     baseline_ref = str(bpath.relative_to(store.root))
-    if computed:
-        store.append(Event.BASELINE_EVALUATED, eval_key=key, path=baseline_ref)
-    for task, _ in suite.all_tasks():
-        metrics.headline_metric(task.name, task.metric, baseline)  # a wrong metric fails before training
+    base_log = store.root / "baseline.log"
+
+    def keep_baseline(record: dict[str, Any], computed: bool) -> None:
+        # the run keeps a copy: a run directory is whole on its own (to copy, to report)
+        if computed or reuse_result(bpath, echo) is None:
+            atomic_write_json(bpath, record)
+        if computed:
+            store.append(Event.BASELINE_EVALUATED, eval_key=key, path=baseline_ref)
+        for task, _ in suite.all_tasks():
+            metrics.headline_metric(task.name, task.metric, record)  # a wrong metric stops the sweep
+
+    jobs: list[Job] = []
+    if baseline is not None:
+        keep_baseline(baseline, computed=False)
+    else:
+        echo(f"evaluating the base model {suite.model} ...")
+        jobs.append(Job(_BASE, evaluate_model, (suite.model, suite.resolved(), str(runs_root)), base_log))
 
     states = store.states()
+    labels: dict[str, str] = {}
+    trains: dict[str, bool] = {}
+    launched: dict[str, float] = {}
     for i, pp in enumerate(planned, 1):
-        label = f"[{i}/{len(planned)}] point {pp.id} ({pp.point.label()})"
         state = states.get(pp.id)
-        scores_path = store.scores_path(pp.id, key)
-        if state and key in state.eval_keys and reuse_result(scores_path, echo) is not None:
+        if state and key in state.eval_keys and reuse_result(store.scores_path(pp.id, key), echo) is not None:
             outcome.skipped.append(pp.id)
             continue
-        atomic_write_json(store.point_dir(pp.id) / "point.json", pp.record(suite))
-        model_dir = store.model_dir(pp.id)
-        if not (state and (state.status in ("trained", "evaluated") or state.train) and
-                (model_dir / "config.json").exists()):
-            echo(f"{label}: training" + (f" on {suite.train.nproc} processes"
-                                         if suite.train.nproc > 1 else ""))
-            failure = launch_training(store, pp.id, suite.train.nproc)
-            if failure:
-                outcome.failed[pp.id] = failure
-                echo(f"{label}: FAILED: {failure}")
-                continue
-            outcome.trained.append(pp.id)
-        try:
-            evaluated(str(model_dir), before=lambda: echo(f"{label}: evaluating"))
-        except Exception as exc:  # e.g. out of memory in generation: keep the other points
-            msg = f"evaluation: {type(exc).__name__}: {exc}"
-            store.append(Event.POINT_FAILED, point=pp.id, error=msg, stage="eval",
-                         traceback=traceback.format_exc(limit=8))
-            outcome.failed[pp.id] = msg
-            echo(f"{label}: FAILED: {msg}")
-            continue
-        store.append(Event.POINT_EVALUATED, point=pp.id, eval_key=key)
-        outcome.evaluated.append(pp.id)
+        point_file = store.point_dir(pp.id) / "point.json"
+        atomic_write_json(point_file, pp.record(suite))
+        labels[pp.id] = f"[{i}/{len(planned)}] point {pp.id} ({pp.point.label()})"
+        trains[pp.id] = not _trained(state, store.model_dir(pp.id))
+        jobs.append(Job(pp.id, work, (str(point_file),), store.point_dir(pp.id) / "point.log"))
+    points = len(jobs) - (baseline is None)
+    if points > 1 and len(executor.lanes) > 1:
+        echo(f"{points} points, {len(executor.lanes)} at a time ({executor.lanes[0].describe()} each)")
+    stopped: list[tuple[str, str]] = []  # (point, its user error)
+
+    def started(job: Job, lane: Lane) -> None:
+        launched[job.key] = time.time()
+        if job.key != _BASE:
+            echo(f"{labels[job.key]}: " + ("training" + (f" on {suite.train.nproc} processes"
+                                                         if suite.train.nproc > 1 else "")
+                                           if trains[job.key] else "evaluating"))
+
+    def base_done(done: Done) -> None:
+        """The base model evaluated: keep its scores, or stop the sweep (running points too)."""
+        nonlocal baseline
+        baseline = evals.stored(suite.model, suite.tasks, suite.eval, warn=echo)
+        if baseline is None:
+            why = _log_tail(base_log) or done.reason()
+            raise ForgetbenchError(f"evaluating the base model {suite.model} failed: {why} (its log: {base_log})")
+        keep_baseline(baseline, computed=True)
+        echo(f"evaluated the base model ({done.seconds:.0f} s)")
+
+    def ended(done: Done) -> bool:
+        pid = done.job.key
+        if pid == _BASE:
+            base_done(done)
+            return True
+        state = store.states().get(pid)
+        if done.exitcode == 0 and state is not None and key in state.eval_keys:
+            outcome.evaluated.append(pid)
+            trained = trains[pid] and state.train
+            if trained:
+                outcome.trained.append(pid)
+            what = (f"{state.train.get('last_step')} steps in {state.train.get('train_seconds')} s, "
+                    if trained else "")
+            echo(f"{labels[pid]}: done ({what}{done.seconds:.0f} s in all)")
+            return True
+        # the reason the job recorded, else why its process ended
+        if state is not None and state.status == "failed" and (state.failed_at or 0) >= launched[pid]:
+            error = state.error or done.reason()
+        else:
+            error = done.reason()
+            store.append(Event.POINT_FAILED, point=pid, error=error)
+        if done.exitcode == 2:  # a user error: every other point would meet it too
+            stopped.append((pid, error))
+            return False
+        outcome.failed[pid] = error
+        echo(f"{labels[pid]}: FAILED: {error} (log: {done.job.log})")
+        return True
+
+    executor.run(jobs, on_start=started, on_done=ended)
+    if stopped:
+        pid, error = stopped[0]
+        raise ForgetbenchError(f"point {pid}: {error} (its log: {store.point_dir(pid) / 'point.log'})")
 
     # the suite travels with the record: a later, interrupted sweep may rewrite suite.yaml
     store.append(Event.SWEEP_FINISHED, eval_key=key, baseline=baseline_ref,

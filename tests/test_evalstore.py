@@ -12,6 +12,7 @@ from forgetbench.config import load_suite
 from forgetbench.datafiles import read_rows
 from forgetbench.eval import harness
 from forgetbench.evalstore import EvalStore
+from forgetbench.executor import InlineExecutor
 from forgetbench.store import RunStore
 from tests.conftest import suite_dict
 
@@ -63,12 +64,15 @@ def test_forgetbench_eval_stores_what_a_later_sweep_reuses_as_its_baseline(
     assert fake_evaluate == [str(tiny_model_dir)]
     assert "evaluated:" in capsys.readouterr().err
 
-    def train(store, point_id, nproc):  # training is tested elsewhere: the base model as it is
-        shutil.copytree(tiny_model_dir, store.model_dir(point_id))
-        store.append("point_trained", point=point_id, summary={"steps": 1, "last_step": 1})
+    def train(suite, pp, store, stop_after=None):  # training is tested elsewhere: the base model as it is
+        shutil.copytree(tiny_model_dir, store.model_dir(pp.id))
+        summary = {"steps": 1, "last_step": 1}
+        store.append("point_trained", point=pp.id, summary=summary)
+        return summary
 
-    monkeypatch.setattr(sweep, "launch_training", train)
-    outcome = sweep.run_sweep(load_suite(path), runs, echo=lambda msg: None)
+    monkeypatch.setattr(sweep, "train_one", train)
+    # in this process, where the fakes are
+    outcome = sweep.run_sweep(load_suite(path), runs, echo=lambda msg: None, executor=InlineExecutor())
     [pid] = outcome.evaluated
     assert fake_evaluate == [str(tiny_model_dir), str(outcome.store.model_dir(pid))]  # no second baseline
     # a point's model is stored with its point, and `forgetbench eval` finds it there

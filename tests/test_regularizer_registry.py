@@ -13,6 +13,7 @@ import torch
 from forgetbench import planner, regularizers
 from forgetbench.cli import main
 from forgetbench.config import Point, load_suite
+from forgetbench.executor import InlineExecutor
 from forgetbench.report import plots
 from forgetbench.report.tables import mitigation_frame, summary_frame
 from forgetbench.store import RunStore
@@ -81,8 +82,9 @@ def test_a_regulariser_registered_outside_the_package_trains_and_is_reported(
             penalties = [r["penalty"] for r in log if "penalty" in r]
             assert penalties[0] == 0 and penalties[-1] > 0  # θ moved away from θ0 and was charged
 
-    # trained points are only evaluated: the results, the summary and the mitigation table
-    outcome = run_sweep(suite, runs, echo=lambda _: None)
+    # trained points are only evaluated: the results, the summary and the mitigation table.
+    # In this process: a regulariser registered at run time exists only where it was registered
+    outcome = run_sweep(suite, runs, echo=lambda _: None, executor=InlineExecutor())
     assert not outcome.failed and len(outcome.evaluated) == 3
     from forgetbench.report import write_outputs
 

@@ -1,6 +1,9 @@
 import csv
 import json
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +11,7 @@ from forgetbench import sweep
 from forgetbench.cli import main
 from forgetbench.config import load_suite
 from forgetbench.datafiles import read_rows
+from forgetbench.executor import InlineExecutor
 from forgetbench.report.tables import RESULT_COLUMNS
 from forgetbench.store import RunStore
 from tests.conftest import suite_dict
@@ -81,9 +85,10 @@ def trained_events(store):
 def test_sweep_end_to_end_on_a_local_model_directory(write_suite, tiny_model_dir, tmp_path, capsys):
     path = write_suite(tiny_suite(tiny_model_dir))
     runs = tmp_path / "runs"
-    assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 0
+    assert main(["sweep", str(path), "--runs-dir", str(runs), "--jobs", "2"]) == 0  # both points at once
     out = capsys.readouterr().out
     store = RunStore(runs / "medical")
+    assert "2 points, 2 at a time (1 thread each)" in out and out.count(": done (") == 2
     # one compact line per point; the per-task scores are in the files it names
     assert "max forget" in out and "learn:fb_medical" not in out
     assert f"details in {store.root}" in out and "summary.md" in out
@@ -132,38 +137,50 @@ def test_sweep_end_to_end_on_a_local_model_directory(write_suite, tiny_model_dir
     capsys.readouterr()
     assert main(["status", str(store.root)]) == 0
     assert "3 evaluated" in capsys.readouterr().out
+
+    # one point's whole work is one command: its scores gone, `forgetbench point` evaluates
+    # it again (its model is trained: no training) and the journal says so
+    pid = rows[0]["point_id"]
+    shutil.rmtree(store.point_dir(pid) / "scores")
+    assert main(["point", str(store.point_dir(pid) / "point.json")]) == 0
+    assert len(trained_events(store)) == n_trained + 1
+    assert store.states()[pid].status == "evaluated" and any(store.point_dir(pid).glob("scores/*.json"))
     (store.root / "report.html").unlink()
     assert main(["report", str(store.root)]) == 0
     assert (store.root / "report.html").exists()
 
 
+def abort_at_lr_3e3(point_file):
+    """A point's job (run in its own process) that dies as an out-of-memory kill would, at lr 3e-3."""
+    if json.loads(Path(point_file).read_text())["point"]["lr"] == 3e-3:
+        os.abort()
+    return sweep.run_point(point_file)
+
+
 @pytest.mark.slow
-def test_a_crashed_training_process_does_not_stop_the_sweep_and_is_retried(
-        write_suite, tiny_model_dir, tmp_path, monkeypatch, capsys):
-    real = sweep.train_command
+def test_a_crashed_point_process_does_not_stop_the_sweep_and_is_retried(write_suite, tiny_model_dir, tmp_path):
+    from forgetbench.report import write_outputs
+
     path = write_suite(tiny_suite(tiny_model_dir))
-    crashing = {p.id for p in sweep.plan(load_suite(path)) if p.point.lr == 3e-3}
-
-    def command(point_file, nproc):
-        if point_file.parent.name in crashing:  # a process that dies as an out-of-memory kill would
-            return [sys.executable, "-c", "import os; os.abort()"]
-        return real(point_file, nproc)
-
-    monkeypatch.setattr(sweep, "train_command", command)
-    runs = tmp_path / "runs"
-    assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 1
-    store = RunStore(runs / "medical")
+    suite = load_suite(path)
+    [crashing] = [p.id for p in sweep.plan(suite) if p.point.lr == 3e-3]
+    runs, said = tmp_path / "runs", []
+    outcome = sweep.run_sweep(suite, runs, echo=said.append, work=abort_at_lr_3e3)
+    store = outcome.store
+    assert list(outcome.failed) == [crashing] and len(outcome.evaluated) == 1
     states = store.states()
     assert sorted(s.status for s in states.values()) == ["evaluated", "failed"]
-    [failed] = crashing
-    assert "exited with status" in states[failed].error
+    assert states[crashing].error == "process killed by SIGABRT"
+    # one line for the failure, naming the point's log
+    [line] = [s for s in said if "FAILED" in s]
+    assert crashing in line and str(store.point_dir(crashing) / "point.log") in line and "\n" not in line
+    write_outputs(store, suite, store.latest_sweep())
     assert len({r["point_id"] for r in read_csv(store.root / "results.csv")}) == 1
-    assert "exited with status" in (store.root / "report.html").read_text()
-    assert not store.model_dir(failed).exists()  # no half-exported model
+    assert "process killed by SIGABRT" in (store.root / "report.html").read_text()
+    assert not store.model_dir(crashing).exists()  # no half-exported model
 
-    monkeypatch.setattr(sweep, "train_command", real)
     assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 0
-    assert store.states()[failed].status == "evaluated"
+    assert store.states()[crashing].status == "evaluated"
     assert len(trained_events(store)) == 2
 
 
@@ -306,14 +323,15 @@ def test_a_corrupt_stored_result_fails_report_in_one_line_and_the_next_sweep_rec
         return {"settings": {}, "tasks": {t.name: {"metrics": {t.metric: metric}, "n": 4, "samples": samples}
                                           for t, _ in tasks.all()}}
 
-    def train(store, point_id, nproc):
-        (store.model_dir(point_id) / "config.json").parent.mkdir(parents=True)
-        (store.model_dir(point_id) / "config.json").write_text("{}")
-        store.append("point_trained", point=point_id, summary={"steps": 1, "last_step": 1})
+    def train(suite, pp, store, stop_after=None):
+        (store.model_dir(pp.id) / "config.json").parent.mkdir(parents=True)
+        (store.model_dir(pp.id) / "config.json").write_text("{}")
+        store.append("point_trained", point=pp.id, summary={"steps": 1, "last_step": 1})
+        return {"steps": 1, "last_step": 1}
 
     monkeypatch.setattr(harness, "evaluate", evaluate)
-    monkeypatch.setattr(sweep, "launch_training", train)
-    outcome = sweep.run_sweep(suite, runs, echo=lambda msg: None)
+    monkeypatch.setattr(sweep, "train_one", train)
+    outcome = sweep.run_sweep(suite, runs, echo=lambda msg: None, executor=InlineExecutor())
     assert len(evaluated) == 3 and len(outcome.evaluated) == 2
     first = outcome.evaluated[0]
     scores = store.scores_path(first, outcome.eval_key)
@@ -326,7 +344,7 @@ def test_a_corrupt_stored_result_fails_report_in_one_line_and_the_next_sweep_rec
     baseline.write_bytes(b"\xff")
 
     said = []
-    again = sweep.run_sweep(suite, runs, echo=said.append)
+    again = sweep.run_sweep(suite, runs, echo=said.append, executor=InlineExecutor())
     assert evaluated[3:] == [str(tiny_model_dir), str(store.model_dir(first))]  # the two, no more
     assert again.evaluated == [first] and len(again.skipped) == 1
     assert len(list(scores.parent.glob(f"{scores.name}.corrupt-*"))) == 1
