@@ -27,11 +27,11 @@ from tests.conftest import SUITES
 @pytest.mark.slow
 def test_default_sweep_learns_the_target_and_forgets_at_high_learning_rates(tmp_path, capsys):
     runs = tmp_path / "runs"
-    assert main(["sweep", str(SUITES / "medical.yaml"), "--runs-dir", str(runs)]) == 0
+    assert main(["sweep", str(SUITES / "medical.yaml"), "--runs-dir", str(runs), "--jobs", "2"]) == 0
     df = pd.read_csv(runs / "medical" / "results.csv")
     head = df[df["headline"]]
-    # 16 settings; plain training and each mitigation at the top lr over seeds 0-2
-    assert head["point_id"].nunique() == 28
+    # 12 settings; plain training and each mitigation at the top lr over seeds 0-2
+    assert head["point_id"].nunique() == 22
     assert (df["delta_low"] <= df["delta"] + 1e-9).all() and (df["delta"] <= df["delta_high"] + 1e-9).all()
 
     # the base model knows the general tasks and not the target
@@ -67,16 +67,14 @@ def test_default_sweep_learns_the_target_and_forgets_at_high_learning_rates(tmp_
     l2 = top[top.index.str.startswith("L2-SP")].iloc[0]
     assert l2["forgetting_reduced"] >= 30 and l2["learning_cost"] <= 20, l2
 
-    # the verdict: the best λ of each regulariser and discriminative lr reduce forgetting
-    # for real at the top lr (their intervals over 3 seeds and the items exclude 0), early
-    # stopping (which never triggers here) does not
+    # the verdict: replay, the best λ of each regulariser and discriminative lr reduce
+    # forgetting for real at the top lr (their intervals over 3 seeds and the items exclude 0)
     store = RunStore(runs / "medical")
     baseline, points = stored_results(store, store.latest_sweep())
     verdict = sweep_verdict(load_suite(SUITES / "medical.yaml"), baseline, points, {})
     judged = {m["mitigation"]: m for m in verdict["mitigations"] if m["lr"] == df["lr"].max()}
-    for name in ("EWC λ=1000", "L2-SP λ=0.1", "discriminative lr ξ=2.6"):
+    for name in ("replay mix 0.1", "EWC λ=1000", "L2-SP λ=0.1", "discriminative lr ξ=2.6"):
         assert judged[name]["real"] and judged[name]["seeds"] == 3, judged[name]
-    assert not judged["early stopping (patience 2)"]["real"]
 
     # every point logged its forgetting curve, from the base model (step 0) to its last step
     for pid in df["point_id"].unique():
@@ -84,8 +82,6 @@ def test_default_sweep_learns_the_target_and_forgets_at_high_learning_rates(tmp_
                (runs / "medical" / "points" / pid / "train_log.jsonl").read_text().splitlines()]
         evals = [r for r in log if "general_loss" in r]
         assert evals[0]["step"] == 0 and evals[-1]["step"] == log[-1]["step"]
-    stopped = df[df["patience"].notna()]
-    assert not stopped.empty and stopped["best_step"].notna().all()
 
     # the release gate, on the same run: the base model against the point that forgot most
     # fails, naming the rules it failed; against itself it passes; an evaluation made with
