@@ -22,6 +22,7 @@ a job watches it through a pidfd.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetbench.errors import ForgetbenchError
+from forgetbench.models import resolve_model
 
 # What every job needs, imported once by the server its processes are forked from (a name
 # that fails to import is skipped there and imported by the job itself, as usual).
@@ -52,10 +54,6 @@ PRELOAD = (
 def model_modules(model: str) -> list[str]:
     """The transformers module of ``model``'s architecture (imported on first use, ~3 s on
     2 cores), to preload with the rest; none when its config is not a local file."""
-    import json
-
-    from forgetbench.models import resolve_model
-
     try:
         config = json.loads((Path(resolve_model(model)) / "config.json").read_text())
         kind = str(config["model_type"]).replace("-", "_")
