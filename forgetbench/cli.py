@@ -102,7 +102,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.leakage import check_leakage
     from forgetbench.models import check_model
     from forgetbench.planner import check_fits
-    from forgetbench.report import write_outputs
     from forgetbench.store import RunStore
     from forgetbench.sweep import check_training, plan, run_sweep
 
@@ -137,13 +136,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                       else "trained" if st.train else st.status)
             _echo(f"  {pp.id}  {p.label()}  [{status}]")
         return 0
-    outcome = run_sweep(suite, Path(args.runs_dir), echo=_echo, executor=executor)
-    _print_tables(*write_outputs(outcome.store, suite, outcome.store.latest_sweep()))
+    outcome = run_sweep(suite, Path(args.runs_dir), echo=_echo, executor=executor, retry_failed=args.retry_failed,
+                        point_timeout=args.point_timeout * 60 if args.point_timeout else None)
+    _print_tables(*outcome.tables)
     _echo(f"\n{len(outcome.trained)} trained, {len(outcome.evaluated)} evaluated, "
           f"{len(outcome.skipped)} already complete, {len(outcome.failed)} failed "
           f"in {time.monotonic() - start:.0f} s")
     if outcome.failed:
-        _echo("failed: " + ", ".join(outcome.failed) + "; each point's log is points/<id>/point.log")
+        _echo("failed: " + ", ".join(outcome.failed) + "; why: `forgetbench status "
+              f"{outcome.store.root}`, each point's log: points/<id>/point.log")
+    if outcome.not_retried:
+        _echo(f"{len(outcome.not_retried)} of them failed in an earlier sweep and were not run again; "
+              "--retry-failed runs them")
     _print_files(outcome.store.root)
     return 1 if outcome.failed else 0
 
@@ -225,23 +229,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from forgetbench.config import Point
-    from forgetbench.store import RunStore, read_json
+    from forgetbench.status import status_lines
 
-    store = RunStore(Path(args.run_dir))
-    if not store.journal.exists():
-        raise ForgetbenchError(f"{store.root}: no journal.jsonl; not a forgetbench run directory")
-    states = store.states()
-    counts: dict[str, int] = {}
-    for pid, st in sorted(states.items()):
-        counts[st.status] = counts.get(st.status, 0) + 1
-        config = store.point_dir(pid) / "point.json"
-        label = f"  ({Point(**read_json(config)['point']).label()})" if config.exists() else ""
-        stopped = (f"  stopped early at step {st.train['last_step']} of {st.train['steps']}"
-                   if st.train.get("stopped_early") else "")
-        extra = f"  {st.error}" if st.error else ""
-        _echo(f"{pid}  {st.status}{label}{stopped}{extra}")
-    _echo(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no points yet")
+    root = Path(args.run_dir)
+    if not (root / "journal.jsonl").exists() and not (root / "suite.yaml").exists():
+        raise ForgetbenchError(f"{root}: no journal.jsonl or suite.yaml; not a forgetbench run directory "
+                               "(give runs/<suite name>)")
+    for line in status_lines(root):
+        _echo(line)
     return 0
 
 
@@ -317,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="points at once, each in its own process: on GPUs each gets train.nproc of them, "
                         "on a CPU its share of the cores (default: 1)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run again the points that failed in an earlier sweep (interrupted ones always resume)")
+    p.add_argument("--point-timeout", type=float, metavar="MINUTES",
+                   help="end a point (failed: timed out) still running after this long, e.g. a hung collective")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("plan", parents=[common], help="memory per GPU and the minimum GPU count")

@@ -29,6 +29,7 @@ import multiprocessing.forkserver
 import os
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -72,6 +73,7 @@ class Job:
     target: Callable[..., int | None]
     args: tuple[Any, ...] = ()
     log: Path | None = None  # the job's stdout and stderr, appended
+    heartbeat: Path | None = None  # written when the job starts (host, pid), touched while it runs
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,12 @@ class Done:
     job: Job
     exitcode: int  # negative: killed by that signal
     seconds: float
+    timed_out: bool = False  # ended by the executor at its time limit
 
     def reason(self) -> str:
         """Why a job that left no reason of its own ended, in words."""
+        if self.timed_out:
+            return f"timed out: still running after {self.seconds:.0f} s (the limit: --point-timeout)"
         if self.exitcode < 0:
             with contextlib.suppress(ValueError):
                 name = signal.Signals(-self.exitcode).name
@@ -166,6 +171,20 @@ def _watch(parent: int) -> None:
     os.killpg(os.getpgid(0), signal.SIGTERM)
 
 
+HEARTBEAT_S = 10.0  # how often a running job touches its heartbeat file
+
+
+def _beat(path: Path) -> None:
+    """Say this job is alive: its host and pid in ``path``, whose time is renewed every
+    HEARTBEAT_S seconds (``forgetbench status`` reads how long ago)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}))
+    while True:
+        time.sleep(HEARTBEAT_S)
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+
 def _exit_status(job: Job) -> int:
     """Run ``job`` here; its exit status (see :class:`Job`)."""
     try:
@@ -191,6 +210,8 @@ def _child(job: Job, lane: Lane, environ: dict[str, str], parent: int) -> None:
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, _terminated)
     threading.Thread(target=_watch, args=(parent,), daemon=True, name="forgetbench-watch").start()
+    if job.heartbeat is not None:
+        threading.Thread(target=_beat, args=(job.heartbeat,), daemon=True, name="forgetbench-beat").start()
     os.environ.clear()
     os.environ.update({**environ, **lane.env})
     if job.log is not None:
@@ -236,13 +257,15 @@ class LocalExecutor:
         multiprocessing.forkserver.ensure_running()
 
     def run(self, jobs: Iterable[Job], on_start: Callable[[Job, Lane], None] = lambda job, lane: None,
-            on_done: Callable[[Done], bool | None] = lambda done: None) -> None:
+            on_done: Callable[[Done], bool | None] = lambda done: None, timeout: float | None = None) -> None:
         """Run ``jobs`` in order, each as soon as a lane is free. ``on_done`` is called as each
-        ends; when it returns False no further job starts (the running ones finish). Any
-        exception here (Ctrl-C included) terminates the running jobs before it propagates."""
+        ends; when it returns False no further job starts (the running ones finish). A job
+        still running ``timeout`` seconds after it started is ended (SIGTERM, then SIGKILL
+        30 s later) and reported ``timed_out``. Any exception here (Ctrl-C included)
+        terminates the running jobs before it propagates."""
         queue = iter(jobs)
         free = list(range(len(self.lanes)))
-        running: dict[Any, tuple[Any, Job, int, float]] = {}  # sentinel -> (process, job, lane, start)
+        running: dict[Any, _Running] = {}  # by the process's sentinel
         more = True
         try:
             while True:
@@ -253,28 +276,49 @@ class LocalExecutor:
                         break
                     lane = free.pop(0)
                     on_start(job, self.lanes[lane])
-                    proc = self._ctx.Process(target=_child, args=(job, self.lanes[lane], dict(os.environ), os.getpid()),
-                                             name=f"forgetbench-{job.key}", daemon=False)
+                    proc = self._ctx.Process(target=_child, name=f"forgetbench-{job.key}", daemon=False,
+                                             args=(job, self.lanes[lane], dict(os.environ), os.getpid()))
                     proc.start()
-                    running[proc.sentinel] = (proc, job, lane, time.monotonic())
+                    running[proc.sentinel] = _Running(proc, job, lane, time.monotonic())
                 if not running:
                     return
-                for sentinel in multiprocessing.connection.wait(list(running)):
-                    proc, job, lane, started = running.pop(sentinel)
-                    proc.join()
-                    free.append(lane)
+                now = time.monotonic()
+                for r in running.values():  # past its time: SIGTERM, then SIGKILL
+                    if timeout is not None and not r.timed_out and now - r.start > timeout:
+                        r.timed_out, r.killed_at = True, now + 30
+                        _signal(r.proc, signal.SIGTERM)
+                    elif r.timed_out and now > r.killed_at:
+                        _signal(r.proc, signal.SIGKILL)
+                wake = [r.killed_at if r.timed_out else r.start + timeout for r in running.values()
+                        if timeout is not None]
+                wait = max(min(wake) - now, 0.05) if wake else None
+                for sentinel in multiprocessing.connection.wait(list(running), timeout=wait):
+                    r = running.pop(sentinel)
+                    r.proc.join()
+                    free.append(r.lane)
                     free.sort()
-                    if on_done(Done(job, proc.exitcode, time.monotonic() - started)) is False:
+                    ended = Done(r.job, r.proc.exitcode, time.monotonic() - r.start, timed_out=r.timed_out)
+                    if on_done(ended) is False:
                         more = False
         except BaseException:
-            for proc, *_ in running.values():
-                _signal(proc, signal.SIGTERM)
-            for proc, *_ in running.values():
-                proc.join(timeout=30)
-                if proc.exitcode is None:
-                    _signal(proc, signal.SIGKILL)
-                    proc.join()
+            for r in running.values():
+                _signal(r.proc, signal.SIGTERM)
+            for r in running.values():
+                r.proc.join(timeout=30)
+                if r.proc.exitcode is None:
+                    _signal(r.proc, signal.SIGKILL)
+                    r.proc.join()
             raise
+
+
+@dataclass
+class _Running:
+    proc: Any
+    job: Job
+    lane: int
+    start: float
+    timed_out: bool = False
+    killed_at: float = 0.0
 
 
 class InlineExecutor:
@@ -287,8 +331,8 @@ class InlineExecutor:
         pass
 
     def run(self, jobs: Iterable[Job], on_start: Callable[[Job, Lane], None] = lambda job, lane: None,
-            on_done: Callable[[Done], bool | None] = lambda done: None) -> None:
-        for job in jobs:
+            on_done: Callable[[Done], bool | None] = lambda done: None, timeout: float | None = None) -> None:
+        for job in jobs:  # (no time limit: a job here is this process)
             on_start(job, self.lanes[0])
             started = time.monotonic()
             if on_done(Done(job, _exit_status(job), time.monotonic() - started)) is False:

@@ -7,7 +7,9 @@ Layout of ``runs/<suite>/``::
     baseline/<model hash>-<eval key>.json   scores of the base model
     points/<id>/point.json     the point's resolved training config
     points/<id>/train_log.jsonl, points/<id>/model/, points/<id>/scores/<eval key>.json
+    points/<id>/point.log      what the point's job printed; heartbeat: touched while it runs
     results.csv, report.html
+    sweep.lock                 held (flock) by the sweep running on the directory, naming it
 
 Files are written to a temporary name and renamed, so a reader never sees half a file. The
 journal is appended only after the file it reports exists, so it never claims a result that
@@ -22,7 +24,9 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -157,12 +161,14 @@ class Event(str, Enum):
     POINT_TRAINED = "point_trained"
     POINT_EVALUATED = "point_evaluated"
     POINT_FAILED = "point_failed"
+    POINT_INTERRUPTED = "point_interrupted"  # stopped by Ctrl-C or its sweep's end: resumed, not failed
     SWEEP_FINISHED = "sweep_finished"
 
 
 @dataclass
 class PointState:
-    status: str = "pending"   # pending -> running [-> paused] -> trained -> evaluated, or failed
+    # pending -> running [-> paused | interrupted] -> trained -> evaluated, or failed
+    status: str = "pending"
     eval_keys: set[str] = field(default_factory=set)
     error: str | None = None
     failed_at: float | None = None  # the journal time of the failure
@@ -252,4 +258,107 @@ class RunStore:
                 st.status = "paused"
             elif kind == Event.POINT_FAILED:
                 st.status, st.error, st.failed_at = "failed", ev.get("error"), ev.get("time")
+            elif kind == Event.POINT_INTERRUPTED:
+                st.status, st.error = "interrupted", ev.get("error")
         return states
+
+
+# the temporary names of atomic_write_text and fresh_dir: "." + final name + "." + 8 characters
+_PARTIAL = re.compile(r"^\..+\.[a-z0-9_]{8}$")
+
+
+def remove_partial_files(root: Path) -> list[Path]:
+    """Remove what a killed writer left under ``root``: the temporary files and directories of
+    :func:`atomic_write_text` and :func:`fresh_dir` (a half-exported model). Only for a
+    directory no one else is writing (a sweep holding its :class:`SweepLock`). Returns them."""
+    removed = []
+    for path in sorted(root.rglob(".*")):
+        if _PARTIAL.match(path.name) and not any(_PARTIAL.match(p.name) for p in path.relative_to(root).parents
+                                                 if p.name):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+class SweepLock:
+    """One sweep at a time per run directory: ``sweep.lock``, flock-ed for the sweep's life and
+    naming its holder (host, pid, start, command). The kernel releases a flock when its holder
+    dies, kill -9 included, so a lock whose holder is gone is free: it is taken over, with a
+    warning naming the holder it had (a holder that ended cleanly empties the file)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.path = self.root / "sweep.lock"
+        self._fd: int | None = None
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the lock now, or None when no sweep does."""
+        if not self.path.exists():
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return self._read(fd) or {}
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _read(fd: int) -> dict[str, Any] | None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 65536).decode(errors="replace").strip()
+        try:
+            found = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            return {"note": text[:200]}
+        return found if isinstance(found, dict) else None
+
+    @staticmethod
+    def describe(holder: dict[str, Any]) -> str:
+        started = holder.get("started")
+        since = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+                 if isinstance(started, (int, float)) else "?")
+        return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {since}"
+
+    def acquire(self, warn: Callable[[str], None], **info: Any) -> SweepLock:
+        """Take the lock (``info``: more about this sweep, for ``status``) or refuse, naming
+        its holder; use as ``with SweepLock(root).acquire(warn): ...``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._read(fd) or {}
+            os.close(fd)
+            raise ForgetbenchError(
+                f"{self.root}: another sweep is running on this run directory ({self.describe(holder)}); "
+                "wait for it to finish (`forgetbench status` follows it), or stop it and run this again"
+            ) from None
+        previous = self._read(fd)
+        if previous:
+            warn(f"warning: {self.root}: the sweep that held it ({self.describe(previous)}) is gone; "
+                 "taking it over and resuming its points")
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": round(time.time(), 3), **info}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # an empty file: released cleanly
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> SweepLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

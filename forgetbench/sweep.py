@@ -18,26 +18,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ValidationError
 
-from forgetbench import metrics, regularizers
+from forgetbench import metrics, planner, regularizers
 from forgetbench.config import Point, Suite
 from forgetbench.datafiles import read_rows
 from forgetbench.devices import resolve_device
 from forgetbench.errors import ForgetbenchError
 from forgetbench.eval.harness import eval_key, eval_settings
 from forgetbench.evalstore import EvalStore
-from forgetbench.executor import Done, InlineExecutor, Job, Lane, LocalExecutor, lanes
+from forgetbench.executor import Done, InlineExecutor, Job, Lane, LocalExecutor, Terminated, lanes
 from forgetbench.models import model_fingerprint, model_hash, resolve_model
+from forgetbench.report import write_outputs
 from forgetbench.store import (
     Event,
     PointState,
     RunStore,
+    SweepLock,
     atomic_write_json,
     file_digest,
     fresh_dir,
     json_digest,
     read_result,
+    remove_partial_files,
     reuse_result,
 )
 from forgetbench.train import data as train_data
@@ -168,6 +172,8 @@ class SweepOutcome:
     evaluated: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    not_retried: list[str] = field(default_factory=list)  # failed in an earlier sweep, left so
+    tables: Any = None  # report.write_outputs' return: the terminal's tables and verdict
 
 
 def _trained(state: PointState | None, model_dir: Path) -> bool:
@@ -239,24 +245,48 @@ _BASE = "base model"  # the job key of the base model's evaluation (a point's is
 
 def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = print,
               executor: LocalExecutor | InlineExecutor | None = None,
-              work: Callable[[str], int] = run_point) -> SweepOutcome:
-    """Evaluate the base model once, then train and evaluate every point not yet complete.
+              work: Callable[[str], int] = run_point, retry_failed: bool = False,
+              point_timeout: float | None = None) -> SweepOutcome:
+    """Evaluate the base model once, then train and evaluate every point not yet complete,
+    then write the run's tables and report (``outcome.tables``: what report.write_outputs
+    returns).
 
     Each of those is a job of ``executor`` (default: one at a time, each in its own process):
     the base model's evaluation (:func:`evaluate_model`) first, then ``work``
     (:func:`run_point`) for each point. This process plans, launches and collects, one line
     per job; a job's own output goes to its log (``points/<id>/point.log``). A base model
     whose scores lack a task's metric (a group's, which is only known then) stops the sweep
-    and the points running beside its evaluation."""
+    and the points running beside its evaluation.
+
+    One sweep at a time per run directory (:class:`store.SweepLock`, refused in one line
+    naming the sweep that holds it); the files a killed sweep left half-written are removed
+    first. Points that failed in an earlier sweep are retried only with ``retry_failed``;
+    interrupted ones (Ctrl-C, a killed sweep) always resume. A job still running after
+    ``point_timeout`` seconds is ended and its point failed (a hung collective, a stuck job)."""
     runs_root = Path(runs_root).resolve()  # jobs run in processes of their own
-    planned = plan(suite)
     store = RunStore(runs_root / suite.name)
+    if executor is None:
+        executor = LocalExecutor(lanes(1, suite.train.nproc, resolve_device(suite.train.device).type))
+    with SweepLock(store.root).acquire(echo, jobs=len(executor.lanes)):
+        removed = remove_partial_files(store.root)
+        if removed:
+            names = [str(p.relative_to(store.root)) for p in removed]
+            echo(f"removed {len(names)} half-written file(s) a killed sweep left: "
+                 + ", ".join(names[:3]) + (" ..." if len(names) > 3 else ""))
+        outcome = _sweep(suite, runs_root, store, echo=echo, executor=executor, work=work,
+                         retry_failed=retry_failed, point_timeout=point_timeout)
+        outcome.tables = write_outputs(store, suite, store.latest_sweep())
+    return outcome
+
+
+def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[str], None],
+           executor: LocalExecutor | InlineExecutor, work: Callable[[str], int], retry_failed: bool,
+           point_timeout: float | None) -> SweepOutcome:
+    planned = plan(suite)
     evals = EvalStore(runs_root / "evals")
     key = eval_key(eval_settings(suite.tasks, suite.eval))
     store.save_suite(suite.resolved())
     outcome = SweepOutcome(store=store, eval_key=key)
-    if executor is None:
-        executor = LocalExecutor(lanes(1, suite.train.nproc, resolve_device(suite.train.device).type))
     executor.start()
 
     # the base model's scores, from the evaluation store when `forgetbench eval` or another
@@ -292,11 +322,16 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
         if state and key in state.eval_keys and reuse_result(store.scores_path(pp.id, key), echo) is not None:
             outcome.skipped.append(pp.id)
             continue
+        if state and state.status == "failed" and not retry_failed:
+            outcome.failed[pp.id] = state.error or "failed"
+            outcome.not_retried.append(pp.id)
+            continue
         point_file = store.point_dir(pp.id) / "point.json"
         atomic_write_json(point_file, pp.record(suite))
         labels[pp.id] = f"[{i}/{len(planned)}] point {pp.id} ({pp.point.label()})"
         trains[pp.id] = not _trained(state, store.model_dir(pp.id))
-        jobs.append(Job(pp.id, work, (str(point_file),), store.point_dir(pp.id) / "point.log"))
+        jobs.append(Job(pp.id, work, (str(point_file),), store.point_dir(pp.id) / "point.log",
+                        heartbeat=store.point_dir(pp.id) / "heartbeat"))
     points = len(jobs) - (baseline is None)
     if points > 1 and len(executor.lanes) > 1:
         echo(f"{points} points, {len(executor.lanes)} at a time ({executor.lanes[0].describe()} each)")
@@ -325,6 +360,11 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
             base_done(done)
             return True
         state = store.states().get(pid)
+        if done.timed_out:  # ended at its time limit: a failure, whatever the job recorded
+            outcome.failed[pid] = done.reason()
+            store.append(Event.POINT_FAILED, point=pid, error=done.reason())
+            echo(f"{labels[pid]}: FAILED: {done.reason()} (log: {done.job.log})")
+            return True
         if done.exitcode == 0 and state is not None and key in state.eval_keys:
             outcome.evaluated.append(pid)
             trained = trains[pid] and state.train
@@ -333,6 +373,10 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
             what = (f"{state.train.get('last_step')} steps in {state.train.get('train_seconds')} s, "
                     if trained else "")
             echo(f"{labels[pid]}: done ({what}{done.seconds:.0f} s in all)")
+            return True
+        if state is not None and state.status == "interrupted":  # SIGTERM from outside: resumed later
+            outcome.failed[pid] = f"interrupted ({state.error})"
+            echo(f"{labels[pid]}: interrupted ({state.error}); the next sweep resumes it")
             return True
         # the reason the job recorded, else why its process ended
         if state is not None and state.status == "failed" and (state.failed_at or 0) >= launched[pid]:
@@ -347,7 +391,7 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
         echo(f"{labels[pid]}: FAILED: {error} (log: {done.job.log})")
         return True
 
-    executor.run(jobs, on_start=started, on_done=ended)
+    executor.run(jobs, on_start=started, on_done=ended, timeout=point_timeout)
     if stopped:
         pid, error = stopped[0]
         raise ForgetbenchError(f"point {pid}: {error} (its log: {store.point_dir(pid) / 'point.log'})")
@@ -384,17 +428,36 @@ def train_one(suite: Suite, pp: PlannedPoint, store: RunStore, stop_after: int |
     except _Stopped:
         store.append(Event.POINT_PAUSED, point=pp.id, step=summary["stopped_at"])
         return summary
+    except (KeyboardInterrupt, Terminated) as exc:  # resumed by the next sweep, not failed
+        if main:
+            store.append(Event.POINT_INTERRUPTED, point=pp.id, error=f"{type(exc).__name__}: {exc}".rstrip(": "))
+        raise
     except BaseException as exc:  # every way out after point_started, or status says running
         if main:
             if isinstance(exc, ForgetbenchError):  # a user error: its one line says it all
                 store.append(Event.POINT_FAILED, point=pp.id, error=str(exc))
-            else:  # a bug, an interrupt, an out-of-memory error ...
-                store.append(Event.POINT_FAILED, point=pp.id, error=f"{type(exc).__name__}: {exc}",
+            else:  # a bug, a diverging loss, an out-of-memory error ...
+                error = (oom_message(suite, exc) if isinstance(exc, torch.OutOfMemoryError)
+                         else f"{type(exc).__name__}: {exc}")
+                store.append(Event.POINT_FAILED, point=pp.id, error=error,
                              traceback=traceback.format_exc(limit=8))
         raise
     if main:
         store.append(Event.POINT_TRAINED, point=pp.id, summary=summary)
     return summary
+
+
+def oom_message(suite: Suite, exc: BaseException) -> str:
+    """An out-of-memory failure in words: what the memory planner expected, and the fixes."""
+    try:
+        plan = planner.suite_plan(suite, planner.gpu_memory_gb() or 80.0)
+        expected = (f"; the planner expected {plan.total_gb:.1f} GB per GPU of {plan.gpu_memory_gb:.0f} "
+                    f"on {plan.gpus} GPU(s) (`forgetbench plan SUITE` details it)")
+    except Exception:  # the message must not fail for want of a plan
+        expected = ""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return (f"out of memory ({first}){expected}; lower train.batch_size (train.grad_accum keeps the "
+            "global batch), set train.activation_checkpointing: true, or raise train.nproc")
 
 
 class _Stopped(Exception):

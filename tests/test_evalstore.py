@@ -24,7 +24,8 @@ def fake_evaluate(monkeypatch):
 
     def evaluate(model_dir, tasks, spec, **kwargs):
         calls.append(str(model_dir))
-        samples = [{"doc_id": i, "values": {"acc": float(i % 2), "exact_match": 0.0}} for i in range(4)]
+        samples = [{"doc_id": i, "cluster": str(i), "values": {"acc": float(i % 2), "exact_match": 0.0}}
+                   for i in range(4)]
         metric = {"value": 0.5, "stderr": 0.1, "higher_is_better": True}
         return {"settings": {}, "tasks": {t.name: {"metrics": {t.metric: metric}, "n": 4, "samples": samples}
                                           for t, _ in tasks.all()}}

@@ -165,3 +165,14 @@ def test_a_killed_sweep_leaves_no_job_running(tmp_path):
         assert not Path(out).exists()
     finally:
         parent.kill()
+
+
+def test_a_job_past_its_time_limit_is_ended_and_says_so(tmp_path):
+    out = str(tmp_path / "slow")
+    done = []
+    start = time.monotonic()
+    LocalExecutor([Lane()]).run([Job("slow", sleep_then_write, (out, 120))], on_done=done.append, timeout=2)
+    assert time.monotonic() - start < 60 and not Path(out).exists()
+    [d] = done
+    assert d.timed_out and d.reason().startswith("timed out: still running after ")
+    assert d.exitcode == 128 + signal.SIGTERM  # it ended on SIGTERM, as a job should

@@ -86,9 +86,7 @@ def test_a_regulariser_registered_outside_the_package_trains_and_is_reported(
     # In this process: a regulariser registered at run time exists only where it was registered
     outcome = run_sweep(suite, runs, echo=lambda _: None, executor=InlineExecutor())
     assert not outcome.failed and len(outcome.evaluated) == 3
-    from forgetbench.report import write_outputs
-
-    summary, mitigations, _ = write_outputs(outcome.store, suite, outcome.store.latest_sweep())
+    summary, mitigations, _ = outcome.tables  # the sweep wrote its tables and report
     results = pd.read_csv(outcome.store.root / "results.csv")
     assert sorted(results["regularizer"].unique()) == ["l1", "none"]
     assert set(results.loc[results["regularizer"] == "l1", "lam"]) == {1e-4, 1e-2}
