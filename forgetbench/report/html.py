@@ -117,7 +117,9 @@ def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.Data
         figures = "<p>No point has been evaluated yet.</p>"
     else:
         changes, settings = setting_frames(verdict)
+        by_epochs = plots.change_vs_epochs(changes)
         figures = (_img(plots.change_vs_lr(changes), "learning and forgetting vs learning rate")
+                   + (_img(by_epochs, "learning and forgetting vs epochs") if by_epochs else "")
                    + _img(plots.learning_vs_forgetting(settings), "learning vs forgetting"))
     failures = "".join(f"<li><code>{html.escape(pid)}</code>: {html.escape(msg)}</li>"
                        for pid, msg in failed.items())

@@ -19,9 +19,14 @@ matplotlib.use("Agg")  # no display; pyplot picks its backend at the first figur
 GROUP_KEYS = ["epochs", "mix_ratio", "regularizer", "lam", "schedule", "xi", "patience"]
 
 
-def _group_label(rows: pd.DataFrame) -> str:
-    """The label of a group of points that differ only in lr: the point's without its lr."""
-    return ", ".join(point_of(rows.iloc[0]).label_parts()[1:])
+def _group_label(rows: pd.DataFrame, x: str = "lr") -> str:
+    """The label of a group of points that differ only in ``x`` (lr or epochs): the point's
+    label without that part."""
+    parts = point_of(rows.iloc[0]).label_parts()
+    return ", ".join(parts[:_AXES[x]] + parts[_AXES[x] + 1:])
+
+
+_AXES = {"lr": 0, "epochs": 1}  # where each is in Point.label_parts
 
 
 def _enough_colours(ax, frame: pd.DataFrame) -> None:
@@ -60,6 +65,19 @@ def change_vs_lr(changes: pd.DataFrame) -> bytes:
 
     ``changes``: verdict.setting_frames' first frame (the change after − before, oriented so
     higher is better, with ``low`` and ``high``)."""
+    return _change_vs(changes, "lr")
+
+
+def change_vs_epochs(changes: pd.DataFrame) -> bytes | None:
+    """As :func:`change_vs_lr`, against the epochs, for the settings trained for several
+    epoch counts (the rest the same); None when the suite sweeps no epochs."""
+    others = ["lr"] + [k for k in GROUP_KEYS if k != "epochs"]
+    swept = changes.groupby(others, dropna=False)["epochs"].transform("nunique") > 1
+    return _change_vs(changes[swept], "epochs") if swept.any() else None
+
+
+def _change_vs(changes: pd.DataFrame, x: str) -> bytes:
+    others = GROUP_KEYS if x == "lr" else ["lr"] + [k for k in GROUP_KEYS if k != x]
     tasks = list(dict.fromkeys(changes.sort_values("role", ascending=False, kind="stable")["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -67,24 +85,26 @@ def change_vs_lr(changes: pd.DataFrame) -> bytes:
         _enough_colours(ax, rows)
         role, metric = rows["role"].iloc[0], rows["metric"].iloc[0]
         sign = 1 if role == "target" else -1  # learning = change; forgetting = −change
-        for _, grp in rows.groupby(GROUP_KEYS, dropna=False):  # dropna: an unset patience is NaN
-            grp = grp.sort_values("lr").assign(y=lambda g: sign * g["change"],
-                                               lo=lambda g: (sign * g[["low", "high"]]).min(axis=1),
-                                               hi=lambda g: (sign * g[["low", "high"]]).max(axis=1))
-            label = _group_label(grp) + _seeds_note(grp)
-            ax.errorbar(grp["lr"], grp["y"], yerr=_yerr(grp, "y", "lo", "hi"), marker="o", capsize=3, label=label)
+        for _, grp in rows.groupby(others, dropna=False):  # dropna: an unset patience is NaN
+            grp = grp.sort_values(x).assign(y=lambda g: sign * g["change"],
+                                            lo=lambda g: (sign * g[["low", "high"]]).min(axis=1),
+                                            hi=lambda g: (sign * g[["low", "high"]]).max(axis=1))
+            label = _group_label(grp, x) + _seeds_note(grp)
+            ax.errorbar(grp[x], grp["y"], yerr=_yerr(grp, "y", "lo", "hi"), marker="o", capsize=3, label=label)
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xscale("log")
-        lrs = sorted(rows["lr"].unique())
-        ax.set_xticks(lrs, [f"{v:g}" for v in lrs], rotation=30)
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("learning rate")
+        ticks = sorted(rows[x].unique())
+        if x == "lr":
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks], rotation=30 if x == "lr" else 0)
+        ax.set_xlabel("learning rate" if x == "lr" else "epochs")
         ax.set_ylabel(("learning" if role == "target" else "forgetting") + f" ({metric}, points)")
         ax.set_title(f"{task} [{role}]")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Learning on the target and forgetting on general tasks vs learning rate "
-                 "(95% paired intervals)", y=1.04)
+    versus = "learning rate" if x == "lr" else "epochs"
+    fig.suptitle(f"Learning on the target and forgetting on general tasks vs {versus} (95% paired intervals)",
+                 y=1.04)
     return _png(fig)
 
 

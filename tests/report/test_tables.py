@@ -288,13 +288,13 @@ def test_the_terminal_tables_fit_100_columns_for_the_default_suite(seeds):
     grids = len(load_suite(SUITES / "medical.yaml").grids)
     summary = default_suite_summary(*(f"sweep.{i}.seed=[{','.join(map(str, range(seeds)))}]"
                                       for i in range(grids) if seeds))
-    # as shipped: 16 settings, plain training and each mitigation at the top lr over 3 seeds
-    assert len(summary) == (16 * seeds if seeds else 28)
+    # as shipped: 13 settings, plain training and each mitigation at the top lr over 3 seeds
+    assert len(summary) == (13 * seeds if seeds else 23)
     text = format_summary(summary)
     lines = text.splitlines()
-    assert lines[0] == "every point: epochs 4"
-    assert len(lines) == 2 + 16  # one line per setting, however many seeds
-    assert "seeds" in lines[1] and "learn:" not in text
+    assert len(lines) == 1 + 13  # one line per setting, however many seeds
+    assert "seeds" in lines[0] and "learn:" not in text
+    assert lines[1].startswith("lr 0.003, epochs 1, mix 0 ")  # epochs vary: every label says them
     mitigations = format_mitigations(mitigation_frame(summary))
     assert "EWC λ=1000" in mitigations and "range" in mitigations
     for line in text.splitlines() + mitigations.splitlines():
@@ -308,11 +308,11 @@ def test_summary_markdown_is_a_table_of_settings_with_what_each_mitigation_avoid
     rows = [line for line in md.splitlines() if line.startswith("|")]
     assert rows[0] == ("| setting | learn | forget | max forget | seeds | forget range | reduced "
                        "| reduced range |")
-    assert len(rows) == 2 + 16
-    plain = next(r for r in rows if r.startswith("| lr 0.003, mix 0 |"))
-    ewc = next(r for r in rows if r.startswith("| lr 0.003, mix 0, EWC λ=100 |"))
+    assert len(rows) == 2 + 13
+    plain = next(r for r in rows if r.startswith("| lr 0.003, epochs 4, mix 0 |"))
+    ewc = next(r for r in rows if r.startswith("| lr 0.003, epochs 4, mix 0, EWC λ=10000 |"))
     assert plain.endswith("|  |  |") and "| 2 |" in plain  # no reduction for plain training
     assert "…" in ewc.split("|")[-2]
-    assert "Every row: epochs 4." in md
+    assert "Every row:" not in md  # nothing is the same in every setting
     one = summary_markdown(summary[summary["seed"] == 0], mitigation_frame(summary), "t")
     assert "range" not in one.splitlines()[2]

@@ -108,3 +108,16 @@ def test_a_mitigation_without_plain_training_to_compare_with_is_said_not_dropped
               ("plain", Point(lr=1e-3, **PLAIN), scores(rng, target=0.6, capitals=0.7, addition=0.55, code=0.55))]
     lines = verdict_lines(sweep_verdict(suite, base_scores(), points, {}))
     assert any(line.startswith("L2-SP λ=0.1 at lr 0.003: not judged: no plain point") for line in lines)
+
+
+def test_forgetting_vs_epochs_is_drawn_for_the_settings_trained_for_several_epoch_counts(suite):
+    rng = np.random.default_rng(0)
+    points = [("lr-only", Point(lr=1e-3, **PLAIN), scores(rng, target=0.5, capitals=0.9, addition=0.8, code=0.8))]
+    verdict = sweep_verdict(suite, base_scores(), points, {})
+    assert plots.change_vs_epochs(setting_frames(verdict)[0]) is None  # no epochs swept: no figure
+    for epochs, forget in ((1, 0.95), (2, 0.7)):
+        points.append((f"e{epochs}", Point(lr=1e-3, **{**PLAIN, "epochs": epochs}),
+                       scores(rng, target=0.3 * epochs, capitals=forget, addition=forget, code=forget)))
+    changes = setting_frames(sweep_verdict(suite, base_scores(), points, {}))[0]
+    assert plots.change_vs_epochs(changes).startswith(b"\x89PNG")
+    assert plots._group_label(changes[changes["epochs"] == 1], "epochs") == "lr 0.001, mix 0"
