@@ -37,6 +37,12 @@ def _echo(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _progress(msg: str) -> None:
+    """A sweep's progress line: on a terminal as it is; elsewhere (a log file, CI) with the
+    time, as in the run's sweep.log."""
+    print(msg if sys.stdout.isatty() else f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from forgetbench import planner
     from forgetbench.config import load_suite
@@ -102,7 +108,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.leakage import check_leakage
     from forgetbench.models import check_model
     from forgetbench.planner import check_fits
-    from forgetbench.store import RunStore
     from forgetbench.sweep import check_training, plan, run_sweep
 
     start = time.monotonic()
@@ -125,18 +130,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_fits(suite, args.suite, args.force)
     if args.dry_run:
         from forgetbench.eval.harness import eval_key, eval_settings
+        from forgetbench.status import plan_lines
 
         key = eval_key(eval_settings(suite.tasks, suite.eval))
-        states = RunStore(Path(args.runs_dir) / suite.name).states()
-        _echo(f"suite {suite.name}: {len(planned)} points -> {Path(args.runs_dir) / suite.name}")
-        for pp in planned:
-            p = pp.point
-            st = states.get(pp.id)
-            status = ("pending" if st is None else "evaluated" if key in st.eval_keys
-                      else "trained" if st.train else st.status)
-            _echo(f"  {pp.id}  {p.label()}  [{status}]")
+        for line in plan_lines(suite, planned, Path(args.runs_dir), key, args.jobs):
+            _echo(line)
         return 0
-    outcome = run_sweep(suite, Path(args.runs_dir), echo=_echo, executor=executor, retry_failed=args.retry_failed,
+    outcome = run_sweep(suite, Path(args.runs_dir), echo=_progress, executor=executor, retry_failed=args.retry_failed,
                         point_timeout=args.point_timeout * 60 if args.point_timeout else None)
     _print_tables(*outcome.tables)
     _echo(f"\n{len(outcome.trained)} trained, {len(outcome.evaluated)} evaluated, "

@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgetbench.config import Point
+from forgetbench import planner
+from forgetbench.config import Point, Suite
+from forgetbench.devices import resolve_device
 from forgetbench.executor import HEARTBEAT_S
+from forgetbench.models import resolve_model
 from forgetbench.store import Event, PointState, RunStore, SweepLock, read_json, read_jsonl
+from forgetbench.sweep import PlannedPoint
 
 STALE_S = 6 * HEARTBEAT_S  # a heartbeat older than this: the job is gone (or hung)
 
@@ -79,6 +83,23 @@ def eta_seconds(store: RunStore, views: list[PointView], lanes: int, now: float)
     """Seconds until the running and pending points are done: each pending point as long as a
     finished point of this run took on average (start to evaluated), a running one that less
     its time so far, spread over ``lanes``; None before any point has finished."""
+    took = point_seconds(store)
+    if not took:
+        return None
+    each = statistics.mean(took)
+    started = _started(store)
+    left = sum(max(each - (now - started[v.id]), 0.0) if v.id in started else each
+               for v in views if v.state in ("running", "pending", "trained"))
+    return left / max(lanes, 1)
+
+
+def _started(store: RunStore) -> dict[str, float]:
+    """Each point's latest start time."""
+    return {e["point"]: e["time"] for e in store.events() if e["event"] == Event.POINT_STARTED}
+
+
+def point_seconds(store: RunStore) -> list[float]:
+    """How long each point of the run took, from its (last) start to its evaluation."""
     started: dict[str, float] = {}
     took = []
     for e in store.events():
@@ -87,12 +108,7 @@ def eta_seconds(store: RunStore, views: list[PointView], lanes: int, now: float)
             started[pid] = e["time"]
         elif e["event"] == Event.POINT_EVALUATED and pid in started:
             took.append(e["time"] - started.pop(pid))
-    if not took:
-        return None
-    each = statistics.mean(took)
-    left = sum(max(each - (now - started[v.id]), 0.0) if v.id in started else each
-               for v in views if v.state in ("running", "pending", "trained"))
-    return left / max(lanes, 1)
+    return took
 
 
 def status_lines(root: Path, now: float | None = None) -> list[str]:
@@ -121,4 +137,43 @@ def status_lines(root: Path, now: float | None = None) -> list[str]:
         eta = eta_seconds(store, views, int(holder.get("jobs", 1)), now)
         lines.append(f"ETA: {_age(eta)}, from the points finished so far" if eta is not None
                      else "ETA: after the first point finishes")
+    return lines
+
+
+def plan_lines(suite: Suite, planned: list[PlannedPoint], runs_root: Path, key: str, jobs: int) -> list[str]:
+    """What ``sweep --dry-run`` prints: each point and whether it is done, what is left to
+    run, the disk its exported models take, and the time it should take from what this run
+    has measured (nothing is estimated that was not measured)."""
+    store = RunStore(runs_root / suite.name)
+    states = store.states()
+    lines = [f"suite {suite.name}: {len(planned)} points -> {store.root}"]
+    todo = {"train": 0, "evaluate": 0}
+    for pp in planned:
+        st = states.get(pp.id)
+        status = ("pending" if st is None else "evaluated" if key in st.eval_keys
+                  else "trained" if st.train else st.status)
+        if status in ("pending", "running", "interrupted", "paused"):
+            todo["train"] += 1
+        elif status == "trained":
+            todo["evaluate"] += 1
+        lines.append(f"  {pp.id}  {pp.point.label()}  [{status}]")
+    failed = sum(1 for pp in planned if (states.get(pp.id) or PointState()).status == "failed")
+    lines.append(f"to run: {todo['train']} to train and evaluate, {todo['evaluate']} to evaluate"
+                 + (f"; {failed} failed earlier (run again with --retry-failed)" if failed else ""))
+    shape = planner.shape_of(str(resolve_model(suite.model)), suite.trust_remote_code)
+    each = shape.params * 4 / 1e9  # the export: fp32 weights (the tokenizer is small)
+    lines.append(f"disk: each point's exported model ~{each:.3g} GB (fp32), so ~{each * todo['train']:.3g} GB "
+                 f"more for the points to train; every point's model is kept")
+    if resolve_device(suite.train.device).type == "cuda":
+        memory = planner.gpu_memory_gb() or 80.0
+        p = planner.suite_plan(suite, memory)
+        lines.append(f"memory: {p.total_gb:.1f} GB per GPU of {memory:.0f} on {p.gpus} GPU(s) per point "
+                     "(`forgetbench plan SUITE` details it)")
+    took = point_seconds(store)
+    if not took:
+        lines.append("time: not known before a point of this run has finished")
+    else:
+        left = (todo["train"] * statistics.mean(took)) / max(jobs, 1)
+        lines.append(f"time: ~{_age(left)} at --jobs {jobs} (the {len(took)} point(s) finished here took "
+                     f"{statistics.mean(took):.0f} s each on average, with the jobs they ran beside)")
     return lines

@@ -10,6 +10,7 @@ Layout of ``runs/<suite>/``::
     points/<id>/point.log      what the point's job printed; heartbeat: touched while it runs
     results.csv, report.html
     sweep.lock                 held (flock) by the sweep running on the directory, naming it
+    sweep.log                  every sweep's progress lines, with their date and time
 
 Files are written to a temporary name and renamed, so a reader never sees half a file. The
 journal is appended only after the file it reports exists, so it never claims a result that

@@ -267,7 +267,11 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
     store = RunStore(runs_root / suite.name)
     if executor is None:
         executor = LocalExecutor(lanes(1, suite.train.nproc, resolve_device(suite.train.device).type))
-    with SweepLock(store.root).acquire(echo, jobs=len(executor.lanes)):
+    warnings: list[str] = []
+    with SweepLock(store.root).acquire(warnings.append, jobs=len(executor.lanes)):
+        echo = _logged(echo, store.root / "sweep.log")
+        for line in warnings:
+            echo(line)
         removed = remove_partial_files(store.root)
         if removed:
             names = [str(p.relative_to(store.root)) for p in removed]
@@ -277,6 +281,16 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
                          retry_failed=retry_failed, point_timeout=point_timeout)
         outcome.tables = write_outputs(store, suite, store.latest_sweep())
     return outcome
+
+
+def _logged(echo: Callable[[str], None], log: Path) -> Callable[[str], None]:
+    """``echo``, each line also appended to ``log`` with its date and time (``sweep.log``: the
+    run's progress lines, sweep after sweep)."""
+    def both(line: str) -> None:
+        echo(line)
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+    return both
 
 
 def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[str], None],

@@ -55,10 +55,14 @@ def test_default_sweep_learns_the_target_and_forgets_at_high_learning_rates(tmp_
     shown = low[["task", "mix_ratio", "forgetting"]]
     assert low["forgetting"].mean() <= 0.05, shown
     assert (low["forgetting"] <= 0.10).all(), shown
-    # at the top learning rate, forgetting grows with the epochs trained
-    one_seed = top[(top["xi"] == 1) & (top["seed"] == top["seed"].min())]
-    by_epochs = one_seed.groupby("epochs")["forgetting"].mean()
-    assert list(by_epochs.index) == [1, 2, 4] and by_epochs[1] < by_epochs[4], by_epochs
+    # the epochs at the top learning rate: learning grows with them (measured +12.8, +41.9 and
+    # +70.1 points after 1, 2 and 4), and forgetting is already large after one (77.9, 82.8, 86.4)
+    at_top = head[(head["lr"] == head["lr"].max()) & (head["mix_ratio"] == 0) & (head["regularizer"] == "none")
+                  & (head["xi"] == 1) & (head["seed"] == head["seed"].min())]
+    learned = at_top[at_top["role"] == "target"].groupby("epochs")["delta"].mean()
+    forgot = at_top[at_top["role"] == "general"].groupby("epochs")["forgetting"].mean()
+    assert list(learned.index) == [1, 2, 4] and learned.is_monotonic_increasing, learned
+    assert learned[4] - learned[1] >= 0.2 and forgot[1] >= 0.2, (learned, forgot)
 
     # the mitigations at the highest learning rate, against plain training there; over seeds
     # 0-3 the best EWC λ avoided 82.8-87.6 points of forgetting for 2.6-8.5 of learning, the

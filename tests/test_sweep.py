@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -89,6 +90,11 @@ def test_sweep_end_to_end_on_a_local_model_directory(write_suite, tiny_model_dir
     out = capsys.readouterr().out
     store = RunStore(runs / "medical")
     assert "2 points, 2 at a time (1 thread each)" in out and out.count(": done (") == 2
+    # not a terminal: progress lines carry the time; the run's sweep.log has them with the date
+    assert re.search(r"^\d\d:\d\d:\d\d \[1/2\] point ", out, re.M)
+    log = (store.root / "sweep.log").read_text().splitlines()
+    assert sum(": done (" in line for line in log) == 2
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) for line in log)
     # one compact line per point; the per-task scores are in the files it names
     assert "max forget" in out and "learn:fb_medical" not in out
     assert f"details in {store.root}" in out and "summary.md" in out
@@ -129,8 +135,16 @@ def test_sweep_end_to_end_on_a_local_model_directory(write_suite, tiny_model_dir
     assert len([e for e in store.events() if e["event"] == "point_evaluated"]) == n_eval
     assert read_csv(store.root / "results.csv") == rows
 
-    # widening the grid trains only the new point
-    assert main(["sweep", str(path), "--runs-dir", str(runs), "--set", "sweep.lr=[1e-3,3e-3,5e-4]"]) == 0
+    # widening the grid trains only the new point; --dry-run says so first, with the time it
+    # should take from the two points measured here and the disk its model takes
+    wider = "sweep.lr=[1e-3,3e-3,5e-4]"
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--runs-dir", str(runs), "--set", wider, "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "to run: 1 to train and evaluate, 0 to evaluate" in plan and plan.count("[evaluated]") == 2
+    assert "time: ~" in plan and "the 2 point(s) finished here took" in plan
+    assert "disk: each point's exported model ~" in plan
+    assert main(["sweep", str(path), "--runs-dir", str(runs), "--set", wider]) == 0
     assert len(trained_events(store)) == n_trained + 1
     assert len(read_csv(store.root / "results.csv")) == 3 * 6
 
@@ -192,6 +206,7 @@ def test_dry_run_lists_points_and_writes_nothing(write_suite, tiny_model_dir, tm
     assert main(["sweep", str(write_suite(tiny_suite(tiny_model_dir))), "--runs-dir", str(runs), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "2 points" in out and out.count("[pending]") == 2
+    assert "to run: 2 to train and evaluate" in out and "time: not known before a point of this run" in out
     assert not runs.exists()
 
 
