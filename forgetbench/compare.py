@@ -23,12 +23,12 @@ from pydantic import ValidationError
 from forgetbench import stats
 from forgetbench.config import Suite
 from forgetbench.errors import ForgetbenchError
-from forgetbench.eval.harness import check_tasks, eval_settings
+from forgetbench.eval.harness import check_tasks, eval_key, eval_settings
 from forgetbench.evalstore import EvalStore
 from forgetbench.gate import Gate, check_gate, judge, load_gate, suite_gate
 from forgetbench.metrics import headline_metric
 from forgetbench.models import check_model
-from forgetbench.store import read_result
+from forgetbench.store import RunStore, read_result
 
 RESAMPLES = 10_000
 # settings that may differ between two comparable evaluations: where the model came from
@@ -251,18 +251,25 @@ def _slug(text: str) -> str:
 
 
 def _point_side(arg: str, point_dir: Path) -> Side:
+    """A sweep point: its exported model, or, once keep_models removed it, its stored
+    evaluation under the suite it trained with."""
     record = read_result(point_dir / "point.json")
-    model = point_dir / "model"
-    if not (model / "config.json").exists():
-        raise ForgetbenchError(f"{arg}: point {point_dir.name} has no exported model yet; finish it with "
-                               f"`forgetbench sweep` (or `forgetbench train {point_dir / 'point.json'}`)")
     try:
         suite = Suite.model_validate(record["suite"])
     except (KeyError, ValidationError):
         raise ForgetbenchError(f"{point_dir / 'point.json'}: not a point.json that `forgetbench sweep` "
                                "wrote; pass --suite") from None
     run = point_dir.parent.parent
-    return Side(arg, _slug(f"{run.name}-{point_dir.name}"), str(model), None, suite)
+    slug = _slug(f"{run.name}-{point_dir.name}")
+    model = point_dir / "model"
+    if (model / "config.json").exists():
+        return Side(arg, slug, str(model), None, suite)
+    state = RunStore(run).states().get(point_dir.name)
+    scores = point_dir / "scores" / f"{eval_key(eval_settings(suite.tasks, suite.eval))}.json"
+    if state is not None and state.model_deleted and scores.exists():
+        return Side(arg, slug, None, scores, suite)
+    raise ForgetbenchError(f"{arg}: point {point_dir.name} has no exported model yet; finish it with "
+                           f"`forgetbench sweep` (or `forgetbench point {point_dir / 'point.json'}`)")
 
 
 def resolve_side(arg: str) -> Side:

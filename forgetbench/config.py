@@ -251,6 +251,9 @@ class Suite(_Strict):
     # `compare` without --gate judge a point against the base model by; none: no general task may
     # lose 2 points or more
     gate: Path | None = None
+    # which points keep their exported model once evaluated (scores, logs and the report stay
+    # for all): pareto, the points on the learning-forgetting front; all; or none
+    keep_models: Literal["pareto", "all", "none"] = "pareto"
     data: DataSpec
     tasks: TasksSpec
     train: TrainSpec = TrainSpec()

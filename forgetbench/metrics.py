@@ -62,3 +62,21 @@ def headline_metric(task_name: str, declared: str | None, scores: dict) -> str:
                                    f"lm-eval for this task; available: {', '.join(available)}")
         return declared
     return available[0]
+
+
+def learning_and_forgetting(tasks: Sequence[tuple[str, str | None, str]], before: dict,
+                            after: dict) -> tuple[float, float]:
+    """Mean learning on the target tasks and mean forgetting on the general ones (``tasks``:
+    name, declared metric, role), headline metrics, from two score records: what the
+    summary table computes for a point, without its intervals (a lower-is-better metric is
+    flipped, so forgetting is always a loss). NaN for a role with no value."""
+    by_role: dict[str, list[float]] = {"target": [], "general": []}
+    for name, declared, role in tasks:
+        head = headline_metric(name, declared, before)
+        b, a = before["tasks"][name]["metrics"][head], after["tasks"][name]["metrics"].get(head)
+        if a is None or b["value"] is None or a["value"] is None:
+            continue
+        sign = 1.0 if b.get("higher_is_better", True) else -1.0
+        by_role[role].append(sign * forgetting(b["value"], a["value"]))
+    mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
+    return -mean(by_role["target"]), mean(by_role["general"])

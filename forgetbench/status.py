@@ -75,6 +75,8 @@ def point_views(store: RunStore, states: dict[str, PointState], sweeping: bool, 
             detail = st.error
         elif st.train.get("stopped_early"):
             detail = f"stopped early at step {st.train['last_step']} of {st.train['steps']}"
+        if st.status == "evaluated" and st.model_deleted:
+            detail = (detail + "; " if detail else "") + "model removed (keep_models), scores kept"
         out.append(PointView(pid, state, label, detail))
     return out
 
@@ -162,8 +164,11 @@ def plan_lines(suite: Suite, planned: list[PlannedPoint], runs_root: Path, key: 
                  + (f"; {failed} failed earlier (run again with --retry-failed)" if failed else ""))
     shape = planner.shape_of(str(resolve_model(suite.model)), suite.trust_remote_code)
     each = shape.params * 4 / 1e9  # the export: fp32 weights (the tokenizer is small)
-    lines.append(f"disk: each point's exported model ~{each:.3g} GB (fp32), so ~{each * todo['train']:.3g} GB "
-                 f"more for the points to train; every point's model is kept")
+    kept = {"all": "every point's model is kept (keep_models: all)",
+            "pareto": "only the points on the learning-forgetting front keep theirs (keep_models: pareto)",
+            "none": "none is kept once evaluated (keep_models: none)"}[suite.keep_models]
+    lines.append(f"disk: each point's exported model ~{each:.3g} GB (fp32): up to ~{each * todo['train']:.3g} GB "
+                 f"for the points to train, and {kept}")
     if resolve_device(suite.train.device).type == "cuda":
         memory = planner.gpu_memory_gb() or 80.0
         p = planner.suite_plan(suite, memory)

@@ -163,6 +163,7 @@ class Event(str, Enum):
     POINT_EVALUATED = "point_evaluated"
     POINT_FAILED = "point_failed"
     POINT_INTERRUPTED = "point_interrupted"  # stopped by Ctrl-C or its sweep's end: resumed, not failed
+    MODEL_DELETED = "model_deleted"  # its exported model removed (keep_models); its scores stay
     SWEEP_FINISHED = "sweep_finished"
 
 
@@ -174,6 +175,7 @@ class PointState:
     error: str | None = None
     failed_at: float | None = None  # the journal time of the failure
     train: dict[str, Any] = field(default_factory=dict)
+    model_deleted: bool = False  # by keep_models, after its evaluation
 
 
 class RunStore:
@@ -249,7 +251,7 @@ class RunStore:
             st = states.setdefault(pid, PointState())
             kind = ev["event"]
             if kind == Event.POINT_STARTED:  # (re)training: evaluations of an older model go
-                st.status, st.error, st.eval_keys = "running", None, set()
+                st.status, st.error, st.eval_keys, st.model_deleted = "running", None, set(), False
             elif kind == Event.POINT_TRAINED:
                 st.status, st.train = "trained", ev.get("summary", {})
             elif kind == Event.POINT_EVALUATED:
@@ -261,6 +263,8 @@ class RunStore:
                 st.status, st.error, st.failed_at = "failed", ev.get("error"), ev.get("time")
             elif kind == Event.POINT_INTERRUPTED:
                 st.status, st.error = "interrupted", ev.get("error")
+            elif kind == Event.MODEL_DELETED:
+                st.model_deleted = True
         return states
 
 

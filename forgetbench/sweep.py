@@ -8,7 +8,9 @@ point is complete when it has scores for the current key, and is never recompute
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -198,7 +200,11 @@ def run_point(point_file: str | Path) -> int:
     suite, pp, store = read_point(Path(point_file))
     key = eval_key(eval_settings(suite.tasks, suite.eval))
     model_dir = store.model_dir(pp.id)
-    if not _trained(store.states().get(pp.id), model_dir):
+    state = store.states().get(pp.id)
+    if state and key in state.eval_keys and reuse_result(store.scores_path(pp.id, key), print) is not None:
+        print(f"point {pp.id}: already evaluated under these settings: {store.scores_path(pp.id, key)}")
+        return 0
+    if not _trained(state, model_dir):
         if suite.train.nproc > 1:
             failure = launch_training(store, pp.id, suite.train.nproc)
             if failure:
@@ -283,6 +289,47 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
     return outcome
 
 
+class _ModelKeeper:
+    """``keep_models``: removes the exported model of each evaluated point not kept, as soon as
+    that is known, so a sweep's disk holds the kept models and the running points' only.
+    ``pareto`` keeps the points on the learning-forgetting front of the points evaluated so
+    far: a point off it stays off it whatever is added later (it stays dominated), so it is
+    removed at once. Its scores, logs and place in the report stay; ``compare`` reads its
+    stored evaluation; a new eval setting trains it again."""
+
+    def __init__(self, suite: Suite, store: RunStore, key: str, echo: Callable[[str], None]):
+        self.suite, self.store, self.key, self.echo = suite, store, key, echo
+        self.tasks = [(t.name, t.metric, role) for t, role in suite.all_tasks()]
+        self.baseline: dict[str, Any] | None = None
+        self.coords: dict[str, tuple[float, float]] = {}  # point -> (learning, forgetting)
+        self.pending: list[str] = []
+
+    def finished(self, pid: str) -> None:
+        self.pending.append(pid)
+        self.prune()
+
+    def prune(self) -> None:
+        if self.suite.keep_models == "all" or self.baseline is None:
+            return
+        for pid in self.pending:
+            scores = read_result(self.store.scores_path(pid, self.key))
+            learn, forget = metrics.learning_and_forgetting(self.tasks, self.baseline, scores)
+            self.coords[pid] = (0.0 if math.isnan(learn) else learn, 0.0 if math.isnan(forget) else forget)
+        self.pending = []
+        ids = sorted(self.coords)
+        front = ({ids[i] for i in metrics.pareto_front([self.coords[p] for p in ids])}
+                 if self.suite.keep_models == "pareto" else set())
+        for pid in ids:
+            model = self.store.model_dir(pid)
+            if pid not in front and model.exists():
+                # said before it is done: a kill midway leaves a model the journal calls
+                # deleted (and the next sweep's clean-up removes the rest), never the reverse
+                self.store.append(Event.MODEL_DELETED, point=pid, keep_models=self.suite.keep_models)
+                aside = model.with_name(f".model.{pid[:8]}")
+                os.replace(model, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+
+
 def _logged(echo: Callable[[str], None], log: Path) -> Callable[[str], None]:
     """``echo``, each line also appended to ``log`` with its date and time (``sweep.log``: the
     run's progress lines, sweep after sweep)."""
@@ -321,8 +368,10 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
             metrics.headline_metric(task.name, task.metric, record)  # a wrong metric stops the sweep
 
     jobs: list[Job] = []
+    keep = _ModelKeeper(suite, store, key, echo)
     if baseline is not None:
         keep_baseline(baseline, computed=False)
+        keep.baseline = baseline
     else:
         echo(f"evaluating the base model {suite.model} ...")
         jobs.append(Job(_BASE, evaluate_model, (suite.model, suite.resolved(), str(runs_root)), base_log))
@@ -335,6 +384,7 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
         state = states.get(pp.id)
         if state and key in state.eval_keys and reuse_result(store.scores_path(pp.id, key), echo) is not None:
             outcome.skipped.append(pp.id)
+            keep.finished(pp.id)
             continue
         if state and state.status == "failed" and not retry_failed:
             outcome.failed[pp.id] = state.error or "failed"
@@ -366,6 +416,8 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
             why = _log_tail(base_log) or done.reason()
             raise ForgetbenchError(f"evaluating the base model {suite.model} failed: {why} (its log: {base_log})")
         keep_baseline(baseline, computed=True)
+        keep.baseline = baseline
+        keep.prune()
         echo(f"evaluated the base model ({done.seconds:.0f} s)")
 
     def ended(done: Done) -> bool:
@@ -380,6 +432,7 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
             echo(f"{labels[pid]}: FAILED: {done.reason()} (log: {done.job.log})")
             return True
         if done.exitcode == 0 and state is not None and key in state.eval_keys:
+            keep.finished(pid)
             outcome.evaluated.append(pid)
             trained = trains[pid] and state.train
             if trained:
@@ -405,6 +458,7 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
         echo(f"{labels[pid]}: FAILED: {error} (log: {done.job.log})")
         return True
 
+    keep.prune()  # the points already complete (a widened grid, another keep_models)
     executor.run(jobs, on_start=started, on_done=ended, timeout=point_timeout)
     if stopped:
         pid, error = stopped[0]

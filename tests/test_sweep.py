@@ -125,7 +125,13 @@ def test_sweep_end_to_end_on_a_local_model_directory(write_suite, tiny_model_dir
         # step 0 is the base model's held-out evaluation, then one line per optimizer step
         assert [r["step"] for r in log] == list(range(len(log)))
         assert "general_loss" in log[0] and "general_loss" in log[-1]
-        assert (store.model_dir(pid) / "model.safetensors").exists()
+    # keep_models: pareto (the default): the points on the learning-forgetting front keep their
+    # exported model, the others' is removed once evaluated, and the journal says so
+    front = {r["point_id"] for r in summary if r["pareto"] == "True"}
+    deleted = {e["point"] for e in store.events() if e["event"] == "model_deleted"}
+    assert front and deleted == {r["point_id"] for r in summary} - front
+    assert all((store.model_dir(pid) / "model.safetensors").exists() for pid in front)
+    assert not any(store.model_dir(pid).exists() for pid in deleted)
 
     # a second sweep trains and evaluates nothing
     n_trained = len(trained_events(store))
@@ -154,7 +160,8 @@ def test_sweep_end_to_end_on_a_local_model_directory(write_suite, tiny_model_dir
 
     # one point's whole work is one command: its scores gone, `forgetbench point` evaluates
     # it again (its model is trained: no training) and the journal says so
-    pid = rows[0]["point_id"]
+    pid = next(r["point_id"] for r in read_csv(store.root / "summary.csv")
+               if r["pareto"] == "True" and store.model_dir(r["point_id"]).exists())
     shutil.rmtree(store.point_dir(pid) / "scores")
     assert main(["point", str(store.point_dir(pid) / "point.json")]) == 0
     assert len(trained_events(store)) == n_trained + 1
@@ -363,3 +370,53 @@ def test_a_corrupt_stored_result_fails_report_in_one_line_and_the_next_sweep_rec
     assert len(list(baseline.parent.glob(f"{baseline.name}.corrupt-*"))) == 1
     assert sum(line.startswith("warning:") and "is corrupt" in line for line in said) == 2
     assert main(["report", str(store.root)]) == 0
+
+
+@pytest.mark.parametrize("keep", ["pareto", "all", "none"])
+def test_keep_models_removes_the_models_not_kept_and_compare_still_reads_their_scores(
+        write_suite, tiny_model_dir, tmp_path, monkeypatch, keep):
+    from forgetbench.eval import harness
+
+    raw = tiny_suite(tiny_model_dir, keep_models=keep)
+    raw["sweep"]["lr"] = [1e-3, 2e-3, 3e-3]
+    suite = load_suite(write_suite(raw))
+    # the base model scores 1 on every item; the points, by lr: learning 0.5, 0.5, 0.75 and
+    # forgetting 0.25, 0.5, 0.25: 3e-3 dominates the other two
+    quality = {str(tiny_model_dir): (0.0, 1.0)}
+    for pp in sweep.plan(suite):
+        quality[str(RunStore(tmp_path / "runs" / suite.name).model_dir(pp.id))] = {
+            1e-3: (0.5, 0.75), 2e-3: (0.5, 0.5), 3e-3: (0.75, 0.75)}[pp.point.lr]
+
+    def evaluate(model_dir, tasks, spec, **kwargs):
+        target, general = quality[str(model_dir)]
+        out = {}
+        for t, role in tasks.all():
+            value = target if role == "target" else general
+            samples = [{"doc_id": i, "cluster": str(i), "values": {t.metric: float(i < value * 4)}}
+                       for i in range(4)]
+            out[t.name] = {"metrics": {t.metric: {"value": value, "stderr": 0.1, "higher_is_better": True}},
+                           "n": 4, "samples": samples}
+        return {"settings": harness.eval_settings(tasks, spec), "tasks": out}
+
+    def train(suite, pp, store, stop_after=None):
+        store.model_dir(pp.id).mkdir(parents=True)
+        (store.model_dir(pp.id) / "config.json").write_text("{}")
+        store.append("point_trained", point=pp.id, summary={"steps": 1, "last_step": 1})
+        return {"steps": 1, "last_step": 1}
+
+    monkeypatch.setattr(harness, "evaluate", evaluate)
+    monkeypatch.setattr(sweep, "train_one", train)
+    outcome = sweep.run_sweep(suite, tmp_path / "runs", echo=lambda msg: None, executor=InlineExecutor())
+    store = outcome.store
+    kept = {pp.point.lr for pp in sweep.plan(suite) if store.model_dir(pp.id).exists()}
+    assert kept == {"pareto": {3e-3}, "all": {1e-3, 2e-3, 3e-3}, "none": set()}[keep]
+    deleted = [e["point"] for e in store.events() if e["event"] == "model_deleted"]
+    assert len(deleted) == 3 - len(kept) and all(store.states()[p].model_deleted for p in deleted)
+    # a second sweep trains nothing again, and compare reads a removed point's stored scores
+    again = sweep.run_sweep(suite, tmp_path / "runs", echo=lambda msg: None, executor=InlineExecutor())
+    assert not again.trained and len(again.skipped) == 3
+    if deleted:
+        from forgetbench import compare
+
+        side = compare.resolve_side(f"{store.root}:{deleted[0]}")
+        assert side.model is None and side.record == store.scores_path(deleted[0], outcome.eval_key)
