@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite YAML file, e.g. suites/medical.yaml")
     with_set(p)
     p.add_argument("--runs-dir", default="runs", help="parent of the run directory (default: runs)")
-    p.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the points and their status, what is left, its disk and time; run nothing")
     p.add_argument("--force", action="store_true", help="run even if the memory plan says it will not fit")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="points at once, each in its own process: on GPUs each gets train.nproc of them, "

@@ -297,8 +297,8 @@ class _ModelKeeper:
     removed at once. Its scores, logs and place in the report stay; ``compare`` reads its
     stored evaluation; a new eval setting trains it again."""
 
-    def __init__(self, suite: Suite, store: RunStore, key: str, echo: Callable[[str], None]):
-        self.suite, self.store, self.key, self.echo = suite, store, key, echo
+    def __init__(self, suite: Suite, store: RunStore, key: str):
+        self.suite, self.store, self.key = suite, store, key
         self.tasks = [(t.name, t.metric, role) for t, role in suite.all_tasks()]
         self.baseline: dict[str, Any] | None = None
         self.coords: dict[str, tuple[float, float]] = {}  # point -> (learning, forgetting)
@@ -368,7 +368,7 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
             metrics.headline_metric(task.name, task.metric, record)  # a wrong metric stops the sweep
 
     jobs: list[Job] = []
-    keep = _ModelKeeper(suite, store, key, echo)
+    keep = _ModelKeeper(suite, store, key)
     if baseline is not None:
         keep_baseline(baseline, computed=False)
         keep.baseline = baseline

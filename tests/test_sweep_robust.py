@@ -70,7 +70,9 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_results(wr
         sweep = subprocess.Popen([*SWEEP, str(path), "--runs-dir", str(runs), "--jobs", "2"], cwd=REPO,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            sweep.wait(timeout=rng.uniform(0.3, 0.9) * duration)
+            # within the first half of a whole run's time: every attempt starts up again (imports,
+            # checks), so the first two at least are killed with work left, on any machine
+            sweep.wait(timeout=rng.uniform(0.1, 0.5) * duration)
         except subprocess.TimeoutExpired:
             kills += 1
         kill_session(sweep.pid)  # the sweep, its fork server and its jobs, all at once
@@ -97,7 +99,9 @@ def status(runs: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_a_second_sweep_on_a_run_directory_in_use_is_refused(write_suite, tiny_model_dir, tmp_path, capsys):
-    path, runs = write_suite(tiny_suite(tiny_model_dir)), tmp_path / "runs"
+    raw = tiny_suite(tiny_model_dir)
+    raw["sweep"].update(lr=[1e-3, 2e-3, 3e-3, 4e-3], epochs=[2])  # one point at a time: long enough
+    path, runs = write_suite(raw), tmp_path / "runs"
     first = subprocess.Popen([*SWEEP, str(path), "--runs-dir", str(runs)], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
