@@ -61,11 +61,13 @@ def point_views(store: RunStore, states: dict[str, PointState], sweeping: bool, 
             age = now - beat.stat().st_mtime if beat.exists() else None
             last = _last_step(store, pid)
             step = f"step {last['step']}" if last else "starting"
-            if sweeping and age is not None and age <= STALE_S:
+            if sweeping and age is None:  # its job is starting: no heartbeat yet
+                detail = step
+            elif sweeping and age <= STALE_S:
                 detail = f"{step}, alive {_age(age)} ago"
             elif sweeping:
                 state = "hung?"
-                detail = f"{step}, no sign of life for {_age(age)}" if age is not None else step
+                detail = f"{step}, no sign of life for {_age(age)}"
             else:
                 state = "interrupted"
                 detail = f"{step}; its sweep is gone (`forgetbench sweep` resumes it)"
