@@ -290,7 +290,7 @@ def remove_partial_files(root: Path) -> list[Path]:
 
 class SweepLock:
     """One sweep at a time per run directory: ``sweep.lock``, flock-ed for the sweep's life and
-    naming its holder (host, pid, start, command). The kernel releases a flock when its holder
+    naming its holder (host, pid, start, lanes). The kernel releases a flock when its holder
     dies, kill -9 included, so a lock whose holder is gone is free: it is taken over, with a
     warning naming the holder it had (a holder that ended cleanly empties the file)."""
 
