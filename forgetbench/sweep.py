@@ -184,6 +184,12 @@ def _trained(state: PointState | None, model_dir: Path) -> bool:
                 and (model_dir / "config.json").exists())
 
 
+def _evaluated(store: RunStore, state: PointState | None, pid: str, key: str, warn: Callable[[str], None]) -> bool:
+    """The point has scores under eval key ``key``: the journal says so and the file reads
+    (a corrupt one is set aside, and the point is evaluated again)."""
+    return bool(state and key in state.eval_keys and reuse_result(store.scores_path(pid, key), warn) is not None)
+
+
 def evaluate_model(model: str, suite_record: dict[str, Any], runs_root: str) -> int:
     """A job: evaluate ``model`` on the suite's tasks into the evaluation store of ``runs_root``."""
     suite = Suite.model_validate(suite_record)
@@ -201,7 +207,7 @@ def run_point(point_file: str | Path) -> int:
     key = eval_key(eval_settings(suite.tasks, suite.eval))
     model_dir = store.model_dir(pp.id)
     state = store.states().get(pp.id)
-    if state and key in state.eval_keys and reuse_result(store.scores_path(pp.id, key), print) is not None:
+    if _evaluated(store, state, pp.id, key, print):
         print(f"point {pp.id}: already evaluated under these settings: {store.scores_path(pp.id, key)}")
         return 0
     if not _trained(state, model_dir):
@@ -382,7 +388,7 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
     launched: dict[str, float] = {}
     for i, pp in enumerate(planned, 1):
         state = states.get(pp.id)
-        if state and key in state.eval_keys and reuse_result(store.scores_path(pp.id, key), echo) is not None:
+        if _evaluated(store, state, pp.id, key, echo):
             outcome.skipped.append(pp.id)
             keep.finished(pp.id)
             continue
