@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from forgetbench import regularizers
 from forgetbench.errors import ForgetbenchError
+from forgetbench.executor import Terminated
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -99,7 +101,7 @@ def _print_files(root: Path) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from forgetbench.config import load_suite
+    from forgetbench.config import load_cluster, load_suite
     from forgetbench.datafiles import read_rows
     from forgetbench.devices import resolve_device
     from forgetbench.eval.harness import check_tasks, eval_items
@@ -112,10 +114,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     suite = load_suite(args.suite, args.set)
+    if args.cluster:
+        suite = suite.model_copy(update={"cluster": load_cluster(args.cluster)})
     # Everything a user can get wrong is checked before the run directory is touched.
+    if args.executor == "local" and args.no_wait:
+        raise ForgetbenchError("--no-wait goes with --executor slurm (or submitit-local): local jobs end with "
+                               "the sweep")
+    if args.executor != "local" and args.jobs != 1:
+        raise ForgetbenchError(f"--jobs goes with --executor local; on {args.executor} each point is a job of "
+                               "its own, at most cluster.array_parallelism at once")
     check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
     executor = None
-    if not args.dry_run:
+    if args.executor != "local":
+        from forgetbench.cluster import SubmititExecutor
+
+        executor = SubmititExecutor(args.executor, Path(args.runs_dir).resolve() / suite.name / "jobs",
+                                    suite.cluster, gpus=suite.cluster.gpus(suite.train), name=suite.name,
+                                    wait=not args.no_wait)
+    elif not args.dry_run:
         executor = LocalExecutor(lanes(args.jobs, suite.train.nproc, resolve_device(suite.train.device).type),
                                  preload=model_modules(suite.model))
         executor.start()  # its imports overlap the checks below
@@ -135,9 +151,31 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         key = eval_key(eval_settings(suite.tasks, suite.eval))
         for line in plan_lines(suite, planned, Path(args.runs_dir), key, args.jobs):
             _echo(line)
+        if executor is not None:
+            from forgetbench.sweep import jobs_to_run
+
+            jobs = jobs_to_run(suite, planned, Path(args.runs_dir))
+            _echo("")
+            for line in executor.layout(jobs) if jobs else ["nothing to submit"]:
+                _echo(line)
         return 0
-    outcome = run_sweep(suite, Path(args.runs_dir), echo=_progress, executor=executor, retry_failed=args.retry_failed,
-                        point_timeout=args.point_timeout * 60 if args.point_timeout else None)
+    try:
+        outcome = run_sweep(suite, Path(args.runs_dir), echo=_progress, executor=executor,
+                            retry_failed=args.retry_failed,
+                            point_timeout=args.point_timeout * 60 if args.point_timeout else None)
+    except KeyboardInterrupt:
+        if args.executor == "local":
+            raise
+        print(f"forgetbench: stopped following; the submitted jobs run on (`forgetbench status "
+              f"{Path(args.runs_dir) / suite.name}`); the same command again follows them", file=sys.stderr)
+        return 130
+    if outcome.waiting:
+        _echo(f"\n{len(outcome.waiting)} job(s) queued or running: "
+              + ", ".join(f"{k} ({v})" for k, v in list(outcome.waiting.items())[:6])
+              + (" ..." if len(outcome.waiting) > 6 else ""))
+        _echo(f"follow them: forgetbench status {outcome.store.root}; once they are done, the same sweep "
+              "command writes the tables and report")
+        return 0
     _print_tables(*outcome.tables)
     _echo(f"\n{len(outcome.trained)} trained, {len(outcome.evaluated)} evaluated, "
           f"{len(outcome.skipped)} already complete, {len(outcome.failed)} failed "
@@ -152,9 +190,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (scancel, torchrun ending its workers, a sweep interrupted) raises Terminated:
+    the point's journal records it as interrupted and its unfinished files are removed."""
+    from forgetbench.executor import _terminated
+
+    signal.signal(signal.SIGTERM, _terminated)
+
+
 def cmd_point(args: argparse.Namespace) -> int:
     from forgetbench.sweep import run_point
 
+    _stop_on_sigterm()
     target = Path(args.point_json)
     if not target.exists():
         raise ForgetbenchError(f"{target}: not found; give a point's point.json (or its folder), "
@@ -176,6 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     from forgetbench.train import distributed
 
+    _stop_on_sigterm()
     target = Path(args.target)
     if target.suffix in (".yaml", ".yml"):  # the convenience form: a suite and a point id
         if args.point is None:
@@ -317,6 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run again the points that failed in an earlier sweep (interrupted ones always resume)")
     p.add_argument("--point-timeout", type=float, metavar="MINUTES",
                    help="end a point (failed: timed out) still running after this long, e.g. a hung collective")
+    p.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
+                   help="where the jobs run: local processes (default); slurm, one job per point through "
+                        "submitit, resources from the suite's cluster: section; submitit-local, the same job "
+                        "path as local processes (to try it without a cluster)")
+    p.add_argument("--cluster", metavar="FILE",
+                   help="a YAML file of the cluster: section's fields, used instead of the suite's")
+    p.add_argument("--no-wait", action="store_true",
+                   help="with a cluster executor: return once the jobs are queued; `forgetbench status` "
+                        "follows them, and the same sweep command again follows them to the report")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("plan", parents=[common], help="memory per GPU and the minimum GPU count")
@@ -405,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("forgetbench: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"forgetbench: {exc}; run the same command again to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

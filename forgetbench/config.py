@@ -147,6 +147,30 @@ class EvalSpec(_Strict):
     confirm_run_unsafe_code: bool = False
 
 
+class ClusterSpec(_Strict):
+    """Where ``forgetbench sweep --executor slurm`` runs its jobs: one Slurm job per point (a job
+    array, through submitit), one node each, ``train.nproc`` GPUs under torchrun."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: Annotated[int, Field(gt=0)] = 240  # minutes per job; at the limit it checkpoints and requeues
+    gpus_per_node: Annotated[int, Field(ge=0)] | None = None  # default: train.nproc, or 0 on device cpu
+    cpus_per_task: Annotated[int, Field(gt=0)] = 8
+    mem_gb: Annotated[float, Field(gt=0)] | None = None
+    array_parallelism: Annotated[int, Field(gt=0)] = 64  # jobs of the array running at once
+    max_timeouts: Annotated[int, Field(ge=0)] = 3  # requeues after the time limit (preemptions: unlimited)
+    signal_delay_s: Annotated[int, Field(ge=30)] = 120  # SIGUSR2 this long before the job is stopped
+    setup: list[str] = []  # shell lines each job runs first: module load ..., source venv/bin/activate
+    # any other sbatch option, e.g. {constraint: h100, exclusive: true}
+    sbatch: dict[str, bool | int | float | str] = {}
+
+    def gpus(self, train: TrainSpec) -> int:
+        if self.gpus_per_node is not None:
+            return self.gpus_per_node
+        return 0 if train.device == "cpu" else train.nproc
+
+
 class SweepSpec(_Strict):
     """One grid: the product of its lists. ``sweep`` in a suite is a grid or a list of grids,
     whose points are joined in order without duplicates."""
@@ -258,6 +282,8 @@ class Suite(_Strict):
     tasks: TasksSpec
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
+    # the Slurm resources of `forgetbench sweep --executor slurm` (or a --cluster FILE)
+    cluster: ClusterSpec = ClusterSpec()
     # one grid, or a list of grids (stored as a list either way)
     sweep: Annotated[list[SweepSpec], Field(min_length=1)]
 
@@ -435,6 +461,15 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         rename = ("sweep[0]", "sweep") if isinstance(raw.get("sweep"), dict) else None
         raise ForgetbenchError(validation_message(source, exc, Suite, rename)) from None
     return _resolve_paths(suite, path.resolve().parent, source)
+
+
+def load_cluster(path: str | Path) -> ClusterSpec:
+    """A ``--cluster`` file: the fields of a suite's ``cluster:`` section."""
+    raw = read_yaml_mapping(Path(path), "cluster file", "partition, time, gpus_per_node, account, sbatch ...")
+    try:
+        return ClusterSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ForgetbenchError(validation_message(str(path), exc, ClusterSpec)) from None
 
 
 def validation_message(source: str, exc: ValidationError, model: type[BaseModel],

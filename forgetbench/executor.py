@@ -74,6 +74,7 @@ class Job:
     args: tuple[Any, ...] = ()
     log: Path | None = None  # the job's stdout and stderr, appended
     heartbeat: Path | None = None  # written when the job starts (host, pid), touched while it runs
+    argv: tuple[str, ...] = ()  # the same work as the command `forgetbench ARGV` (for cluster executors)
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,12 @@ class Done:
     exitcode: int  # negative: killed by that signal
     seconds: float
     timed_out: bool = False  # ended by the executor at its time limit
+    detail: str | None = None  # why, in the executor's words (a cluster job that returned nothing)
 
     def reason(self) -> str:
         """Why a job that left no reason of its own ended, in words."""
+        if self.detail:
+            return self.detail
         if self.timed_out:
             return f"timed out: still running after {self.seconds:.0f} s (the limit: --point-timeout)"
         if self.exitcode < 0:
@@ -101,8 +105,11 @@ class Lane:
 
     env: dict[str, str] = field(default_factory=dict)
     threads: int | None = None  # torch's intra-op threads (CPU lanes)
+    where: str | None = None  # a job on another machine: which (e.g. "slurm job 1234_0")
 
     def describe(self) -> str:
+        if self.where:
+            return self.where
         if "CUDA_VISIBLE_DEVICES" in self.env:
             return f"GPU {self.env['CUDA_VISIBLE_DEVICES']}"
         return f"{self.threads} thread{'s' * (self.threads != 1)}" if self.threads else "this machine"
@@ -148,7 +155,7 @@ class Terminated(BaseException):
 
 
 def _terminated(signum, frame) -> None:
-    raise Terminated("stopped by SIGTERM: the sweep was interrupted or ended")
+    raise Terminated("stopped by SIGTERM (its sweep interrupted or ended, a cancelled job)")
 
 
 def _watch(parent: int) -> None:

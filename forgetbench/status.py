@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgetbench import planner
+from forgetbench import cluster, planner
 from forgetbench.config import Point, Suite
 from forgetbench.devices import resolve_device
 from forgetbench.executor import HEARTBEAT_S
 from forgetbench.models import resolve_model
 from forgetbench.store import Event, PointState, RunStore, SweepLock, read_json, read_jsonl
-from forgetbench.sweep import PlannedPoint
+from forgetbench.sweep import BASE_JOB, PlannedPoint
 
 STALE_S = 6 * HEARTBEAT_S  # a heartbeat older than this: the job is gone (or hung)
 
@@ -47,8 +47,10 @@ def _last_step(store: RunStore, pid: str) -> dict[str, Any] | None:
     return rows[-1] if rows else None
 
 
-def point_views(store: RunStore, states: dict[str, PointState], sweeping: bool, now: float) -> list[PointView]:
-    """Every point the run has planned (a ``point.json``) or recorded, in id order."""
+def point_views(store: RunStore, states: dict[str, PointState], sweeping: bool, now: float,
+                queued: frozenset[str] = frozenset()) -> list[PointView]:
+    """Every point the run has planned (a ``point.json``) or recorded, in id order. ``queued``:
+    the points whose cluster job is queued or running (alive without a sweep)."""
     ids = set(states) | {p.parent.name for p in (store.root / "points").glob("*/point.json")}
     out = []
     for pid in sorted(ids):
@@ -56,12 +58,19 @@ def point_views(store: RunStore, states: dict[str, PointState], sweeping: bool, 
         config = store.point_dir(pid) / "point.json"
         label = Point(**read_json(config)["point"]).label() if config.exists() else ""
         state, detail = st.status, ""
-        if st.status == "running":
+        if pid in queued and st.status in ("pending", "paused", "interrupted"):
+            state, detail = "queued", f"{st.job}" + (" (requeued: it resumes from its checkpoint)"
+                                                      if st.status != "pending" else "")
+        elif st.status == "running":
             beat = store.point_dir(pid) / "heartbeat"
             age = now - beat.stat().st_mtime if beat.exists() else None
             last = _last_step(store, pid)
             step = f"step {last['step']}" if last else "starting"
-            if sweeping and age is None:  # its job is starting: no heartbeat yet
+            if pid in queued and (age is None or age > STALE_S):  # between a preemption and its requeue
+                state, detail = "queued", f"{step}; {st.job}"
+            elif pid in queued:
+                detail = f"{step}, alive {_age(age)} ago; {st.job}"
+            elif sweeping and age is None:  # its job is starting: no heartbeat yet
                 detail = step
             elif sweeping and age <= STALE_S:
                 detail = f"{step}, alive {_age(age)} ago"
@@ -93,7 +102,7 @@ def eta_seconds(store: RunStore, views: list[PointView], lanes: int, now: float)
     each = statistics.mean(took)
     started = _started(store)
     left = sum(max(each - (now - started[v.id]), 0.0) if v.id in started else each
-               for v in views if v.state in ("running", "pending", "trained"))
+               for v in views if v.state in ("running", "pending", "trained", "queued"))
     return left / max(lanes, 1)
 
 
@@ -120,6 +129,8 @@ def status_lines(root: Path, now: float | None = None) -> list[str]:
     now = time.time() if now is None else now
     holder = SweepLock(store.root).holder()
     events = store.events()
+    queued = {key: ev for key, ev in store.submitted_jobs().items()
+              if cluster.job_active(ev["executor"], Path(ev["folder"]), ev["job_id"])}
     lines = []
     if holder is not None:
         lines.append(f"sweep running: {SweepLock.describe(holder)}, {holder.get('jobs', 1)} point(s) at a time")
@@ -127,10 +138,19 @@ def status_lines(root: Path, now: float | None = None) -> list[str]:
         finished = [e["time"] for e in events if e["event"] == Event.SWEEP_FINISHED]
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(finished[-1])) if finished else None
         lines.append("no sweep running" + (f"; the last finished {last}" if last else ""))
+    if queued:
+        kinds = sorted({ev["executor"] for ev in queued.values()})
+        lines.append(f"{len(queued)} cluster job(s) queued or running ({', '.join(kinds)}); once they are done, "
+                     f"`forgetbench sweep SUITE --executor {kinds[0]}` writes the report")
     if not any(e["event"] == Event.BASELINE_EVALUATED for e in events) and not (store.root / "baseline").exists():
-        lines.append("base model: " + ("being evaluated" if holder is not None
-                                       else "not evaluated (the sweep stopped first; `forgetbench sweep` resumes)"))
-    views = point_views(store, store.states(), holder is not None, now)
+        base_job, ended = queued.get(BASE_JOB), store.submitted_jobs().get(BASE_JOB)
+        lines.append("base model: " + (
+            f"being evaluated ({base_job['executor']} job {base_job['job_id']})" if base_job is not None
+            else "being evaluated" if holder is not None
+            else f"its {ended['executor']} job {ended['job_id']} has ended; the next `forgetbench sweep` "
+                 "records its scores" if ended is not None
+            else "not evaluated (the sweep stopped first; `forgetbench sweep` resumes)"))
+    views = point_views(store, store.states(), holder is not None, now, frozenset(queued))
     counts: dict[str, int] = {}
     for v in views:
         counts[v.state] = counts.get(v.state, 0) + 1

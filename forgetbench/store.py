@@ -30,7 +30,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
@@ -164,6 +164,7 @@ class Event(str, Enum):
     POINT_FAILED = "point_failed"
     POINT_INTERRUPTED = "point_interrupted"  # stopped by Ctrl-C or its sweep's end: resumed, not failed
     MODEL_DELETED = "model_deleted"  # its exported model removed (keep_models); its scores stay
+    JOB_SUBMITTED = "job_submitted"  # a cluster job (key: a point's id, or the base model) and its id
     SWEEP_FINISHED = "sweep_finished"
 
 
@@ -176,6 +177,7 @@ class PointState:
     failed_at: float | None = None  # the journal time of the failure
     train: dict[str, Any] = field(default_factory=dict)
     model_deleted: bool = False  # by keep_models, after its evaluation
+    job: str | None = None  # its latest cluster job ("slurm job 1234_5"), if it was submitted as one
 
 
 class RunStore:
@@ -241,6 +243,11 @@ class RunStore:
     def events(self) -> list[dict]:
         return read_jsonl(self.journal) if self.journal.exists() else []
 
+    def submitted_jobs(self) -> dict[str, dict]:
+        """The latest cluster job of each job key (a point's id, or the base model's key), as
+        its ``job_submitted`` event records it (executor, job_id, folder)."""
+        return {e["key"]: e for e in self.events() if e["event"] == Event.JOB_SUBMITTED}
+
     def states(self) -> dict[str, PointState]:
         """Each point's state, from the journal alone."""
         states: dict[str, PointState] = {}
@@ -265,6 +272,8 @@ class RunStore:
                 st.status, st.error = "interrupted", ev.get("error")
             elif kind == Event.MODEL_DELETED:
                 st.model_deleted = True
+            elif kind == Event.JOB_SUBMITTED:
+                st.job = f"{ev.get('executor')} job {ev.get('job_id')}"
         return states
 
 
@@ -272,12 +281,16 @@ class RunStore:
 _PARTIAL = re.compile(r"^\..+\.[a-z0-9_]{8}$")
 
 
-def remove_partial_files(root: Path) -> list[Path]:
+def remove_partial_files(root: Path, keep: Iterable[Path] = ()) -> list[Path]:
     """Remove what a killed writer left under ``root``: the temporary files and directories of
     :func:`atomic_write_text` and :func:`fresh_dir` (a half-exported model). Only for a
-    directory no one else is writing (a sweep holding its :class:`SweepLock`). Returns them."""
+    directory no one else is writing (a sweep holding its :class:`SweepLock`), except the
+    folders ``keep`` (those of cluster jobs still running). Returns them."""
     removed = []
+    keep = [Path(k) for k in keep]
     for path in sorted(root.rglob(".*")):
+        if any(path.is_relative_to(k) for k in keep):
+            continue
         if _PARTIAL.match(path.name) and not any(_PARTIAL.match(p.name) for p in path.relative_to(root).parents
                                                  if p.name):
             if path.is_dir():

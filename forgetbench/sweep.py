@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from forgetbench import metrics, planner, regularizers
+from forgetbench import cluster, metrics, planner, regularizers
+from forgetbench.cluster import SubmititExecutor
 from forgetbench.config import Point, Suite
 from forgetbench.datafiles import read_rows
 from forgetbench.devices import resolve_device
@@ -47,7 +48,7 @@ from forgetbench.store import (
     reuse_result,
 )
 from forgetbench.train import data as train_data
-from forgetbench.train import recipe
+from forgetbench.train import preempt, recipe
 
 # Bump when a change to the training recipe changes what a point produces.
 TRAINING_VERSION = 1
@@ -175,6 +176,7 @@ class SweepOutcome:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     not_retried: list[str] = field(default_factory=list)  # failed in an earlier sweep, left so
+    waiting: dict[str, str] = field(default_factory=dict)  # cluster jobs left queued or running (--no-wait)
     tables: Any = None  # report.write_outputs' return: the terminal's tables and verdict
 
 
@@ -202,7 +204,12 @@ def evaluate_model(model: str, suite_record: dict[str, Any], runs_root: str) -> 
 def run_point(point_file: str | Path) -> int:
     """The whole work of one point, from its ``point.json``: train it (unless its model is
     already trained), then evaluate it. What ``forgetbench point POINT_JSON`` runs, and each
-    point's job in a sweep. A failure is recorded in the journal, with its reason, and raised."""
+    point's job in a sweep. A failure is recorded in the journal, with its reason, and raised.
+
+    The preemption signal (SIGUSR2, see train/preempt.py) stops its training at the next
+    optimizer step with a checkpoint: it then returns ``preempt.PAUSED_EXIT`` unevaluated,
+    and runs on from that step when run again."""
+    preempt.install()
     suite, pp, store = read_point(Path(point_file))
     key = eval_key(eval_settings(suite.tasks, suite.eval))
     model_dir = store.model_dir(pp.id)
@@ -217,6 +224,11 @@ def run_point(point_file: str | Path) -> int:
                 raise RuntimeError(f"point {pp.id}: {failure}")
         else:
             print(training_line(pp.id, train_one(suite, pp, store)), flush=True)
+        state = store.states().get(pp.id)
+        if state is not None and state.status == "paused":  # preempted: resumed when run again
+            print(f"point {pp.id}: stopped at a checkpoint on the preemption signal; run it again to resume",
+                  flush=True)
+            return preempt.PAUSED_EXIT
     try:
         _, path, _ = EvalStore(store.root.parent / "evals").scores(
             str(model_dir), suite.tasks, suite.eval, trust_remote_code=suite.trust_remote_code)
@@ -252,11 +264,11 @@ def _log_tail(log: Path | None) -> str:
     return last.removeprefix("forgetbench: error: ")
 
 
-_BASE = "base model"  # the job key of the base model's evaluation (a point's is its id)
+BASE_JOB = "base model"  # the job key of the base model's evaluation (a point's is its id)
 
 
 def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = print,
-              executor: LocalExecutor | InlineExecutor | None = None,
+              executor: LocalExecutor | InlineExecutor | SubmititExecutor | None = None,
               work: Callable[[str], int] = run_point, retry_failed: bool = False,
               point_timeout: float | None = None) -> SweepOutcome:
     """Evaluate the base model once, then train and evaluate every point not yet complete,
@@ -274,7 +286,11 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
     naming the sweep that holds it); the files a killed sweep left half-written are removed
     first. Points that failed in an earlier sweep are retried only with ``retry_failed``;
     interrupted ones (Ctrl-C, a killed sweep) always resume. A job still running after
-    ``point_timeout`` seconds is ended and its point failed (a hung collective, a stuck job)."""
+    ``point_timeout`` seconds is ended and its point failed (a hung collective, a stuck job).
+
+    With a :class:`cluster.SubmititExecutor`, the jobs that an earlier sweep submitted and that
+    are still queued or running are followed, not submitted again; with its ``wait`` off,
+    the sweep returns once its jobs are queued (``outcome.waiting``), and writes no outputs."""
     runs_root = Path(runs_root).resolve()  # jobs run in processes of their own
     store = RunStore(runs_root / suite.name)
     if executor is None:
@@ -284,15 +300,33 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
         echo = _logged(echo, store.root / "sweep.log")
         for line in warnings:
             echo(line)
-        removed = remove_partial_files(store.root)
+        following = _queued_jobs(store, executor)
+        removed = remove_partial_files(store.root, keep=[store.point_dir(k) for k in following if k != BASE_JOB])
         if removed:
             names = [str(p.relative_to(store.root)) for p in removed]
             echo(f"removed {len(names)} half-written file(s) a killed sweep left: "
                  + ", ".join(names[:3]) + (" ..." if len(names) > 3 else ""))
         outcome = _sweep(suite, runs_root, store, echo=echo, executor=executor, work=work,
-                         retry_failed=retry_failed, point_timeout=point_timeout)
-        outcome.tables = write_outputs(store, suite, store.latest_sweep())
+                         retry_failed=retry_failed, point_timeout=point_timeout, following=following)
+        if not outcome.waiting:
+            outcome.tables = write_outputs(store, suite, store.latest_sweep())
     return outcome
+
+
+def _queued_jobs(store: RunStore, executor: Any) -> dict[str, str]:
+    """The cluster jobs an earlier sweep submitted that are still queued or running: job key ->
+    job id. Followed by a cluster executor of their kind; any other executor is refused (it
+    would run those points a second time, beside their jobs)."""
+    queued: dict[str, str] = {}
+    for key, ev in store.submitted_jobs().items():
+        if cluster.job_active(ev["executor"], Path(ev["folder"]), ev["job_id"]):
+            if not (isinstance(executor, SubmititExecutor) and executor.kind == ev["executor"]):
+                raise ForgetbenchError(
+                    f"{store.root}: {key} is still queued or running as {ev['executor']} job {ev['job_id']}; "
+                    f"follow it with `forgetbench sweep SUITE --executor {ev['executor']}`, or cancel it "
+                    f"({'scancel ' + ev['job_id'] if ev['executor'] == 'slurm' else 'kill its process'}) first")
+            queued[key] = ev["job_id"]
+    return queued
 
 
 class _ModelKeeper:
@@ -346,9 +380,36 @@ def _logged(echo: Callable[[str], None], log: Path) -> Callable[[str], None]:
     return both
 
 
+def _base_job(suite: Suite, store: RunStore, runs_root: Path) -> Job:
+    """The base model's evaluation as a job: :func:`evaluate_model`, or the command
+    ``forgetbench eval MODEL --suite RUN/suite.yaml`` on a cluster."""
+    return Job(BASE_JOB, evaluate_model, (suite.model, suite.resolved(), str(runs_root)), store.root / "baseline.log",
+               argv=("eval", suite.model, "--suite", str(store.root / "suite.yaml"), "--runs-dir", str(runs_root)))
+
+
+def _point_job(store: RunStore, pid: str, work: Callable[[str], int] = run_point) -> Job:
+    """A point's job: ``work`` on its point.json, the command ``forgetbench point POINT_JSON``."""
+    point_file = str(store.point_dir(pid) / "point.json")
+    return Job(pid, work, (point_file,), store.point_dir(pid) / "point.log",
+               heartbeat=store.point_dir(pid) / "heartbeat", argv=("point", point_file))
+
+
+def jobs_to_run(suite: Suite, planned: list[PlannedPoint], runs_root: Path) -> list[Job]:
+    """The jobs a sweep would run now (``--dry-run``): the base model's evaluation unless it is
+    stored, and each point not evaluated under the suite's eval settings. Writes nothing."""
+    runs_root = Path(runs_root).resolve()
+    store = RunStore(runs_root / suite.name)
+    key = eval_key(eval_settings(suite.tasks, suite.eval))
+    stored = EvalStore(runs_root / "evals").stored(suite.model, suite.tasks, suite.eval, warn=lambda msg: None)
+    states = store.states()
+    return ([] if stored is not None else [_base_job(suite, store, runs_root)]) + [
+        _point_job(store, pp.id) for pp in planned
+        if not _evaluated(store, states.get(pp.id), pp.id, key, lambda msg: None)]
+
+
 def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[str], None],
-           executor: LocalExecutor | InlineExecutor, work: Callable[[str], int], retry_failed: bool,
-           point_timeout: float | None) -> SweepOutcome:
+           executor: LocalExecutor | InlineExecutor | SubmititExecutor, work: Callable[[str], int],
+           retry_failed: bool, point_timeout: float | None, following: dict[str, str]) -> SweepOutcome:
     planned = plan(suite)
     evals = EvalStore(runs_root / "evals")
     key = eval_key(eval_settings(suite.tasks, suite.eval))
@@ -362,7 +423,7 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
     baseline = evals.stored(suite.model, suite.tasks, suite.eval, warn=echo)
     bpath = store.baseline_path(model_hash(suite.model), key)
     baseline_ref = str(bpath.relative_to(store.root))
-    base_log = store.root / "baseline.log"
+    base_log = store.root / "baseline.log"  # (the base job's log)
 
     def keep_baseline(record: dict[str, Any], computed: bool) -> None:
         # the run keeps a copy: a run directory is whole on its own (to copy, to report)
@@ -380,7 +441,7 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
         keep.baseline = baseline
     else:
         echo(f"evaluating the base model {suite.model} ...")
-        jobs.append(Job(_BASE, evaluate_model, (suite.model, suite.resolved(), str(runs_root)), base_log))
+        jobs.append(_base_job(suite, store, runs_root))
 
     states = store.states()
     labels: dict[str, str] = {}
@@ -396,23 +457,27 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
             outcome.failed[pp.id] = state.error or "failed"
             outcome.not_retried.append(pp.id)
             continue
-        point_file = store.point_dir(pp.id) / "point.json"
-        atomic_write_json(point_file, pp.record(suite))
+        atomic_write_json(store.point_dir(pp.id) / "point.json", pp.record(suite))
         labels[pp.id] = f"[{i}/{len(planned)}] point {pp.id} ({pp.point.label()})"
         trains[pp.id] = not _trained(state, store.model_dir(pp.id))
-        jobs.append(Job(pp.id, work, (str(point_file),), store.point_dir(pp.id) / "point.log",
-                        heartbeat=store.point_dir(pp.id) / "heartbeat"))
+        jobs.append(_point_job(store, pp.id, work))
     points = len(jobs) - (baseline is None)
-    if points > 1 and len(executor.lanes) > 1:
+    if points > 1 and len(executor.lanes) > 1 and not isinstance(executor, SubmititExecutor):
         echo(f"{points} points, {len(executor.lanes)} at a time ({executor.lanes[0].describe()} each)")
     stopped: list[tuple[str, str]] = []  # (point, its user error)
 
     def started(job: Job, lane: Lane) -> None:
-        launched[job.key] = time.time()
-        if job.key != _BASE:
-            echo(f"{labels[job.key]}: " + ("training" + (f" on {suite.train.nproc} processes"
-                                                         if suite.train.nproc > 1 else "")
-                                           if trains[job.key] else "evaluating"))
+        # a job followed from an earlier sweep may have recorded its failure before this one
+        launched[job.key] = 0.0 if job.key in following else time.time()
+        if lane.where and job.key not in following:  # a cluster job: its id, to follow it later
+            store.append(Event.JOB_SUBMITTED, key=job.key, executor=executor.kind, job_id=lane.where.split()[-1],
+                         folder=str(executor.folder), **({"point": job.key} if job.key != BASE_JOB else {}))
+        name = labels.get(job.key, "the base model's evaluation")
+        if lane.where:
+            echo(f"{name}: {'following' if job.key in following else 'submitted as'} {lane.where}")
+        elif job.key != BASE_JOB:
+            echo(f"{name}: " + ("training" + (f" on {suite.train.nproc} processes" if suite.train.nproc > 1 else "")
+                                if trains[job.key] else "evaluating"))
 
     def base_done(done: Done) -> None:
         """The base model evaluated: keep its scores, or stop the sweep (running points too)."""
@@ -428,7 +493,7 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
 
     def ended(done: Done) -> bool:
         pid = done.job.key
-        if pid == _BASE:
+        if pid == BASE_JOB:
             base_done(done)
             return True
         state = store.states().get(pid)
@@ -451,6 +516,10 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
             outcome.failed[pid] = f"interrupted ({state.error})"
             echo(f"{labels[pid]}: interrupted ({state.error}); the next sweep resumes it")
             return True
+        if state is not None and state.status == "paused":  # the preemption signal, not requeued
+            outcome.failed[pid] = "stopped at a checkpoint (preempted)"
+            echo(f"{labels[pid]}: stopped at a checkpoint on the preemption signal; the next sweep resumes it")
+            return True
         # the reason the job recorded, else why its process ended
         if state is not None and state.status == "failed" and (state.failed_at or 0) >= launched[pid]:
             error = state.error or done.reason()
@@ -465,7 +534,14 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
         return True
 
     keep.prune()  # the points already complete (a widened grid, another keep_models)
-    executor.run(jobs, on_start=started, on_done=ended, timeout=point_timeout)
+    if isinstance(executor, SubmititExecutor):
+        executor.run(jobs, on_start=started, on_done=ended, following=following)
+        if not executor.wait:
+            outcome.waiting = {**{k: v for k, v in following.items() if any(j.key == k for j in jobs)},
+                               **executor.submitted}
+            return outcome
+    else:
+        executor.run(jobs, on_start=started, on_done=ended, timeout=point_timeout)
     if stopped:
         pid, error = stopped[0]
         raise ForgetbenchError(f"point {pid}: {error} (its log: {store.point_dir(pid) / 'point.log'})")
@@ -480,6 +556,7 @@ def train_one(suite: Suite, pp: PlannedPoint, store: RunStore, stop_after: int |
     """Train one planned point into its run directory: what ``forgetbench train`` runs, in
     each process under torchrun. Rank 0 records the journal events and writes the files."""
     main = int(os.environ.get("RANK", "0")) == 0
+    preempt.install()
     base = resolve_model(suite.model)
     ckpt = store.point_dir(pp.id) / "checkpoints"
     # a regulariser's estimated state (EWC's Fisher) is cached once per model and settings,
@@ -550,18 +627,31 @@ def train_command(point_file: Path, nproc: int) -> list[str]:
 
 def launch_training(store: RunStore, point_id: str, nproc: int) -> str | None:
     """Train one point in a child process (under torchrun when nproc > 1), so a crash, an
-    out-of-memory kill or a hung collective stays in that point. Returns the failure, if any."""
-    done = subprocess.run(train_command(store.point_dir(point_id) / "point.json", nproc))
+    out-of-memory kill or a hung collective stays in that point. Returns the failure, if any
+    (None: trained, or paused at a checkpoint by the preemption signal, which this process
+    passes on to torchrun's workers; torchrun itself ignores it)."""
+    with preempt.ignored():
+        proc = subprocess.Popen(train_command(store.point_dir(point_id) / "point.json", nproc))
+    try:
+        with preempt.forwarding(proc.pid):
+            returncode = proc.wait()
+    except BaseException:  # torchrun passes SIGTERM on to its workers, then ends
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
     state = store.states().get(point_id)
-    if done.returncode == 0 and state is not None and state.status == "trained":
+    if returncode == 0 and state is not None and state.status in ("trained", "paused"):
         return None
-    if done.returncode == 2:
+    if returncode == 2:
         if state is None or state.status != "failed":  # e.g. refused before train_one started
             store.append(Event.POINT_FAILED, point=point_id, error="training stopped on a user error")
         raise ForgetbenchError(f"point {point_id}: training stopped on the error above")
     if state is not None and state.status == "failed" and state.error:
         return state.error
-    msg = f"training process exited with status {done.returncode}"
+    msg = f"training process exited with status {returncode}"
     store.append(Event.POINT_FAILED, point=point_id, error=msg)
     return msg
 

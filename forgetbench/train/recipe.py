@@ -32,7 +32,7 @@ from forgetbench.datafiles import read_rows
 from forgetbench.errors import ForgetbenchError
 from forgetbench.schedule import lr_at
 from forgetbench.store import read_jsonl
-from forgetbench.train import checkpoint, distributed, regularizers, throughput
+from forgetbench.train import checkpoint, distributed, preempt, regularizers, throughput
 from forgetbench.train import data as train_data
 from forgetbench.train.heldout import heldout_pass
 
@@ -345,7 +345,8 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
     With ``checkpoint_dir``, training resumes from the newest complete checkpoint there and
     saves one every ``train.checkpoint_every`` steps; early stopping keeps its best model
     there too (and needs it). ``stop_after`` ends the run after that many optimizer steps
-    with a checkpoint and no export (a time-limited job's slice). ``state_dir`` caches the
+    with a checkpoint and no export (a time-limited job's slice); so does the preemption
+    signal (train/preempt.py), at the step after it came. ``state_dir`` caches the
     regulariser's estimated state (EWC's Fisher): read when complete, else estimated and
     written there.
     """
@@ -394,7 +395,10 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
                 log.flush()
             if early.stopped:
                 break
-            pausing = stop_after is not None and stop_after <= done < total
+            # stop here with a checkpoint: a slice of a time-limited job, or the preemption
+            # signal on any rank (all ranks must agree, to save the same step)
+            pausing = done < total and ((stop_after is not None and stop_after <= done) or (
+                checkpoint_dir is not None and distributed.all_reduce_sum(preempt.requested(), dist) > 0))
             if checkpoint_dir is not None and done < total and (
                     pausing or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
                 checkpoint.save(trainee.model, optimizer, step=done, root=checkpoint_dir, d=dist,
