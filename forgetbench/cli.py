@@ -5,6 +5,7 @@ User mistakes surface as a ForgetbenchError: one line on stderr, exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -131,6 +132,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         executor = SubmititExecutor(args.executor, Path(args.runs_dir).resolve() / suite.name / "jobs",
                                     suite.cluster, gpus=suite.cluster.gpus(suite.train), name=suite.name,
                                     wait=not args.no_wait)
+        if not args.dry_run:
+            executor.check()
     elif not args.dry_run:
         executor = LocalExecutor(lanes(args.jobs, suite.train.nproc, resolve_device(suite.train.device).type),
                                  preload=model_modules(suite.model))
@@ -159,10 +162,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             for line in executor.layout(jobs) if jobs else ["nothing to submit"]:
                 _echo(line)
         return 0
+    live = contextlib.nullcontext(None)
+    if sys.stdout.isatty():  # a live line of progress under the sweep's lines (forgetbench/progress.py)
+        from forgetbench.eval.harness import eval_key, eval_settings
+        from forgetbench.progress import LiveLine
+
+        live = LiveLine(Path(args.runs_dir) / suite.name, [pp.id for pp in planned],
+                        eval_key(eval_settings(suite.tasks, suite.eval)),
+                        args.jobs if args.executor == "local" else suite.cluster.array_parallelism)
     try:
-        outcome = run_sweep(suite, Path(args.runs_dir), echo=_progress, executor=executor,
-                            retry_failed=args.retry_failed,
-                            point_timeout=args.point_timeout * 60 if args.point_timeout else None)
+        with live as line:
+            outcome = run_sweep(suite, Path(args.runs_dir), echo=line.echo if line else _progress, executor=executor,
+                                retry_failed=args.retry_failed,
+                                point_timeout=args.point_timeout * 60 if args.point_timeout else None)
     except KeyboardInterrupt:
         if args.executor == "local":
             raise

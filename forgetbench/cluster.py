@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -247,6 +248,12 @@ class SubmititExecutor:
 
     def start(self) -> None:
         pass
+
+    def check(self) -> None:
+        """Refuse, before anything is written, a machine that cannot submit."""
+        if self.kind == "slurm" and shutil.which("sbatch") is None:
+            raise ForgetbenchError("--executor slurm: sbatch is not found on this machine; run the sweep on a "
+                                   "Slurm login node (--executor submitit-local tries the same job path here)")
 
     def layout(self, jobs: list[Job]) -> list[str]:
         return job_layout(self.kind, self.folder, self.spec, self.gpus, self.name, jobs)

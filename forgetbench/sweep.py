@@ -423,7 +423,7 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
     baseline = evals.stored(suite.model, suite.tasks, suite.eval, warn=echo)
     bpath = store.baseline_path(model_hash(suite.model), key)
     baseline_ref = str(bpath.relative_to(store.root))
-    base_log = store.root / "baseline.log"  # (the base job's log)
+    base_log = store.root / "baseline.log"  # the base job's log
 
     def keep_baseline(record: dict[str, Any], computed: bool) -> None:
         # the run keeps a copy: a run directory is whole on its own (to copy, to report)
@@ -470,8 +470,9 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
         # a job followed from an earlier sweep may have recorded its failure before this one
         launched[job.key] = 0.0 if job.key in following else time.time()
         if lane.where and job.key not in following:  # a cluster job: its id, to follow it later
-            store.append(Event.JOB_SUBMITTED, key=job.key, executor=executor.kind, job_id=lane.where.split()[-1],
-                         folder=str(executor.folder), **({"point": job.key} if job.key != BASE_JOB else {}))
+            store.append(Event.JOB_SUBMITTED, key=job.key, executor=executor.kind,
+                         job_id=executor.submitted[job.key], folder=str(executor.folder),
+                         **({"point": job.key} if job.key != BASE_JOB else {}))
         name = labels.get(job.key, "the base model's evaluation")
         if lane.where:
             echo(f"{name}: {'following' if job.key in following else 'submitted as'} {lane.where}")

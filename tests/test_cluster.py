@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,4 +175,7 @@ def test_cluster_settings_errors_are_one_line_naming_file_and_field(write_suite,
     assert err.count("\n") == 0 and f"{bad}: time:" in err
     assert main(["sweep", str(path), "--runs-dir", str(tmp_path), "--no-wait"]) == 2
     assert "--no-wait goes with --executor slurm" in capsys.readouterr().err
+    if shutil.which("sbatch") is None:  # (CI's machines have no Slurm)
+        assert main(["sweep", str(path), "--runs-dir", str(tmp_path), "--executor", "slurm"]) == 2
+        assert "sbatch is not found on this machine; run the sweep on a Slurm login node" in capsys.readouterr().err
     assert not (tmp_path / "medical").exists()

@@ -390,6 +390,7 @@ def train_point(suite: Suite, point: Point, *, base_model_dir: Path | str,
                 record.update(heldout.measure())
                 early.update(done, record.get("val_loss", math.inf), trainee.model, dist)
             record["elapsed_s"] = round(time.monotonic() - start, 3)
+            record["total_steps"] = total
             if log is not None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
