@@ -43,7 +43,8 @@ from forgetbench.executor import HEARTBEAT_S, Done, Job, Lane, cpu_cores
 from forgetbench.train import preempt
 
 KINDS = ("slurm", "submitit-local")
-GRACE_S = 60.0  # how long a preempted job may take to stop with its checkpoint (less than the signal's delay)
+GRACE_S = 60.0  # how long a preempted job may take to stop with its checkpoint (a sweep gives the
+# signal's delay less 30 s: the rest is for the requeue before Slurm stops the job)
 RESEND_S = 5.0  # the signal again, every this many seconds, until the job stops (it may not listen yet)
 
 
@@ -290,7 +291,8 @@ class SubmititExecutor:
             with ex.batch():
                 for job in new:
                     subs.append(ex.submit(PointJob(job.key, job.argv, str(job.log) if job.log else None,
-                                                   str(job.heartbeat) if job.heartbeat else None, env=env)))
+                                                   str(job.heartbeat) if job.heartbeat else None,
+                                                   grace_s=max(self.spec.signal_delay_s - 30.0, 10.0), env=env)))
             for job, sub in zip(new, subs):
                 self.submitted[job.key] = sub.job_id
                 handles.append(_Handle(job, sub, time.monotonic()))

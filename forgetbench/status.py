@@ -170,13 +170,16 @@ def plan_lines(suite: Suite, planned: list[PlannedPoint], runs_root: Path, key: 
     has measured (nothing is estimated that was not measured)."""
     store = RunStore(runs_root / suite.name)
     states = store.states()
+    sweeping = SweepLock(store.root).holder() is not None
     lines = [f"suite {suite.name}: {len(planned)} points -> {store.root}"]
     todo = {"train": 0, "evaluate": 0}
     for pp in planned:
         st = states.get(pp.id)
         status = ("pending" if st is None else "evaluated" if key in st.eval_keys
                   else "trained" if st.train else st.status)
-        if status in ("pending", "running", "interrupted", "paused"):
+        if status == "running" and not sweeping:  # (its cluster job, if any, is followed by the sweep)
+            status = "interrupted" if st.job is None else "submitted"
+        if status in ("pending", "running", "interrupted", "paused", "submitted"):
             todo["train"] += 1
         elif status == "trained":
             todo["evaluate"] += 1
