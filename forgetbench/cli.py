@@ -124,6 +124,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.executor != "local" and args.jobs != 1:
         raise ForgetbenchError(f"--jobs goes with --executor local; on {args.executor} each point is a job of "
                                "its own, at most cluster.array_parallelism at once")
+    if args.executor != "local" and args.point_timeout:
+        raise ForgetbenchError(f"--point-timeout goes with --executor local; on {args.executor} the suite's "
+                               "cluster.time limits each job (which then checkpoints and is requeued)")
     check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
     executor = None
     if args.executor != "local":
@@ -176,7 +179,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                 retry_failed=args.retry_failed,
                                 point_timeout=args.point_timeout * 60 if args.point_timeout else None)
     except KeyboardInterrupt:
-        if args.executor == "local":
+        if args.executor != "slurm":  # local jobs, and submitit's local controllers, end with it
             raise
         print(f"forgetbench: stopped following; the submitted jobs run on (`forgetbench status "
               f"{Path(args.runs_dir) / suite.name}`); the same command again follows them", file=sys.stderr)
@@ -211,9 +214,13 @@ def _stop_on_sigterm() -> None:
 
 
 def cmd_point(args: argparse.Namespace) -> int:
+    from forgetbench.cluster import WATCH_ENV
+    from forgetbench.executor import watch_in_background
     from forgetbench.sweep import run_point
 
     _stop_on_sigterm()
+    if os.environ.get(WATCH_ENV):  # a cluster job's command: it ends with its job (nothing trains on)
+        watch_in_background(int(os.environ[WATCH_ENV]))
     target = Path(args.point_json)
     if not target.exists():
         raise ForgetbenchError(f"{target}: not found; give a point's point.json (or its folder), "

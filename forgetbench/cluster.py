@@ -44,7 +44,8 @@ from forgetbench.train import preempt
 
 KINDS = ("slurm", "submitit-local")
 GRACE_S = 60.0  # how long a preempted job may take to stop with its checkpoint (a sweep gives the
-# signal's delay less 30 s: the rest is for the requeue before Slurm stops the job)
+# signal's delay less 60 s: up to 20 s to end it if it has not stopped, the rest to requeue)
+WATCH_ENV = "FORGETBENCH_JOB_PID"  # a job's command ends when this process (the job) does
 RESEND_S = 5.0  # the signal again, every this many seconds, until the job stops (it may not listen yet)
 
 
@@ -56,7 +57,8 @@ class PointJob:
     """What submitit runs on a node for one job: ``forgetbench ARGV`` in a process group of its
     own, output appended to the job's log, a heartbeat while it runs; returns its exit status.
     submitit calls :meth:`checkpoint` on the preemption signal (this is a submitit
-    Checkpointable by its methods)."""
+    Checkpointable by its methods). The command's process ends with this one, however this
+    one ends (it watches this pid), so a killed job leaves nothing training."""
 
     def __init__(self, key: str, argv: tuple[str, ...], log: str | None, heartbeat: str | None,
                  grace_s: float = GRACE_S, env: dict[str, str] | None = None):
@@ -82,13 +84,14 @@ class PointJob:
                 log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} job {self.key} on "
                           f"{socket.gethostname()} (job {self._job_id()})\n".encode())
                 log.flush()
-            # the point process installs its preemption handler itself; until then it ignores
-            # the signal (Slurm may send it to every process of the job), and checkpoint()
-            # sends it again
-            with preempt.ignored():
+            # the command starts with the preemption signal blocked, pending until the point
+            # installs its handler (Slurm may signal every process of the job); here it is
+            # pending until the process is known, so checkpoint() always has it
+            env = {**os.environ, **self.env, WATCH_ENV: str(os.getpid())}
+            with preempt.blocked():
                 proc = subprocess.Popen(_command(self.argv), stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, env={**os.environ, **self.env})
-            self._pid = proc.pid
+                                        start_new_session=True, env=env)
+                self._pid = proc.pid
             beat = Path(self.heartbeat) if self.heartbeat else None
             if beat is not None:
                 beat.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +107,9 @@ class PointJob:
                         os.utime(beat)
                     touched = time.monotonic()
             return self._status
+        except BaseException:  # requeued (SystemExit), interrupted, cancelled: nothing trains on
+            self._end(term_s=10.0)
+            raise
         finally:
             if self.log:
                 log.close()
@@ -113,35 +119,52 @@ class PointJob:
         if self._status is None and self._pid is not None:
             try:
                 pid, status = os.waitpid(self._pid, os.WNOHANG)
-            except ChildProcessError:
+            except ChildProcessError:  # reaped already (by the frame this handler interrupted)
+                self._status = 0 if self._status is None else self._status
                 return self._status
             if pid:
                 self._status = os.waitstatus_to_exitcode(status)
         return self._status
 
+    def _end(self, term_s: float) -> None:
+        """End the command if it still runs: SIGTERM to its group (torchrun passes it on to its
+        workers), then, after ``term_s``, SIGKILL to every process it started (torchrun's
+        workers are in sessions of their own)."""
+        if self._pid is None or self._reap() is not None:
+            return
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            tree = [psutil.Process(self._pid), *psutil.Process(self._pid).children(recursive=True)]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._pid, signal.SIGTERM)
+        until = time.monotonic() + term_s
+        while self._reap() is None and time.monotonic() < until:
+            time.sleep(0.2)
+        for proc in tree:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        self._reap()
+
     def checkpoint(self, *args: Any, **kwargs: Any):
         """The preemption signal came: have the point stop with a checkpoint, then requeue.
         The signal goes to the point process (which passes it to torchrun's workers) again
-        every RESEND_S seconds until it ends; after ``grace_s`` its group gets SIGTERM."""
+        every RESEND_S seconds until it ends, for ``grace_s``; then it is ended. A job that is
+        not a point (the base model's evaluation) cannot checkpoint: it is ended at once, and
+        evaluates again when requeued."""
         import submitit
 
-        if self._pid is not None and self._reap() is None:
-            deadline, sig = time.monotonic() + self.grace_s, preempt.preempt_signal()
+        sig = preempt.preempt_signal()
+        signal.signal(sig, signal.SIG_IGN)  # a second signal must not start this again
+        if self._pid is not None and self._reap() is None and self.argv[:1] == ("point",):
+            deadline = time.monotonic() + self.grace_s
             while self._reap() is None and time.monotonic() < deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self._pid, sig)
                 until = min(time.monotonic() + RESEND_S, deadline)
                 while self._reap() is None and time.monotonic() < until:
                     time.sleep(0.2)
-            if self._reap() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._pid, signal.SIGTERM)
-                until = time.monotonic() + 30
-                while self._reap() is None and time.monotonic() < until:
-                    time.sleep(0.2)
-                if self._reap() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self._pid, signal.SIGKILL)
+        self._end(term_s=20.0)
         # a point that finished meanwhile is requeued too: its job then finds it done at once
         return submitit.helpers.DelayedSubmission(PointJob(self.key, self.argv, self.log, self.heartbeat,
                                                            self.grace_s, self.env))
@@ -162,8 +185,8 @@ def _parameters(kind: str, spec: ClusterSpec, gpus: int, name: str) -> dict[str,
             params["mem"] = f"{spec.mem_gb:g}GB"
         if spec.setup:
             params["setup"] = list(spec.setup)
-        if spec.sbatch:
-            params["additional_parameters"] = {k: v for k, v in spec.sbatch.items()}
+        if spec.sbatch:  # (false: the option is left out)
+            params["additional_parameters"] = {k: v for k, v in spec.sbatch.items() if v is not False}
         return params
     # (not cluster.setup: its lines are for the cluster's nodes, and this machine runs them as is)
     return {"timeout_min": spec.time, "gpus_per_node": gpus, "signal_delay_s": spec.signal_delay_s,
@@ -183,38 +206,68 @@ def make_executor(kind: str, folder: Path, spec: ClusterSpec, gpus: int, name: s
 def job_layout(kind: str, folder: Path, spec: ClusterSpec, gpus: int, name: str, jobs: list[Job]) -> list[str]:
     """What ``--executor slurm`` would submit for ``jobs``: the array's sbatch script and each
     task's command (``--dry-run``)."""
-    lines = [f"{len(jobs)} job(s) as one {'Slurm job array' if kind == 'slurm' else 'set of local processes'}, "
-             f"job files in {folder}:"]
+    array = len(jobs) > 1  # (submitit submits a single job as a plain job)
+    what = ("Slurm job array" if array else "Slurm job") if kind == "slurm" else "set of local processes"
+    lines = [f"{len(jobs)} job(s) as one {what}, job files in {folder}:"]
     if kind == "slurm":
         from submitit.slurm.slurm import _make_sbatch_string
 
         params = _parameters(kind, spec, gpus, name)
         script = _make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit {folder}",
-                                     folder=folder, map_count=len(jobs), **params)
+                                     folder=folder, map_count=len(jobs) if array else None, **params)
         lines += ["  " + line for line in script.splitlines() if line.strip()]
-    lines.append("each array task runs one command:")
+    lines.append("each array task runs one command:" if array else "it runs:")
     lines += [f"  [{i}] {shlex.join(['forgetbench', *job.argv])}" for i, job in enumerate(jobs)]
     return lines
 
 
-# what Slurm calls a job that is neither done nor gone
+# what Slurm calls a job that may still run (PREEMPTED: until it is requeued). UNKNOWN is what
+# submitit reports before sacct knows a job, and when sacct cannot tell (accounting off, a
+# purged job): active only for UNKNOWN_S after its submission, so such a job is not waited
+# for, nor refused, forever
 _ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED",
-           "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "STOPPED", "UNKNOWN"}
+           "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "STOPPED", "PREEMPTED", "READY"}
+UNKNOWN_S = 600.0
 
 
-def job_active(kind: str, folder: Path, job_id: str) -> bool:
-    """Whether a job submitted earlier (by another sweep process) is still queued or running."""
-    if kind == "slurm":
-        import submitit
+def _result_file(folder: Path, job_id: str) -> Path:
+    from submitit.core.utils import JobPaths
 
-        state = submitit.SlurmJob(folder=folder, job_id=job_id).state.split(" ")[0]
-        return state in _ACTIVE
-    import psutil  # a local job's id is its controller's pid
+    return JobPaths(folder, job_id=job_id, task_id=0).result_pickle
+
+
+def _local_alive(job_id: str) -> bool:
+    """A submitit-local job's controller (its id is the controller's pid) is still running."""
+    import psutil
 
     with contextlib.suppress(psutil.Error, ValueError):
-        proc = psutil.Process(int(job_id.split("_")[0]))
-        return "submitit.local._local" in " ".join(proc.cmdline())
+        return "submitit.local._local" in " ".join(psutil.Process(int(job_id)).cmdline())
     return False
+
+
+def _slurm_active(folder: Path, job_id: str, state: str, submitted_at: float) -> bool:
+    if _result_file(folder, job_id).exists():
+        return False  # it returned (a requeued job writes its result only at its end)
+    state = state.split(" ")[0].upper()
+    return state in _ACTIVE or (state == "UNKNOWN" and time.time() - submitted_at < UNKNOWN_S)
+
+
+def active_jobs(submitted: dict[str, dict]) -> dict[str, dict]:
+    """Of the ``job_submitted`` events (by job key), those whose job is still queued or running:
+    for Slurm from one ``sacct`` call for them all, for submitit-local from their controllers."""
+    slurm = {key: ev for key, ev in submitted.items() if ev["executor"] == "slurm"}
+    states: dict[str, str] = {}
+    if slurm:
+        import submitit
+
+        watcher = submitit.SlurmJob.watcher
+        for ev in slurm.values():
+            watcher.register_job(ev["job_id"])
+        watcher.update()
+        states = {key: watcher.get_state(ev["job_id"], mode="cache") for key, ev in slurm.items()}
+    return {key: ev for key, ev in submitted.items()
+            if (_slurm_active(Path(ev["folder"]), ev["job_id"], states[key], ev["time"]) if key in slurm
+                else _local_alive(ev["job_id"]))}
 
 
 @dataclass
@@ -222,15 +275,18 @@ class _Handle:
     job: Job
     sub: Any  # submitit's Job
     start: float
+    submitted_at: float  # (epoch seconds)
 
 
-def _outcome(sub: Any) -> tuple[int, str | None]:
-    """A finished submitit job's exit status, and why, when it did not return one."""
+@contextlib.contextmanager
+def _no_interrupt():
+    """Ctrl-C waits until the jobs submitted are in the journal (or they run unrecorded, and
+    the next sweep submits them again)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
     try:
-        return int(sub.result() or 0), None
-    except Exception as exc:  # failed, cancelled, killed, out of requeues
-        text = " ".join(str(exc).split())
-        return 1, f"job {sub.job_id} ended without a result: {text[-300:]}"
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
 
 
 class SubmititExecutor:
@@ -241,6 +297,14 @@ class SubmititExecutor:
                  wait: bool = True, poll_s: float | None = None):
         if kind not in KINDS:
             raise ForgetbenchError(f"--executor {kind}: not an executor; use local, {', '.join(KINDS)}")
+        if kind == "submitit-local":
+            import torch
+
+            if torch.cuda.is_available():  # every job at once, each on every GPU: out of memory
+                raise ForgetbenchError("--executor submitit-local starts every job at once and is meant to try "
+                                       "the job path on a CPU; on GPUs use --executor local --jobs N (a point "
+                                       "per train.nproc GPUs)")
+            gpus = 0
         self.kind, self.folder, self.spec, self.gpus, self.name = kind, Path(folder), spec, gpus, name
         self.wait = wait
         self.poll_s = poll_s if poll_s is not None else (30.0 if kind == "slurm" else 1.0)
@@ -266,13 +330,38 @@ class SubmititExecutor:
         cls = submitit.SlurmJob if self.kind == "slurm" else submitit.LocalJob
         return cls(folder=self.folder, job_id=job_id)
 
+    def _submit(self, jobs: list[Job]) -> list[Any]:
+        """One array of ``jobs``; a submission the cluster refuses is one line (sbatch's error)."""
+        import submitit
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        ex = make_executor(self.kind, self.folder, self.spec, self.gpus, self.name)
+        # submitit's local executor starts every job at once: each gets its share of the
+        # cores (torch's default, all of them in each, slows every one of them many times)
+        env = {"OMP_NUM_THREADS": str(max(1, cpu_cores() // len(jobs)))} if self.kind == "submitit-local" else {}
+        subs = []
+        try:
+            with ex.batch():
+                for job in jobs:
+                    subs.append(ex.submit(PointJob(job.key, job.argv, str(job.log) if job.log else None,
+                                                   str(job.heartbeat) if job.heartbeat else None,
+                                                   grace_s=max(self.spec.signal_delay_s - 60.0, 10.0), env=env)))
+        except (submitit.core.utils.FailedJobError, OSError, subprocess.CalledProcessError) as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            why = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1])
+            raise ForgetbenchError(f"--executor {self.kind}: the cluster refused the jobs: {why[:300]}; check the "
+                                   "suite's cluster: section (partition, account, time, gpus_per_node)") from None
+        return subs
+
     def run(self, jobs: Iterable[Job], on_start: Callable[[Job, Lane], None] = lambda job, lane: None,
             on_done: Callable[[Done], bool | None] = lambda done: None, timeout: float | None = None,
-            following: dict[str, str] | None = None) -> None:
-        """Submit ``jobs`` (one array), except those in ``following`` (job key -> the id of a job
-        still queued or running from an earlier sweep), which are followed instead; then,
-        unless ``wait`` is off, report each as it ends. ``timeout`` does not apply: the
-        cluster's time limit (``cluster.time``) does, and a job at it requeues."""
+            following: dict[str, tuple[str, float]] | None = None) -> None:
+        """Submit ``jobs`` (one array), except those in ``following`` (job key -> (id, time of
+        submission) of a job still queued or running from an earlier sweep), which are
+        followed instead; then, unless ``wait`` is off, report each as it ends. ``timeout``
+        does not apply: the cluster's time limit (``cluster.time``) does, and a job at it
+        requeues. Any error while following cancels the jobs (a sweep that stops leaves
+        nothing queued); Ctrl-C only stops the following of Slurm jobs."""
         jobs = list(jobs)
         following = following or {}
         new = [j for j in jobs if j.key not in following]
@@ -281,44 +370,60 @@ class SubmititExecutor:
                 raise ForgetbenchError(f"job {job.key}: has no command, so it cannot run on a cluster")
         handles: list[_Handle] = []
         if new:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            ex = make_executor(self.kind, self.folder, self.spec, self.gpus, self.name)
-            # submitit's local executor starts every job at once: each gets its share of the
-            # cores (torch's default, all of them in each, slows every one of them many times)
-            env = ({"OMP_NUM_THREADS": str(max(1, cpu_cores() // len(new)))} if self.kind == "submitit-local"
-                   else {})
-            subs = []
-            with ex.batch():
-                for job in new:
-                    subs.append(ex.submit(PointJob(job.key, job.argv, str(job.log) if job.log else None,
-                                                   str(job.heartbeat) if job.heartbeat else None,
-                                                   grace_s=max(self.spec.signal_delay_s - 30.0, 10.0), env=env)))
-            for job, sub in zip(new, subs):
-                self.submitted[job.key] = sub.job_id
-                handles.append(_Handle(job, sub, time.monotonic()))
-                on_start(job, Lane(where=f"{self.kind} job {sub.job_id}"))
+            with _no_interrupt():
+                subs = self._submit(new)
+                for job, sub in zip(new, subs):
+                    self.submitted[job.key] = sub.job_id
+                    handles.append(_Handle(job, sub, time.monotonic(), time.time()))
+                    on_start(job, Lane(where=f"{self.kind} job {sub.job_id}"))
         for job in jobs:
             if job.key in following:
-                handles.append(_Handle(job, self.follow(job.key, following[job.key]), time.monotonic()))
-                on_start(job, Lane(where=f"{self.kind} job {following[job.key]}, submitted earlier"))
+                job_id, at = following[job.key]
+                handles.append(_Handle(job, self.follow(job.key, job_id), time.monotonic(), at))
+                on_start(job, Lane(where=f"{self.kind} job {job_id}, submitted earlier"))
         if not self.wait:
             return
-        while handles:
-            for h in list(handles):
-                if not self._done(h):
-                    continue
-                handles.remove(h)
-                code, why = _outcome(h.sub)
-                if on_done(Done(h.job, code, time.monotonic() - h.start, detail=why)) is False:
-                    # a user error every point would meet: stop the others, they would fail too
-                    for other in handles:
-                        with contextlib.suppress(Exception):
-                            other.sub.cancel(check=False)
-                    return
-            if handles:
-                time.sleep(self.poll_s)
+        try:
+            while handles:
+                for h in list(handles):
+                    if not self._done(h):
+                        continue
+                    handles.remove(h)
+                    code, why = self._outcome(h)
+                    if on_done(Done(h.job, code, time.monotonic() - h.start, detail=why)) is False:
+                        self._cancel(handles)  # a user error every other job would meet too
+                        return
+                if handles:
+                    time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            if self.kind == "slurm":
+                raise  # the jobs run on: the same sweep command follows them again
+            self._cancel(handles)  # (their controllers got the Ctrl-C too)
+            raise
+        except BaseException:
+            self._cancel(handles)
+            raise
+
+    def _cancel(self, handles: list[_Handle]) -> None:
+        for h in handles:
+            with contextlib.suppress(Exception):
+                h.sub.cancel(check=False)
 
     def _done(self, h: _Handle) -> bool:
-        if self.kind == "submitit-local" and getattr(h.sub, "_process", None) is None:
-            return not job_active(self.kind, self.folder, h.sub.job_id)  # followed: its controller is gone
-        return h.sub.done()
+        if self.kind == "submitit-local":
+            proc = getattr(h.sub, "_process", None)
+            return proc.poll() is not None if proc is not None else not _local_alive(h.sub.job_id)
+        # (submitit's watcher: one sacct call for every job, at its own pace)
+        return not _slurm_active(self.folder, h.sub.job_id, h.sub.state, h.submitted_at)
+
+    def _outcome(self, h: _Handle) -> tuple[int, str | None]:
+        """A finished job's exit status, and why, when it did not return one."""
+        where = f"{self.kind} job {h.sub.job_id}"
+        if not _result_file(self.folder, h.sub.job_id).exists():
+            state = "its controller ended" if self.kind == "submitit-local" else h.sub.state.split(" ")[0]
+            return 1, f"{where} ended ({state}) without a result; its log: {h.sub.paths.stdout}"
+        try:
+            return int(h.sub.result() or 0), None
+        except Exception as exc:  # failed in the job, or out of requeues
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            return 1, f"{where} failed: {first[:300]}; its log: {h.sub.paths.stdout}"

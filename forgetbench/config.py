@@ -160,7 +160,7 @@ class ClusterSpec(_Strict):
     mem_gb: Annotated[float, Field(gt=0)] | None = None
     array_parallelism: Annotated[int, Field(gt=0)] = 64  # jobs of the array running at once
     max_timeouts: Annotated[int, Field(ge=0)] = 3  # requeues after the time limit (preemptions: unlimited)
-    signal_delay_s: Annotated[int, Field(ge=30)] = 120  # SIGUSR2 this long before the job is stopped
+    signal_delay_s: Annotated[int, Field(ge=60)] = 120  # SIGUSR2 this long before the job is stopped
     setup: list[str] = []  # shell lines each job runs first: module load ..., source venv/bin/activate
     # any other sbatch option, e.g. {constraint: h100, exclusive: true}
     sbatch: dict[str, bool | int | float | str] = {}

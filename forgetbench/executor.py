@@ -178,6 +178,11 @@ def _watch(parent: int) -> None:
     os.killpg(os.getpgid(0), signal.SIGTERM)
 
 
+def watch_in_background(parent: int) -> None:
+    """End this process's group when process ``parent`` ends, however it ends (see _watch)."""
+    threading.Thread(target=_watch, args=(parent,), daemon=True, name="forgetbench-watch").start()
+
+
 HEARTBEAT_S = 10.0  # how often a running job touches its heartbeat file
 
 
@@ -216,7 +221,7 @@ def _child(job: Job, lane: Lane, environ: dict[str, str], parent: int) -> None:
     machine, its log, its exit status."""
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, _terminated)
-    threading.Thread(target=_watch, args=(parent,), daemon=True, name="forgetbench-watch").start()
+    watch_in_background(parent)
     if job.heartbeat is not None:
         threading.Thread(target=_beat, args=(job.heartbeat,), daemon=True, name="forgetbench-beat").start()
     os.environ.clear()

@@ -58,9 +58,12 @@ def point_views(store: RunStore, states: dict[str, PointState], sweeping: bool, 
         config = store.point_dir(pid) / "point.json"
         label = Point(**read_json(config)["point"]).label() if config.exists() else ""
         state, detail = st.status, ""
-        if pid in queued and st.status in ("pending", "paused", "interrupted"):
-            state, detail = "queued", f"{st.job}" + (" (requeued: it resumes from its checkpoint)"
-                                                      if st.status != "pending" else "")
+        if pid in queued and st.status in ("pending", "paused", "interrupted", "failed"):
+            state, detail = "queued", f"{st.job}" + {
+                "pending": "", "failed": f" (run again; it failed before: {st.error})"}.get(
+                    st.status, " (requeued: it resumes from its checkpoint)")
+        elif pid in queued and st.status == "trained":
+            state, detail = "evaluating", f"{st.job}"
         elif st.status == "running":
             beat = store.point_dir(pid) / "heartbeat"
             age = now - beat.stat().st_mtime if beat.exists() else None
@@ -101,9 +104,10 @@ def eta_seconds(store: RunStore, views: list[PointView], lanes: int, now: float)
         return None
     each = statistics.mean(took)
     started = _started(store)
-    left = sum(max(each - (now - started[v.id]), 0.0) if v.id in started else each
-               for v in views if v.state in ("running", "pending", "trained", "queued"))
-    return left / max(lanes, 1)
+    left = [max(each - (now - started[v.id]), 0.0) if v.id in started else each
+            for v in views if v.state in ("running", "pending", "trained", "queued", "evaluating")]
+    # spread over the lanes the points left can fill, and never less than the longest of them
+    return max(sum(left) / max(min(lanes, len(left)), 1), max(left, default=0.0))
 
 
 def _started(store: RunStore) -> dict[str, float]:
@@ -129,11 +133,10 @@ def status_lines(root: Path, now: float | None = None) -> list[str]:
     now = time.time() if now is None else now
     holder = SweepLock(store.root).holder()
     events = store.events()
-    queued = {key: ev for key, ev in store.submitted_jobs().items()
-              if cluster.job_active(ev["executor"], Path(ev["folder"]), ev["job_id"])}
+    queued = cluster.active_jobs(store.submitted_jobs())
     lines = []
     if holder is not None:
-        lines.append(f"sweep running: {SweepLock.describe(holder)}, {holder.get('jobs', 1)} point(s) at a time")
+        lines.append(f"sweep running: {SweepLock.describe(holder)}, up to {holder.get('jobs', 1)} point(s) at a time")
     else:
         finished = [e["time"] for e in events if e["event"] == Event.SWEEP_FINISHED]
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(finished[-1])) if finished else None
@@ -148,7 +151,7 @@ def status_lines(root: Path, now: float | None = None) -> list[str]:
             f"being evaluated ({base_job['executor']} job {base_job['job_id']})" if base_job is not None
             else "being evaluated" if holder is not None
             else f"its {ended['executor']} job {ended['job_id']} has ended; the next `forgetbench sweep` "
-                 "records its scores" if ended is not None
+                 "records its scores, or says why it has none (baseline.log)" if ended is not None
             else "not evaluated (the sweep stopped first; `forgetbench sweep` resumes)"))
     views = point_views(store, store.states(), holder is not None, now, frozenset(queued))
     counts: dict[str, int] = {}
@@ -171,15 +174,18 @@ def plan_lines(suite: Suite, planned: list[PlannedPoint], runs_root: Path, key: 
     store = RunStore(runs_root / suite.name)
     states = store.states()
     sweeping = SweepLock(store.root).holder() is not None
+    queued = cluster.active_jobs(store.submitted_jobs())
     lines = [f"suite {suite.name}: {len(planned)} points -> {store.root}"]
     todo = {"train": 0, "evaluate": 0}
     for pp in planned:
         st = states.get(pp.id)
         status = ("pending" if st is None else "evaluated" if key in st.eval_keys
                   else "trained" if st.train else st.status)
-        if status == "running" and not sweeping:  # (its cluster job, if any, is followed by the sweep)
-            status = "interrupted" if st.job is None else "submitted"
-        if status in ("pending", "running", "interrupted", "paused", "submitted"):
+        if pp.id in queued:
+            status = f"{status}; its {st.job} is queued or running"
+        elif status == "running" and not sweeping:
+            status = "interrupted"
+        if status.split(";")[0] in ("pending", "running", "interrupted", "paused"):
             todo["train"] += 1
         elif status == "trained":
             todo["evaluate"] += 1

@@ -313,19 +313,18 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
     return outcome
 
 
-def _queued_jobs(store: RunStore, executor: Any) -> dict[str, str]:
+def _queued_jobs(store: RunStore, executor: Any) -> dict[str, tuple[str, float]]:
     """The cluster jobs an earlier sweep submitted that are still queued or running: job key ->
-    job id. Followed by a cluster executor of their kind; any other executor is refused (it
-    would run those points a second time, beside their jobs)."""
-    queued: dict[str, str] = {}
-    for key, ev in store.submitted_jobs().items():
-        if cluster.job_active(ev["executor"], Path(ev["folder"]), ev["job_id"]):
-            if not (isinstance(executor, SubmititExecutor) and executor.kind == ev["executor"]):
-                raise ForgetbenchError(
-                    f"{store.root}: {key} is still queued or running as {ev['executor']} job {ev['job_id']}; "
-                    f"follow it with `forgetbench sweep SUITE --executor {ev['executor']}`, or cancel it "
-                    f"({'scancel ' + ev['job_id'] if ev['executor'] == 'slurm' else 'kill its process'}) first")
-            queued[key] = ev["job_id"]
+    (job id, time of submission). Followed by a cluster executor of their kind; any other
+    executor is refused (it would run those points a second time, beside their jobs)."""
+    queued: dict[str, tuple[str, float]] = {}
+    for key, ev in cluster.active_jobs(store.submitted_jobs()).items():
+        if not (isinstance(executor, SubmititExecutor) and executor.kind == ev["executor"]):
+            raise ForgetbenchError(
+                f"{store.root}: {key} is still queued or running as {ev['executor']} job {ev['job_id']}; "
+                f"follow it with `forgetbench sweep SUITE --executor {ev['executor']}`, or cancel it "
+                f"({'scancel ' + ev['job_id'] if ev['executor'] == 'slurm' else 'kill its process'}) first")
+        queued[key] = (ev["job_id"], ev["time"])
     return queued
 
 
@@ -409,7 +408,8 @@ def jobs_to_run(suite: Suite, planned: list[PlannedPoint], runs_root: Path) -> l
 
 def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[str], None],
            executor: LocalExecutor | InlineExecutor | SubmititExecutor, work: Callable[[str], int],
-           retry_failed: bool, point_timeout: float | None, following: dict[str, str]) -> SweepOutcome:
+           retry_failed: bool, point_timeout: float | None,
+           following: dict[str, tuple[str, float]]) -> SweepOutcome:
     planned = plan(suite)
     evals = EvalStore(runs_root / "evals")
     key = eval_key(eval_settings(suite.tasks, suite.eval))
@@ -453,7 +453,7 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
             outcome.skipped.append(pp.id)
             keep.finished(pp.id)
             continue
-        if state and state.status == "failed" and not retry_failed:
+        if state and state.status == "failed" and not retry_failed and pp.id not in following:
             outcome.failed[pp.id] = state.error or "failed"
             outcome.not_retried.append(pp.id)
             continue
@@ -467,8 +467,8 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
     stopped: list[tuple[str, str]] = []  # (point, its user error)
 
     def started(job: Job, lane: Lane) -> None:
-        # a job followed from an earlier sweep may have recorded its failure before this one
-        launched[job.key] = 0.0 if job.key in following else time.time()
+        # a followed job (an earlier sweep's) started when it was submitted
+        launched[job.key] = following[job.key][1] if job.key in following else time.time()
         if lane.where and job.key not in following:  # a cluster job: its id, to follow it later
             store.append(Event.JOB_SUBMITTED, key=job.key, executor=executor.kind,
                          job_id=executor.submitted[job.key], folder=str(executor.folder),
@@ -538,7 +538,7 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
     if isinstance(executor, SubmititExecutor):
         executor.run(jobs, on_start=started, on_done=ended, following=following)
         if not executor.wait:
-            outcome.waiting = {**{k: v for k, v in following.items() if any(j.key == k for j in jobs)},
+            outcome.waiting = {**{k: v[0] for k, v in following.items() if any(j.key == k for j in jobs)},
                                **executor.submitted}
             return outcome
     else:
@@ -630,8 +630,8 @@ def launch_training(store: RunStore, point_id: str, nproc: int) -> str | None:
     """Train one point in a child process (under torchrun when nproc > 1), so a crash, an
     out-of-memory kill or a hung collective stays in that point. Returns the failure, if any
     (None: trained, or paused at a checkpoint by the preemption signal, which this process
-    passes on to torchrun's workers; torchrun itself ignores it)."""
-    with preempt.ignored():
+    passes on to torchrun's workers; torchrun itself has it blocked)."""
+    with preempt.blocked():
         proc = subprocess.Popen(train_command(store.point_dir(point_id) / "point.json", nproc))
     try:
         with preempt.forwarding(proc.pid):

@@ -3,6 +3,7 @@ on SIGUSR2, under torchrun too, and a job preempted through submitit is requeued
 there. The real job path runs through submitit's local executor (processes, no queue)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +33,17 @@ def long_suite(model_dir, lrs=(1e-3,), epochs=10, **over):
     raw["sweep"] = {"lr": list(lrs), "epochs": [epochs], "mix_ratio": [0.0]}
     raw["tasks"]["general"] = raw["tasks"]["general"][:1]
     return raw
+
+
+@pytest.fixture(autouse=True)
+def no_process_left(tmp_path):
+    """Whatever a test leaves running under its folder (a failed test's jobs) is ended, so it
+    does not slow the tests after it."""
+    yield
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(tmp_path) in " ".join(proc.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
 
 def wait_for_steps(store: RunStore, pid: str, steps: int, proc: subprocess.Popen | None = None,
@@ -98,7 +110,9 @@ def submitted_pid(store: RunStore, pid: str) -> int:
 @pytest.mark.slow
 def test_a_submitit_sweep_submits_follows_requeues_a_preempted_point_and_collects(
         write_suite, tiny_model_dir, tmp_path, capsys):
-    path = write_suite(long_suite(tiny_model_dir, lrs=(1e-3, 3e-3), epochs=20))
+    raw = long_suite(tiny_model_dir, epochs=40)  # one long point (1560 steps) to preempt, one short
+    raw["sweep"] = [raw["sweep"], {"lr": [3e-3], "epochs": [2], "mix_ratio": [0.0]}]
+    path = write_suite(raw)
     runs = tmp_path / "runs"
     sweep = [*CLI, "sweep", str(path), "--runs-dir", str(runs), "--executor", "submitit-local"]
     # (to files: submitit's local jobs keep the sweep's stdout and stderr, and a pipe would stay open)
@@ -121,14 +135,23 @@ def test_a_submitit_sweep_submits_follows_requeues_a_preempted_point_and_collect
     assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 2
     assert "still queued or running as submitit-local job" in capsys.readouterr().err
 
-    # preempted: SIGUSR2 to the job's task, as Slurm sends it; submitit calls the job's
-    # checkpoint(), the point stops at a checkpoint, and the job is requeued
+    # the same sweep command follows the queued jobs; meanwhile the long point is preempted:
+    # SIGUSR2 to its job's task, as Slurm sends it; submitit calls the job's checkpoint(), the
+    # point stops at a checkpoint, and the job is requeued
     task = submitted_pid(store, ids[0])
     wait_for_steps(store, ids[0], 20)
+    with open(tmp_path / "follow.out", "w") as out:
+        follow = subprocess.Popen(sweep, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while f"{ids[0]} (lr 0.001, epochs 40, mix 0): following" not in (store.root / "sweep.log").read_text():
+        assert follow.poll() is None and time.monotonic() < deadline, (tmp_path / "follow.out").read_text()[-2000:]
+        time.sleep(0.2)
+    assert store.train_log(ids[0])[-1]["step"] < store.train_log(ids[0])[-1]["total_steps"]  # still training
     os.kill(task, signal.SIGUSR2)
-    follow = subprocess.run(sweep, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert follow.returncode == 0, follow.stdout[-2000:] + follow.stderr[-2000:]
-    assert "following submitit-local job" in follow.stdout and "submitted as" not in follow.stdout
+    follow.wait(timeout=900)
+    text = (tmp_path / "follow.out").read_text()
+    assert follow.returncode == 0, text[-3000:]
+    assert "submitted as" not in text
     assert len([e for e in store.events() if e["event"] == Event.JOB_SUBMITTED]) == 3  # nothing twice
     paused = [e for e in store.events() if e["event"] == Event.POINT_PAUSED]
     assert [e["point"] for e in paused] == [ids[0]]

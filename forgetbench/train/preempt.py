@@ -10,9 +10,9 @@ The handler only sets a flag. The training loop reads it after each optimizer st
 across ranks (one rank may get the signal a step later than another, and all must save the
 same step). Under torchrun the signal must reach the workers, not torchrun: torchrun does
 not handle SIGUSR2, so the signal's default action would end it and orphan them. A point
-process therefore starts torchrun with the signal ignored (:func:`ignored`; its workers
-install the handler once they train) and forwards it to the workers itself
-(:func:`forward_to`).
+process therefore starts torchrun with the signal blocked (:func:`blocked`: a child keeps
+the mask across exec, and a process that installs the handler unblocks it, getting then a
+signal that came meanwhile), and forwards it to the workers itself (:func:`forward_to`).
 """
 from __future__ import annotations
 
@@ -44,8 +44,11 @@ def _handler(signum, frame) -> None:
 
 def install() -> None:
     """From now on, the preemption signal asks this process (and the workers of a torchrun it
-    runs) to stop at its next optimizer step with a checkpoint."""
-    signal.signal(preempt_signal(), _handler)
+    runs) to stop at its next optimizer step with a checkpoint. A signal that came while it
+    was blocked (see :func:`blocked`) is taken now."""
+    sig = preempt_signal()
+    signal.signal(sig, _handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
 
 
 def requested() -> bool:
@@ -53,26 +56,28 @@ def requested() -> bool:
 
 
 def forward_to(pid: int, signum: int) -> None:
-    """Send ``signum`` to every descendant of ``pid`` (torchrun's workers), not to ``pid``."""
+    """Send ``signum`` to the children of ``pid`` (torchrun's workers), not to ``pid``, nor to
+    the workers' own helpers (compile workers would die of it)."""
     import psutil
 
     with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(pid).children(recursive=True):
+        for child in psutil.Process(pid).children():
             with contextlib.suppress(psutil.Error):
                 child.send_signal(signum)
 
 
 @contextlib.contextmanager
-def ignored() -> Iterator[None]:
-    """Start processes inside this block with the preemption signal ignored (a disposition a
-    child keeps across exec, until it installs a handler). Not ``preexec_fn``: that is unsafe
-    in a process with threads, and a job has its heartbeat thread."""
+def blocked() -> Iterator[None]:
+    """Start processes inside this block with the preemption signal blocked: a child keeps the
+    mask across exec, so it stays pending in the child until the child installs the handler
+    (torchrun never does). Here it stays pending until the block ends: nothing is lost. Not
+    ``preexec_fn``: that is unsafe in a process with threads."""
     sig = preempt_signal()
-    previous = signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
     try:
         yield
     finally:
-        signal.signal(sig, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
 
 
 @contextlib.contextmanager
