@@ -51,7 +51,10 @@ def abort() -> None:
     os.abort()
 
 
-def sleep_then_write(out: str, seconds: float) -> None:
+def sleep_then_write(out: str, seconds: float, after: str | None = None) -> None:
+    """Write this pid, sleep, write ``out``; with ``after``, only once that job has written its pid."""
+    while after is not None and not Path(after + ".pid").exists():
+        time.sleep(0.05)
     Path(out + ".pid").write_text(str(os.getpid()))
     time.sleep(seconds)
     Path(out).write_text("finished")
@@ -127,7 +130,8 @@ def test_an_error_while_collecting_ends_the_running_jobs(tmp_path):
     start = time.monotonic()
     with pytest.raises(ForgetbenchError):
         LocalExecutor([Lane(), Lane()]).run(
-            [Job("slow", sleep_then_write, (slow, 120)), Job("fast", sleep_then_write, (fast, 0))], on_done=collect)
+            [Job("slow", sleep_then_write, (slow, 120)), Job("fast", sleep_then_write, (fast, 0, slow))],
+            on_done=collect)  # (fast ends once slow runs: on a loaded machine slow may start late)
     assert time.monotonic() - start < 60 and not Path(slow).exists()
     pid = int(Path(slow + ".pid").read_text())
     with pytest.raises(ProcessLookupError):
