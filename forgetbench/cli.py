@@ -317,6 +317,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # the same forms as a suite's model: builtin:NAME, a save_pretrained folder, a hub id
     check_model(args.model, "forgetbench eval", field="MODEL", trust_remote_code=suite.trust_remote_code)
     check_tasks(suite.tasks, source=args.suite)
+    if args.print_lm_eval:  # the lm_eval CLI command that computes the same scores
+        import shlex
+
+        from forgetbench.eval.harness import lm_eval_command
+        from forgetbench.models import resolve_model
+
+        _echo(shlex.join(lm_eval_command(resolve_model(args.model), suite.tasks, suite.eval,
+                                         trust_remote_code=suite.trust_remote_code)))
+        return 0
     # stored once per model and eval settings: a later sweep or compare reuses these scores
     scores, path, computed = EvalStore(Path(args.runs_dir) / "evals").scores(
         args.model, suite.tasks, suite.eval, trust_remote_code=suite.trust_remote_code,
@@ -442,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs",
                    help="its evaluation store is RUNS_DIR/evals, shared with sweeps (default: runs)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON (no per-sample logs)")
+    p.add_argument("--print-lm-eval", action="store_true",
+                   help="print the lm_eval CLI command that computes the same scores, and evaluate nothing")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", parents=[common],

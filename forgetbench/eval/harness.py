@@ -32,8 +32,11 @@ from forgetbench.errors import ForgetbenchError
 # lm-eval's per-sample fields we keep: enough to pair items and to read what the model said
 _SAMPLE_TEXT_LIMIT = 200
 # Bump when a change here changes what a stored score means (parsing, seeds, settings) or
-# what its per-item records hold (2: prompt, answers as text, lm-eval's hashes, clusters).
-EVAL_VERSION = 2
+# what its per-item records hold (2: prompt, answers as text, lm-eval's hashes, clusters;
+# 3: lm-eval's own bootstrap_iters, as its CLI uses, for bootstrapped stderrs).
+EVAL_VERSION = 3
+# simple_evaluate's seeds: the lm_eval CLI's defaults (--seed 0,1234,1234,1234), in that order
+SEEDS = {"random": 0, "numpy_random": 1234, "torch_random": 1234, "fewshot_random": 1234}
 
 
 def _sha256(data: bytes) -> str:
@@ -146,6 +149,52 @@ def eval_settings(tasks: TasksSpec, spec: EvalSpec) -> dict[str, Any]:
         "clusters": {t.name: t.cluster for t, _ in tasks.all() if t.cluster},
         "versions": versions(), "eval_version": EVAL_VERSION,
     }
+
+
+def lm_eval_command(model_dir: str | Path, tasks: TasksSpec, spec: EvalSpec, trust_remote_code: bool = False,
+                    output_path: str | Path | None = None) -> list[str]:
+    """The ``lm_eval`` CLI command that computes the same scores as :func:`evaluate` does for
+    ``model_dir`` (``forgetbench eval --print-lm-eval``): the same model arguments, tasks,
+    task folder, batch size, device, seeds, few-shot count, limit and opt-ins; what neither
+    sets (``add_bos_token``, ``max_length``, the bootstrap's iterations) is lm-eval's default
+    on both sides. The bundled tasks load their data relative to their own folder
+    (suites/tasks/fb_data.py), so the command runs from any directory. A local task whose
+    ``data_files`` are relative and which has no such loader would be read by the CLI
+    against the working directory: refused."""
+    local = _local_task_files(tasks.include_path)
+    for t, _ in tasks.all():
+        if t.name in local:
+            raw = yaml.load(local[t.name].read_text(), Loader=_TagTolerantLoader) or {}
+            files = (raw.get("dataset_kwargs") or {}).get("data_files")
+            relative = [p for p in _flat_paths(files or []) if not Path(p).is_absolute()]
+            if relative and "custom_dataset" not in raw:
+                raise ForgetbenchError(
+                    f"{local[t.name]}: dataset_kwargs.data_files: {relative[0]} is relative, which the lm_eval "
+                    "CLI reads against its working directory; make it absolute, or load it with a "
+                    "custom_dataset function as suites/tasks/fb_data.py does")
+    e = spec
+    model_args = [f"pretrained={model_dir}", f"dtype={e.dtype}", *(["trust_remote_code=True"] if trust_remote_code
+                                                                    else [])]
+    # key=value,...; as JSON when the model's path holds a comma or an equals sign
+    args = (",".join(model_args) if not any(c in str(model_dir) for c in ",=")
+            else json.dumps(dict(a.split("=", 1) for a in model_args)))
+    cmd = ["lm_eval", "run", "--model", "hf", "--model_args", args,
+           "--tasks", ",".join(t.name for t, _ in tasks.all())]
+    if tasks.include_path is not None:
+        cmd += ["--include_path", str(Path(tasks.include_path).resolve())]
+    cmd += ["--batch_size", str(e.batch_size), "--device", str(resolve_device(e.device)),
+            "--seed", ",".join(str(seed) for seed in SEEDS.values())]
+    if e.num_fewshot is not None:
+        cmd += ["--num_fewshot", str(e.num_fewshot)]
+    if e.limit is not None:
+        cmd += ["--limit", str(e.limit)]
+    if e.confirm_run_unsafe_code:
+        cmd += ["--confirm_run_unsafe_code"]
+    if trust_remote_code:
+        cmd += ["--trust_remote_code"]
+    if output_path is not None:
+        cmd += ["--output_path", str(output_path)]
+    return cmd
 
 
 def eval_key(settings: dict[str, Any]) -> str:
@@ -411,9 +460,9 @@ def evaluate(model_dir: Path | str, tasks: TasksSpec, spec: EvalSpec, *, trust_r
         out = lm_eval.simple_evaluate(
             model=lm, tasks=specs, num_fewshot=e.num_fewshot, limit=e.limit, log_samples=True,
             task_manager=_task_manager(tasks.include_path, _needs_registry(tasks)),
-            bootstrap_iters=1000,
-            random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
-            fewshot_random_seed=1234, confirm_run_unsafe_code=e.confirm_run_unsafe_code)
+            # (lm-eval's bootstrap_iters, 100000, as its CLI: the same stderrs; see lm_eval_command)
+            **{f"{name}_seed": seed for name, seed in SEEDS.items()},
+            confirm_run_unsafe_code=e.confirm_run_unsafe_code)
     results: dict[str, Any] = {}
     for task, _role in tasks.all():
         res = out["results"].get(task.name)
