@@ -181,15 +181,14 @@ def plan_lines(suite: Suite, planned: list[PlannedPoint], runs_root: Path, key: 
         st = states.get(pp.id)
         status = ("pending" if st is None else "evaluated" if key in st.eval_keys
                   else "trained" if st.train else st.status)
-        if pp.id in queued:
-            status = f"{status}; its {st.job} is queued or running"
-        elif status == "running" and not sweeping:
+        if status == "running" and not sweeping and pp.id not in queued:
             status = "interrupted"
-        if status.split(";")[0] in ("pending", "running", "interrupted", "paused"):
+        if status in ("pending", "running", "interrupted", "paused"):
             todo["train"] += 1
         elif status == "trained":
             todo["evaluate"] += 1
-        lines.append(f"  {pp.id}  {pp.point.label()}  [{status}]")
+        job = f"; its {st.job} is queued or running" if pp.id in queued and st is not None else ""
+        lines.append(f"  {pp.id}  {pp.point.label()}  [{status}{job}]")
     failed = sum(1 for pp in planned if (states.get(pp.id) or PointState()).status == "failed")
     lines.append(f"to run: {todo['train']} to train and evaluate, {todo['evaluate']} to evaluate"
                  + (f"; {failed} failed earlier (run again with --retry-failed)" if failed else ""))
