@@ -107,7 +107,8 @@ def test_a_second_sweep_on_a_run_directory_in_use_is_refused(write_suite, tiny_m
     try:
         lock = SweepLock(runs / "medical")
         end = time.monotonic() + 120
-        while lock.holder() is None:
+        # the lock, then the suite it runs (written once it has planned its points: a moment later)
+        while lock.holder() is None or not (runs / "medical" / "suite.yaml").exists():
             assert first.poll() is None and time.monotonic() < end, "the first sweep never took the lock"
             time.sleep(0.1)
         suite_file = (runs / "medical" / "suite.yaml").read_text()
