@@ -11,7 +11,7 @@ states, until each is done; with ``--no-wait`` it returns once they are queued, 
 neither done nor queued) follows them later.
 
 Preemption and time limits: Slurm sends SIGUSR2 ``cluster.signal_delay_s`` before it stops
-a job (submitit's ``--signal``). submitit's handler calls :meth:`PointJob.checkpoint`, which
+a job (submitit's ``--signal``). submitit's handler calls :meth:`CommandJob.checkpoint`, which
 passes the signal to the point's process; that saves a checkpoint at its next optimizer
 step and exits (train/preempt.py), and submitit requeues the job, which resumes there. A
 job that has not stopped within its grace period is ended with SIGTERM (its last periodic
@@ -53,9 +53,10 @@ def _command(argv: Iterable[str]) -> list[str]:
     return [sys.executable, "-m", "forgetbench", *argv]
 
 
-class PointJob:
-    """What submitit runs on a node for one job: ``forgetbench ARGV`` in a process group of its
-    own, output appended to the job's log, a heartbeat while it runs; returns its exit status.
+class CommandJob:
+    """What submitit runs on a node for one job (a point's, or the base model's evaluation):
+    the command ``forgetbench ARGV`` in a process group of its own, output appended to the
+    job's log, a heartbeat while it runs; returns its exit status.
     submitit calls :meth:`checkpoint` on the preemption signal (this is a submitit
     Checkpointable by its methods). The command's process ends with this one, however this
     one ends (it watches this pid), so a killed job leaves nothing training."""
@@ -166,7 +167,7 @@ class PointJob:
                     time.sleep(0.2)
         self._end(term_s=20.0)
         # a point that finished meanwhile is requeued too: its job then finds it done at once
-        return submitit.helpers.DelayedSubmission(PointJob(self.key, self.argv, self.log, self.heartbeat,
+        return submitit.helpers.DelayedSubmission(CommandJob(self.key, self.argv, self.log, self.heartbeat,
                                                            self.grace_s, self.env))
 
 
@@ -343,7 +344,7 @@ class SubmititExecutor:
         try:
             with ex.batch():
                 for job in jobs:
-                    subs.append(ex.submit(PointJob(job.key, job.argv, str(job.log) if job.log else None,
+                    subs.append(ex.submit(CommandJob(job.key, job.argv, str(job.log) if job.log else None,
                                                    str(job.heartbeat) if job.heartbeat else None,
                                                    grace_s=max(self.spec.signal_delay_s - 60.0, 10.0), env=env)))
         except (submitit.core.utils.FailedJobError, OSError, subprocess.CalledProcessError) as exc:

@@ -133,7 +133,8 @@ def status_lines(root: Path, now: float | None = None) -> list[str]:
     now = time.time() if now is None else now
     holder = SweepLock(store.root).holder()
     events = store.events()
-    queued = cluster.active_jobs(store.submitted_jobs())
+    submitted = store.submitted_jobs()
+    queued = cluster.active_jobs(submitted)
     lines = []
     if holder is not None:
         lines.append(f"sweep running: {SweepLock.describe(holder)}, up to {holder.get('jobs', 1)} point(s) at a time")
@@ -146,7 +147,7 @@ def status_lines(root: Path, now: float | None = None) -> list[str]:
         lines.append(f"{len(queued)} cluster job(s) queued or running ({', '.join(kinds)}); once they are done, "
                      f"`forgetbench sweep SUITE --executor {kinds[0]}` writes the report")
     if not any(e["event"] == Event.BASELINE_EVALUATED for e in events) and not (store.root / "baseline").exists():
-        base_job, ended = queued.get(BASE_JOB), store.submitted_jobs().get(BASE_JOB)
+        base_job, ended = queued.get(BASE_JOB), submitted.get(BASE_JOB)
         lines.append("base model: " + (
             f"being evaluated ({base_job['executor']} job {base_job['job_id']})" if base_job is not None
             else "being evaluated" if holder is not None
