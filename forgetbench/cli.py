@@ -320,9 +320,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.print_lm_eval:  # the lm_eval CLI command that computes the same scores
         import shlex
 
-        from forgetbench.eval.harness import lm_eval_command
+        from forgetbench.eval.harness import lm_eval_command, lm_eval_config
         from forgetbench.models import resolve_model
 
+        config = lm_eval_config(suite.tasks)
+        if config is not None:  # several task folders: the CLI reads them from a --config file
+            _echo(f"cat > lm_eval_config.yaml <<'EOF'\n{config}EOF")
         _echo(shlex.join(lm_eval_command(resolve_model(args.model), suite.tasks, suite.eval,
                                          trust_remote_code=suite.trust_remote_code)))
         return 0

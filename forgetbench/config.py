@@ -60,9 +60,16 @@ class TaskSpec(_Strict):
 
 
 class TasksSpec(_Strict):
-    include_path: Path | None = None  # folder of lm-eval task YAMLs, registered with lm-eval
+    # folders of lm-eval task YAMLs, registered with lm-eval (one folder, or a list: the bundled
+    # tasks beside your own); a task name defined in two of them is refused
+    include_path: tuple[Path, ...] = ()
     target: Annotated[list[TaskSpec], Field(min_length=1)]
     general: Annotated[list[TaskSpec], Field(min_length=1)]
+
+    @field_validator("include_path", mode="before")
+    @classmethod
+    def _one_folder_is_a_list(cls, value: Any) -> Any:
+        return () if value is None else [value] if isinstance(value, (str, Path)) else value
 
     @field_validator("general")
     @classmethod
@@ -128,6 +135,10 @@ class TrainSpec(_Strict):
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     compile: bool = False                   # torch.compile each decoder block
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # chat models: a prompt/completion row becomes a user turn and an assistant turn of the
+    # tokenizer's chat template, and the loss covers the assistant turn only ({"text"} rows
+    # stay plain text)
+    chat_template: bool = False
     # every N optimizer steps: loss on data.validation (early stopping) and data.general_heldout
     # (the forgetting curve), logged in train_log.jsonl
     eval_every: Annotated[int, Field(gt=0)] | None = None
@@ -145,6 +156,12 @@ class EvalSpec(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # lm-eval refuses tasks that execute generated code (humaneval, mbpp) without this opt-in
     confirm_run_unsafe_code: bool = False
+    # chat models: each prompt goes through the tokenizer's chat template (lm-eval's
+    # --apply_chat_template), few-shot examples as alternating user/assistant turns unless
+    # fewshot_as_multiturn is off; scores with and without it never share an eval key
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = True
+    system_instruction: str | None = None  # a system turn (or a prefix without a chat template)
 
 
 class ClusterSpec(_Strict):
@@ -435,8 +452,10 @@ def _resolve_paths(suite: Suite, base: Path, source: str) -> Suite:
         "validation": resolve(suite.data.validation, "data.validation"),
         "general_heldout": resolve(suite.data.general_heldout, "data.general_heldout"),
         "fisher": resolve(suite.data.fisher, "data.fisher")})
-    tasks = suite.tasks.model_copy(update={
-        "include_path": resolve(suite.tasks.include_path, "tasks.include_path", folder=True)})
+    many = len(suite.tasks.include_path) > 1
+    tasks = suite.tasks.model_copy(update={"include_path": tuple(
+        resolve(p, f"tasks.include_path[{i}]" if many else "tasks.include_path", folder=True)
+        for i, p in enumerate(suite.tasks.include_path))})
     model = suite.model
     # a path (explicit, or relative to the suite and present there) is a local directory;
     # anything else is a hub id

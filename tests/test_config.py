@@ -17,7 +17,7 @@ def test_paths_resolve_against_the_suite_folder(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # not the repo: relative paths must still resolve
     suite = load_suite(SUITES / "medical.yaml")
     assert suite.data.target == (SUITES / "data/medical_train.jsonl").resolve()
-    assert suite.tasks.include_path == (SUITES / "tasks").resolve()
+    assert suite.tasks.include_path == ((SUITES / "tasks").resolve(),)
 
 
 def error_of(path, overrides=()):

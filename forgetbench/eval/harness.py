@@ -33,8 +33,9 @@ from forgetbench.errors import ForgetbenchError
 _SAMPLE_TEXT_LIMIT = 200
 # Bump when a change here changes what a stored score means (parsing, seeds, settings) or
 # what its per-item records hold (2: prompt, answers as text, lm-eval's hashes, clusters;
-# 3: lm-eval's own bootstrap_iters, as its CLI uses, for bootstrapped stderrs).
-EVAL_VERSION = 3
+# 3: lm-eval's own bootstrap_iters, as its CLI uses, for bootstrapped stderrs; 4: BOS and
+# context length pinned from the model, chat template settings).
+EVAL_VERSION = 4
 # simple_evaluate's seeds: the lm_eval CLI's defaults (--seed 0,1234,1234,1234), in that order
 SEEDS = {"random": 0, "numpy_random": 1234, "torch_random": 1234, "fewshot_random": 1234}
 
@@ -53,18 +54,22 @@ def _load_yaml(path: Path) -> dict:
 
 
 @lru_cache(maxsize=8)
-def _local_task_files(include_path: Path | None) -> dict[str, Path]:
-    """task name -> YAML file, for the single-task YAMLs in ``include_path``."""
-    if include_path is None:
-        return {}
-    found = {}
-    for path in sorted(include_path.rglob("*.yaml")):
-        try:  # a plain read is enough to find the name; !function tags are left unresolved
-            raw = yaml.load(path.read_text(), Loader=_TagTolerantLoader)
-        except yaml.YAMLError:
-            continue
-        if isinstance(raw, dict) and isinstance(raw.get("task"), str):
-            found[raw["task"]] = path
+def _local_task_files(include_path: tuple[Path, ...]) -> dict[str, Path]:
+    """task name -> YAML file, for the single-task YAMLs in the ``include_path`` folders. A name
+    defined twice is refused (lm-eval would let the later folder win, with a log line)."""
+    found: dict[str, Path] = {}
+    for folder in include_path:
+        for path in sorted(Path(folder).rglob("*.yaml")):
+            try:  # a plain read is enough to find the name; !function tags are left unresolved
+                raw = yaml.load(path.read_text(), Loader=_TagTolerantLoader)
+            except yaml.YAMLError:
+                continue
+            if isinstance(raw, dict) and isinstance(raw.get("task"), str):
+                name = raw["task"]
+                if name in found and found[name] != path:
+                    raise ForgetbenchError(f"tasks.include_path: task {name!r} is defined twice, in "
+                                           f"{found[name]} and {path}; rename one of them")
+                found[name] = path
     return found
 
 
@@ -108,7 +113,7 @@ def _flat_paths(files: Any) -> list[str]:
     return [p for v in files for p in _flat_paths(v)]
 
 
-def _task_fingerprint(name: str, include_path: Path | None) -> str:
+def _task_fingerprint(name: str, include_path: tuple[Path, ...]) -> str:
     """What a local task's results depend on: its YAML, the YAMLs and Python files beside it
     (``include:`` templates, ``!function`` modules: over-inclusive, never stale) and its
     data files' contents."""
@@ -143,21 +148,55 @@ def eval_settings(tasks: TasksSpec, spec: EvalSpec) -> dict[str, Any]:
         "num_fewshot": e.num_fewshot, "limit": e.limit, "batch_size": e.batch_size,
         "dtype": e.dtype, "device_type": resolve_device(e.device).type,
         "confirm_run_unsafe_code": e.confirm_run_unsafe_code,
-        # prompts go to the model as plain text (no chat template); issue: chat models
-        "apply_chat_template": False,
+        # a chat model's scores with and without its template are different measurements
+        "apply_chat_template": e.apply_chat_template,
+        "fewshot_as_multiturn": e.fewshot_as_multiturn if e.apply_chat_template else None,
+        "system_instruction": e.system_instruction,
         # the document field that groups items (tasks.<role>[i].cluster), stored per item
         "clusters": {t.name: t.cluster for t, _ in tasks.all() if t.cluster},
         "versions": versions(), "eval_version": EVAL_VERSION,
     }
 
 
+def model_pins(model_dir: str | Path, trust_remote_code: bool = False) -> dict[str, Any]:
+    """What of a model decides how lm-eval turns prompts into tokens, read from its tokenizer
+    and config without loading weights: whether the tokenizer prepends BOS, and the context
+    length lm-eval truncates to. :func:`evaluate` passes both to lm-eval's HF model and
+    :func:`lm_eval_command` prints them, so what runs is what is printed and recorded."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    ids = tok("a")["input_ids"]
+    try:  # lm-eval >= 0.4.10: its own rule
+        from lm_eval.models.utils import resolve_max_length
+        max_length = resolve_max_length(config, tok, default=2048)
+    except ImportError:  # older lm-eval: the same order (config, then tokenizer, then 2048)
+        found = [getattr(config, a) for a in ("n_positions", "max_position_embeddings", "n_ctx")
+                 if isinstance(getattr(config, a, None), int)]
+        max_length = found[0] if found else (tok.model_max_length if tok.model_max_length < 10**12 else 2048)
+    return {"add_bos_token": tok.bos_token_id is not None and ids[:1] == [tok.bos_token_id],
+            "max_length": int(max_length)}
+
+
+def lm_eval_config(tasks: TasksSpec) -> str | None:
+    """The ``--config`` file :func:`lm_eval_command` names when the suite has several task
+    folders (the CLI's ``--include_path`` takes one); None for one folder or none."""
+    if len(tasks.include_path) < 2:
+        return None
+    return yaml.safe_dump({"include_path": [str(Path(p).resolve()) for p in tasks.include_path]})
+
+
 def lm_eval_command(model_dir: str | Path, tasks: TasksSpec, spec: EvalSpec, trust_remote_code: bool = False,
-                    output_path: str | Path | None = None) -> list[str]:
+                    output_path: str | Path | None = None, config_path: str | Path = "lm_eval_config.yaml",
+                    pins: dict[str, Any] | None = None) -> list[str]:
     """The ``lm_eval`` CLI command that computes the same scores as :func:`evaluate` does for
     ``model_dir`` (``forgetbench eval --print-lm-eval``): the same model arguments, tasks,
     task folder, batch size, device, seeds, few-shot count, limit and opt-ins; what neither
-    sets (``add_bos_token``, ``max_length``, the bootstrap's iterations) is lm-eval's default
-    on both sides. The bundled tasks load their data relative to their own folder
+    sets (the bootstrap's iterations, max_batch_size) is lm-eval's default on both sides; BOS
+    and the context length are pinned (:func:`model_pins`, read from the model unless given).
+    With several task folders the command reads them from ``config_path``, whose text
+    :func:`lm_eval_config` gives. The bundled tasks load their data relative to their own folder
     (suites/tasks/fb_data.py), so the command runs from any directory. A local task whose
     ``data_files`` are relative and which has no such loader would be read by the CLI
     against the working directory: refused."""
@@ -173,15 +212,18 @@ def lm_eval_command(model_dir: str | Path, tasks: TasksSpec, spec: EvalSpec, tru
                     "CLI reads against its working directory; make it absolute, or load it with a "
                     "custom_dataset function as suites/tasks/fb_data.py does")
     e = spec
-    model_args = [f"pretrained={model_dir}", f"dtype={e.dtype}", *(["trust_remote_code=True"] if trust_remote_code
-                                                                    else [])]
+    pins = pins if pins is not None else model_pins(model_dir, trust_remote_code)
+    model_args = {"pretrained": str(model_dir), "dtype": e.dtype, **pins,
+                  **({"trust_remote_code": True} if trust_remote_code else {})}
     # key=value,...; as JSON when the model's path holds a comma or an equals sign
-    args = (",".join(model_args) if not any(c in str(model_dir) for c in ",=")
-            else json.dumps(dict(a.split("=", 1) for a in model_args)))
+    args = (",".join(f"{k}={v}" for k, v in model_args.items()) if not any(c in str(model_dir) for c in ",=")
+            else json.dumps(model_args))
     cmd = ["lm_eval", "run", "--model", "hf", "--model_args", args,
            "--tasks", ",".join(t.name for t, _ in tasks.all())]
-    if tasks.include_path is not None:
-        cmd += ["--include_path", str(Path(tasks.include_path).resolve())]
+    if len(tasks.include_path) == 1:
+        cmd += ["--include_path", str(Path(tasks.include_path[0]).resolve())]
+    elif tasks.include_path:
+        cmd += ["--config", str(config_path)]
     cmd += ["--batch_size", str(e.batch_size), "--device", str(resolve_device(e.device)),
             "--seed", ",".join(str(seed) for seed in SEEDS.values())]
     if e.num_fewshot is not None:
@@ -192,6 +234,10 @@ def lm_eval_command(model_dir: str | Path, tasks: TasksSpec, spec: EvalSpec, tru
         cmd += ["--confirm_run_unsafe_code"]
     if trust_remote_code:
         cmd += ["--trust_remote_code"]
+    if e.apply_chat_template:
+        cmd += ["--apply_chat_template", "--fewshot_as_multiturn", str(e.fewshot_as_multiturn).lower()]
+    if e.system_instruction is not None:
+        cmd += ["--system_instruction", e.system_instruction]
     if output_path is not None:
         cmd += ["--output_path", str(output_path)]
     return cmd
@@ -202,13 +248,12 @@ def eval_key(settings: dict[str, Any]) -> str:
 
 
 @lru_cache(maxsize=4)
-def _task_manager(include_path: Path | None, defaults: bool):
+def _task_manager(include_path: tuple[Path, ...], defaults: bool):
     """lm-eval's task index, built once per process: indexing its thousands of built-in
     task YAMLs takes ~10 s, so a suite with bundled tasks only (``defaults`` False) skips it."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(include_path) if include_path else None,
-                       include_defaults=defaults)
+    return TaskManager(include_path=[str(p) for p in include_path] or None, include_defaults=defaults)
 
 
 def _needs_registry(tasks: TasksSpec) -> bool:
@@ -449,6 +494,7 @@ def evaluate(model_dir: Path | str, tasks: TasksSpec, spec: EvalSpec, *, trust_r
 
     settings = eval_settings(tasks, spec)
     e = spec
+    pins = model_pins(model_dir, trust_remote_code)
     local = _local_task_files(tasks.include_path)
     specs = [_local_task_config(local[t.name]) if t.name in local else t.name
              for t, _ in tasks.all()]
@@ -456,13 +502,15 @@ def evaluate(model_dir: Path | str, tasks: TasksSpec, spec: EvalSpec, *, trust_r
     with (contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()),
           _cheap_provenance()):
         lm = HFLM(pretrained=str(model_dir), device=str(resolve_device(e.device)), dtype=e.dtype,
-                  batch_size=e.batch_size, trust_remote_code=trust_remote_code)
+                  batch_size=e.batch_size, trust_remote_code=trust_remote_code, **pins)
         out = lm_eval.simple_evaluate(
             model=lm, tasks=specs, num_fewshot=e.num_fewshot, limit=e.limit, log_samples=True,
             task_manager=_task_manager(tasks.include_path, _needs_registry(tasks)),
             # (lm-eval's bootstrap_iters, 100000, as its CLI: the same stderrs; see lm_eval_command)
             **{f"{name}_seed": seed for name, seed in SEEDS.items()},
-            confirm_run_unsafe_code=e.confirm_run_unsafe_code)
+            confirm_run_unsafe_code=e.confirm_run_unsafe_code, apply_chat_template=e.apply_chat_template,
+            fewshot_as_multiturn=e.fewshot_as_multiturn and e.apply_chat_template,
+            system_instruction=e.system_instruction)
     results: dict[str, Any] = {}
     for task, _role in tasks.all():
         res = out["results"].get(task.name)
@@ -510,6 +558,5 @@ def evaluate(model_dir: Path | str, tasks: TasksSpec, spec: EvalSpec, *, trust_r
             "samples": samples}
     return {"eval_key": eval_key(settings), "settings": settings, "model_dir": str(model_dir),
             # what of the model itself decides how prompts become tokens: compare checks both
-            "tokenization": {"tokenizer": tokenizer_digest(lm.tokenizer),
-                             "add_bos_token": getattr(lm, "add_bos_token", None)},
+            "tokenization": {"tokenizer": tokenizer_digest(lm.tokenizer), **pins},
             "tasks": results, "seconds": round(time.monotonic() - start, 2)}

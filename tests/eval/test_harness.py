@@ -76,11 +76,11 @@ def test_editing_an_included_template_changes_the_task_fingerprint(tmp_path):
     (folder / "t.yaml").write_text("include: _template.yaml\ntask: my_t\ndataset_path: json\n"
                                    "dataset_kwargs: {data_files: {test: ../d.jsonl}}\n")
     harness._local_task_files.cache_clear()
-    before = harness._task_fingerprint("my_t", folder)
+    before = harness._task_fingerprint("my_t", (folder,))
     (folder / "_template.yaml").write_text("output_type: generate_until\ntest_split: test\nnum_fewshot: 3\n")
-    assert harness._task_fingerprint("my_t", folder) != before
+    assert harness._task_fingerprint("my_t", (folder,)) != before
     (tmp_path / "d.jsonl").write_text('{"prompt": "1+1=", "answer": "3"}\n')
-    assert harness._task_fingerprint("my_t", folder) != before
+    assert harness._task_fingerprint("my_t", (folder,)) != before
 
 
 def _generation_task(folder, name, filters=""):
