@@ -16,7 +16,9 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -93,17 +95,65 @@ class TasksSpec(_Strict):
         return self
 
 
-class DataSpec(_Strict):
-    """JSONL files: rows of {"prompt", "completion"} (loss on the completion) or {"text"}."""
+# local files the `datasets` library reads by their suffix (a path to one is a DatasetSource)
+DATASET_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+DATA_SUFFIXES = (*DATASET_BUILDERS, ".json", ".jsonl", ".txt")  # what makes a folder a dataset
 
-    target: Path                  # the fine-tuning data of the target domain
-    replay: Path | None = None    # general data mixed in at ``mix_ratio``
+
+class DatasetSource(_Strict):
+    """Rows read through the ``datasets`` library: a hub id, a local file (parquet, JSON or
+    JSON Lines, CSV, Arrow) or a local folder (written by ``save_to_disk``, or data files).
+    Each row becomes a prompt/completion pair or a text through ``prompt``/``completion`` or
+    ``text``: a field name, or a Jinja template over the row's fields as lm-eval's
+    ``doc_to_text`` is ("Question: {{question}}\nAnswer:"). None set: the fields named
+    prompt and completion, else text."""
+
+    dataset: Annotated[str, Field(min_length=1)]  # hub id, or a path relative to the suite file
+    name: str | None = None      # the dataset's configuration (load_dataset's ``name``)
+    split: str | None = None     # default: train (a folder saved from one split has none)
+    revision: str | None = None  # a hub dataset's branch, tag or commit
+    prompt: str | None = None
+    completion: str | None = None
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _one_mapping(self) -> DatasetSource:
+        if (self.prompt is None) != (self.completion is None):
+            raise ValueError("set prompt and completion together (a field name or a Jinja template each)")
+        if self.text is not None and self.prompt is not None:
+            raise ValueError("set prompt and completion, or text, not both")
+        return self
+
+    def is_local(self) -> bool:
+        """A path (made absolute when the suite loads), not a hub id."""
+        return Path(self.dataset).is_absolute()
+
+    def __str__(self) -> str:  # as messages name it
+        extra = [f"name {self.name}"] * bool(self.name) + [f"split {self.split}"] * bool(self.split)
+        return f"dataset {self.dataset}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _data_kind(value: Any) -> str:
+    return "dataset" if isinstance(value, (dict, DatasetSource)) else "file"
+
+
+# a mapping is a dataset, anything else a file path: a mistake is reported against that form only
+DataSource = Annotated[Annotated[Path, Tag("file")] | Annotated[DatasetSource, Tag("dataset")],
+                       Discriminator(_data_kind)]
+
+
+class DataSpec(_Strict):
+    """Each a JSONL file of rows {"prompt", "completion"} (loss on the completion) or {"text"},
+    or a dataset (:class:`DatasetSource`: a hub id, a parquet/CSV file, a saved folder)."""
+
+    target: DataSource                  # the fine-tuning data of the target domain
+    replay: DataSource | None = None    # general data mixed in at ``mix_ratio``
     # held-out target rows: validation loss every train.eval_every steps, early stopping
-    validation: Path | None = None
+    validation: DataSource | None = None
     # held-out general rows (never trained on): the in-training forgetting curve
-    general_heldout: Path | None = None
+    general_heldout: DataSource | None = None
     # general rows the EWC Fisher is estimated from; default: data.replay
-    fisher: Path | None = None
+    fisher: DataSource | None = None
 
 
 class EwcSpec(_Strict):
@@ -432,6 +482,36 @@ def _submodel(annotation: Any) -> Any:
     return None
 
 
+def _resolve_data(value: Path | DatasetSource | None, field: str, base: Path,
+                  source: str) -> Path | DatasetSource | None:
+    """A data field with its paths absolute: a JSONL file stays a Path; a parquet/CSV/Arrow
+    file or a folder becomes a DatasetSource; a DatasetSource's ``dataset`` is a local path
+    when it is one (explicitly, or present beside the suite), else a hub id."""
+    if value is None:
+        return None
+    if isinstance(value, Path):
+        full = (base / value).expanduser().resolve()
+        if full.is_dir() or full.suffix in DATASET_BUILDERS:
+            return _resolve_data(DatasetSource(dataset=str(value)), field, base, source)
+        if not full.exists():
+            raise ForgetbenchError(f"{source}: {field}: file not found: {full} "
+                                   "(paths are relative to the suite file's folder)")
+        return full
+    text = value.dataset
+    if text.startswith((".", "/", "~")) or (base / text).exists() or Path(text).suffix in DATASET_BUILDERS:
+        full = (base / text).expanduser().resolve()
+        if not full.exists():
+            raise ForgetbenchError(f"{source}: {field}.dataset: not found: {full} (paths are relative "
+                                   "to the suite file's folder; a hub id looks like org/name)")
+        if full.is_dir() and not any(f.name in ("state.json", "dataset_dict.json") or f.suffix in DATA_SUFFIXES
+                                     for f in full.rglob("*")):
+            raise ForgetbenchError(f"{source}: {field}: {full} is a folder with no data in it (neither "
+                                   "a dataset saved by save_to_disk nor data files); set it to a JSONL, "
+                                   "parquet or CSV file, or a saved dataset's folder")
+        return value.model_copy(update={"dataset": str(full)})
+    return value
+
+
 def _resolve_paths(suite: Suite, base: Path, source: str) -> Suite:
     def resolve(p: Path | None, field: str, *, folder: bool = False) -> Path | None:
         if p is None:
@@ -447,11 +527,7 @@ def _resolve_paths(suite: Suite, base: Path, source: str) -> Suite:
         return full
 
     data = suite.data.model_copy(update={
-        "target": resolve(suite.data.target, "data.target"),
-        "replay": resolve(suite.data.replay, "data.replay"),
-        "validation": resolve(suite.data.validation, "data.validation"),
-        "general_heldout": resolve(suite.data.general_heldout, "data.general_heldout"),
-        "fisher": resolve(suite.data.fisher, "data.fisher")})
+        f: _resolve_data(getattr(suite.data, f), f"data.{f}", base, source) for f in DataSpec.model_fields})
     many = len(suite.tasks.include_path) > 1
     tasks = suite.tasks.model_copy(update={"include_path": tuple(
         resolve(p, f"tasks.include_path[{i}]" if many else "tasks.include_path", folder=True)

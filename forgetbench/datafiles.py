@@ -1,23 +1,42 @@
-"""The suite's JSONL data files: rows of {"prompt", "completion"} (the loss covers the
+"""The suite's training data: rows of {"prompt", "completion"} (the loss covers the
 completion only, as in SFT) or {"text"} (every token, as for pretraining-like replay data),
-read with their line numbers so that every mistake names the file and line. Training
-(train/data.py) and the leakage guard read them here; no torch.
+from JSONL files (read here, line by line, so that every mistake names the file and line)
+or from datasets (``datasets.load_dataset`` / ``load_from_disk``: a hub id, a parquet or
+CSV file, a saved folder; each row mapped by field names or Jinja templates, a mistake
+named by its row). Training (train/data.py), the leakage guard and the point ids read them
+here; no torch.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+from forgetbench.config import DATASET_BUILDERS, DatasetSource
 from forgetbench.errors import ForgetbenchError
+from forgetbench.store import file_digest, json_digest
+
+Source = Path | DatasetSource
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSONL data file, each checked to be a prompt/completion pair or a text."""
-    return [row for _, row in numbered_rows(path)]
+def read_rows(source: Source) -> list[dict]:
+    """Rows of a data source, each a prompt/completion pair or a text."""
+    return [row for _, row in numbered_rows(source)]
 
 
-def numbered_rows(path: Path) -> list[tuple[int, dict]]:
-    """(file line, row) of each row of a JSONL data file (blank lines are skipped)."""
+def where(source: Source, number: int) -> str:
+    """How messages name one row: ``file:line`` of a JSONL file, ``dataset … row i`` of a dataset."""
+    return f"{source}:{number}" if isinstance(source, Path) else f"{source} row {number}"
+
+
+def numbered_rows(source: Source) -> list[tuple[int, dict]]:
+    """(file line, row) of each row of a JSONL data file (blank lines are skipped), or
+    (row index, row) of a dataset's split."""
+    if isinstance(source, DatasetSource):
+        return _dataset_rows(source)
+    path = source
     rows = []
     with open(path, "rb") as fh:  # bytes, decoded line by line: a bad byte is named with its line
         for lineno, raw in enumerate(fh, 1):
@@ -42,3 +61,159 @@ def numbered_rows(path: Path) -> list[tuple[int, dict]]:
     if not rows:
         raise ForgetbenchError(f"{path}: no rows")
     return rows
+
+
+# ---------------------------------------------------------------- datasets
+
+def source_fingerprint(source: Source | None) -> Any:
+    """What identifies a data source without loading it, hashed into point ids: a file's
+    content hash; a local dataset's files' content hashes; a hub dataset's id with the commit
+    the local Hugging Face cache holds (a new revision is new data). With the row mapping."""
+    if source is None or isinstance(source, Path):
+        return file_digest(source)
+    path = Path(source.dataset)
+    if source.is_local():
+        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+        where_from: dict[str, Any] = {"files": json_digest(
+            [[str(f.relative_to(path.parent)), file_digest(f)] for f in files])[:16]}
+    else:
+        where_from = {"hub": source.dataset, "commit": _hub_commit(source.dataset, source.revision)}
+    return {**where_from, **source.model_dump(exclude={"dataset"})}
+
+
+def _hub_commit(repo: str, revision: str | None) -> str | None:
+    """The commit of a hub dataset's ``revision`` (default: main) in the local Hugging Face
+    cache, read from its refs without network; None when it is not cached."""
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}" / "refs" / (revision or "main")
+    if ref.is_file():
+        return ref.read_text().strip()
+    return revision if revision and len(revision) == 40 else None
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """``datasets`` without its progress bars and info logs (a sweep reads its data often)."""
+    import datasets
+
+    was_enabled = datasets.utils.logging.is_progress_bar_enabled()
+    level = datasets.utils.logging.get_verbosity()
+    datasets.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    try:
+        yield datasets
+    finally:
+        datasets.utils.logging.set_verbosity(level)
+        if was_enabled:
+            datasets.utils.logging.enable_progress_bar()
+
+
+def load_split(source: DatasetSource):
+    """The ``datasets.Dataset`` a source names. Local folders written by ``save_to_disk`` are
+    read with ``load_from_disk``; anything else with ``load_dataset`` (which caches it)."""
+    path = Path(source.dataset)
+    split = source.split or "train"
+    with _quiet_datasets() as datasets:
+        try:
+            if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+                loaded = datasets.load_from_disk(str(path))
+                if isinstance(loaded, datasets.DatasetDict):
+                    if split not in loaded:
+                        raise ForgetbenchError(f"{source}: no split {split!r}; its splits: "
+                                               f"{', '.join(loaded)} (set split)")
+                    return loaded[split]
+                if source.split is not None:
+                    raise ForgetbenchError(f"{source}: a single split saved with save_to_disk has no "
+                                           "splits to choose from; remove split")
+                return loaded
+            if path.is_file():
+                builder = DATASET_BUILDERS.get(path.suffix, "json")
+                return datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
+            return datasets.load_dataset(source.dataset, name=source.name, split=split,
+                                         revision=source.revision)
+        except ForgetbenchError:
+            raise
+        except Exception as exc:  # offline, gated, misspelt, a bad split: its own first line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            args = ", ".join([repr(source.dataset)] + [f"{k}={v!r}" for k, v in (
+                ("name", source.name), ("split", split), ("revision", source.revision)) if v is not None])
+            fix = "" if source.is_local() else (
+                "; with no network here, cache it where the hub is reachable: python -c "
+                f"\"import datasets; datasets.load_dataset({args})\" and copy the Hugging Face cache "
+                "(~/.cache/huggingface)")
+            raise ForgetbenchError(f"{source}: cannot load it ({type(exc).__name__}: {first}){fix}") from None
+
+
+def _dataset_rows(source: DatasetSource) -> list[tuple[int, dict]]:
+    return list(_dataset_rows_cached(source, source_fingerprint(source).__repr__()))
+
+
+@lru_cache(maxsize=8)
+def _dataset_rows_cached(source: DatasetSource, _fingerprint: str) -> tuple[tuple[int, dict], ...]:
+    """(row index, mapped row) of a dataset, read once per process while it is unchanged."""
+    split = load_split(source)
+    columns = list(split.column_names)
+    if source.text is not None:
+        mapping = {"text": source.text}
+    elif source.prompt is not None:
+        mapping = {"prompt": source.prompt, "completion": source.completion}
+    elif "prompt" in columns and "completion" in columns:
+        mapping = {"prompt": "prompt", "completion": "completion"}
+    elif "text" in columns:
+        mapping = {"text": "text"}
+    else:
+        raise ForgetbenchError(f"{source}: its columns are {', '.join(columns)}; say which make each row: "
+                               "prompt and completion (field names or Jinja templates), or text")
+    render = {key: _renderer(source, key, value, columns) for key, value in mapping.items()}
+    rows = []
+    for i, doc in enumerate(split):
+        row = {key: fn(i, doc) for key, fn in render.items()}
+        rows.append((i, row))
+    if not rows:
+        raise ForgetbenchError(f"{source}: no rows")
+    return tuple(rows)
+
+
+def _renderer(source: DatasetSource, key: str, value: str, columns: list[str]):
+    """Row index, document -> the text of one mapped field: a column's value, or a Jinja
+    template rendered on the document (an unknown name in it is an error, not an empty string)."""
+    if "{{" not in value and "{%" not in value:
+        if value not in columns:
+            raise ForgetbenchError(f"{source}: {key}: no column {value!r}; its columns: {', '.join(columns)} "
+                                   "(or write a Jinja template, e.g. \"Q: {{question}}\")")
+
+        def field(i: int, doc: dict) -> str:
+            got = doc[value]
+            if isinstance(got, (int, float)) and not isinstance(got, bool):
+                return str(got)
+            if not isinstance(got, str):
+                raise ForgetbenchError(f"{where(source, i)}: {key}: column {value!r} holds "
+                                       f"{type(got).__name__}, not text; write a Jinja template that makes text of it")
+            return got
+        return field
+    import jinja2
+
+    try:
+        template = _jinja().from_string(value)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ForgetbenchError(f"{source}: {key}: not a valid Jinja template ({exc.message}): {value!r}") from None
+
+    def rendered(i: int, doc: dict) -> str:
+        try:
+            return template.render(**doc)
+        except jinja2.UndefinedError as exc:
+            raise ForgetbenchError(f"{where(source, i)}: {key}: {exc.message} in the template {value!r}; "
+                                   f"its columns: {', '.join(columns)}") from None
+    return rendered
+
+
+@lru_cache(maxsize=1)
+def _jinja():
+    import jinja2
+
+    # sandboxed: a suite's template reads a row, nothing else
+    from jinja2.sandbox import SandboxedEnvironment
+
+    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+

@@ -22,10 +22,9 @@ import itertools
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from forgetbench.config import Suite
-from forgetbench.datafiles import numbered_rows
+from forgetbench.datafiles import Source, numbered_rows, where
 from forgetbench.errors import ForgetbenchError
 
 MAX_ITEM_TOKENS = 64
@@ -130,8 +129,8 @@ def find_leaks(rows: list[dict], index: EvalIndex) -> list[Leak]:
     return leaks
 
 
-def _rows_with_lines(path: Path) -> tuple[list[dict], list[int]]:
-    """The rows of a data file and the file line of each."""
+def _rows_with_lines(path: Source) -> tuple[list[dict], list[int]]:
+    """The rows of a data source and the file line (or dataset row) of each."""
     numbered = numbered_rows(path)
     return [row for _, row in numbered], [line for line, _ in numbered]
 
@@ -165,13 +164,13 @@ def check_leakage(suite: Suite, items: dict[str, list[tuple[str, str]]]) -> None
                 else "it contains the question and answer of")
         others = [f"{len(v)} in {g}" for g, v in found.items() if v and g != f]
         raise ForgetbenchError(
-            f"{path}:{read[path][1][leak.row]}: {f} row leaks an evaluation item: {what} "
+            f"{where(path, read[path][1][leak.row])}: {f} row leaks an evaluation item: {what} "
             f"{leak.item.task} doc {leak.item.doc} {leak.item.excerpt()}; "
             f"{len(found[f])} row(s) of {f} leak eval items in all"
             + (f" (also {', '.join(others)})" if others else "")
             + f": remove those rows from {f}")
 
-    trained: dict[Tokens, tuple[str, Path, int]] = {}
+    trained: dict[Tokens, tuple[str, Source, int]] = {}
     for f, path in (("data.target", data.target), ("data.replay", data.replay)):
         if path is not None:
             rows, lines = read[path]
@@ -187,6 +186,6 @@ def check_leakage(suite: Suite, items: dict[str, list[tuple[str, str]]]) -> None
         if shared:
             line, (g, other, other_line) = shared[0]
             raise ForgetbenchError(
-                f"{path}:{line}: {f} row is also trained on, as {g} ({other}:{other_line}); "
+                f"{where(path, line)}: {f} row is also trained on, as {g} ({where(other, other_line)}); "
                 f"{len(shared)} row(s) of {f} are in the training data in all, so they are not "
                 f"held out: remove those rows from {f} (or from {g})")

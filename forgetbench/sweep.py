@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from forgetbench import cluster, metrics, planner, regularizers
 from forgetbench.cluster import SubmititExecutor
 from forgetbench.config import Point, Suite
-from forgetbench.datafiles import read_rows
+from forgetbench.datafiles import read_rows, source_fingerprint
 from forgetbench.devices import resolve_device
 from forgetbench.errors import ForgetbenchError
 from forgetbench.eval.harness import eval_key, eval_settings
@@ -40,7 +40,6 @@ from forgetbench.store import (
     RunStore,
     SweepLock,
     atomic_write_json,
-    file_digest,
     fresh_dir,
     json_digest,
     read_result,
@@ -55,7 +54,7 @@ TRAINING_VERSION = 1
 
 
 def data_fingerprint(suite: Suite) -> dict[str, str | None]:
-    return {"target": file_digest(suite.data.target), "replay": file_digest(suite.data.replay)}
+    return {"target": source_fingerprint(suite.data.target), "replay": source_fingerprint(suite.data.replay)}
 
 
 def point_identity(suite: Suite, point: Point) -> dict[str, Any]:
@@ -70,10 +69,12 @@ def point_identity(suite: Suite, point: Point) -> dict[str, Any]:
     train = suite.train.model_dump(mode="json", exclude={
         "nproc", "checkpoint_every", "activation_checkpointing", "compile", "eval_every",
         "track_kl", "eval_batch_size", "ewc"})
+    if not train.get("chat_template"):  # (off, a point keeps the id it had before chat training existed)
+        train.pop("chat_template", None)
     extra: dict[str, Any] = {}
     if point.patience is not None:
         extra["early_stopping"] = {"eval_every": suite.train.eval_every,
-                                   "validation": file_digest(suite.data.validation)}
+                                   "validation": source_fingerprint(suite.data.validation)}
     reg = regularizers.get(point.regularizer)
     if reg is not None and reg.cache is not None:
         extra[reg.cache] = {**reg.identity(suite), "training_version": TRAINING_VERSION}
@@ -159,7 +160,11 @@ def check_training(suite: Suite, source: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(suite.model),
                                               trust_remote_code=suite.trust_remote_code)
     max_len = suite.train.max_seq_len
-    if train_data.learns_nothing(train_data.tokenize(rows, tokenizer, max_len)):
+    try:
+        examples = train_data.tokenize(rows, tokenizer, max_len, chat=suite.train.chat_template)
+    except ForgetbenchError as exc:  # a chat template that cannot be trained through
+        raise ForgetbenchError(f"{source}: {exc}") from None
+    if train_data.learns_nothing(examples):
         longest = max((len(tokenizer(r["prompt"])["input_ids"]) for r in rows if "prompt" in r), default=1)
         raise ForgetbenchError(
             f"{source}: train.max_seq_len: {max_len} tokens leave no completion token in any "

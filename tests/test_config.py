@@ -200,12 +200,12 @@ def test_a_suite_with_a_byte_that_is_not_utf8_is_one_line_naming_file_and_line(t
     assert not runs.exists()
 
 
-def test_a_data_path_that_is_a_folder_is_refused_naming_the_field(write_suite, tmp_path, capsys):
+def test_a_data_path_that_is_a_folder_without_data_is_refused_naming_the_field(write_suite, tmp_path, capsys):
     folder = tmp_path / "replay"
     folder.mkdir()
     path = write_suite(suite_dict(**{"data.replay": str(folder)}))
     runs = tmp_path / "runs"
     assert main(["sweep", str(path), "--runs-dir", str(runs)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{path}: data.replay: {folder} is a folder, not a file" in err
+    assert err.count("\n") == 1 and f"{path}: data.replay: {folder} is a folder with no data in it" in err
     assert not runs.exists()

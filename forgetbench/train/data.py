@@ -21,9 +21,15 @@ class Example:
     labels: tuple[int, ...]
 
 
-def tokenize(rows: list[dict], tokenizer, max_len: int) -> list[Example]:
+def tokenize(rows: list[dict], tokenizer, max_len: int, *, chat: bool = False) -> list[Example]:
     """Prompt tokens (with the tokenizer's own BOS, if it adds one) are masked from the loss;
-    completion or text tokens are learned, followed by EOS. Longer rows are cut at max_len."""
+    completion or text tokens are learned, followed by EOS. Longer rows are cut at max_len.
+
+    With ``chat`` (``train.chat_template``) a prompt/completion row is a conversation: the
+    prompt a user turn, the completion the assistant's reply, rendered by the tokenizer's chat
+    template. What the template renders up to the assistant's reply (system turn, user turn,
+    the assistant header: what a chat evaluation gives the model) is masked; the reply and
+    the template's end of turn are learned, and stand in for EOS. Text rows stay plain text."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     out = []
     for row in rows:
@@ -31,12 +37,38 @@ def tokenize(rows: list[dict], tokenizer, max_len: int) -> list[Example]:
             ids = tokenizer(row["text"])["input_ids"] + eos
             labels = list(ids)
         else:
-            prompt = tokenizer(row["prompt"])["input_ids"]
-            completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + eos
+            if chat:
+                prompt_text, reply_text = chat_turns(tokenizer, row["prompt"], row["completion"])
+                prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+                completion = tokenizer(reply_text, add_special_tokens=False)["input_ids"]
+            else:
+                prompt = tokenizer(row["prompt"])["input_ids"]
+                completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + eos
             ids = prompt + completion
             labels = [IGNORE_INDEX] * len(prompt) + completion
         out.append(Example(tuple(ids[:max_len]), tuple(labels[:max_len])))
     return out
+
+
+def chat_turns(tokenizer, prompt: str, completion: str) -> tuple[str, str]:
+    """(everything the chat template renders before the assistant's reply, the reply with its
+    end of turn) for one user prompt. The template renders the whole conversation; a template
+    whose rendering of it does not begin with its rendering of the prompt alone (with the
+    generation prompt) cannot be split so, and is refused."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ForgetbenchError("train.chat_template: the model's tokenizer has no chat template "
+                               "(tokenizer_config.json chat_template); use a chat model or set "
+                               "train.chat_template: false")
+    user = [{"role": "user", "content": prompt}]
+    head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    whole = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": completion}],
+                                          tokenize=False)
+    if not whole.startswith(head) or len(whole) == len(head):
+        raise ForgetbenchError("train.chat_template: the model's chat template does not render a "
+                               "conversation as the prompt's rendering followed by the reply, so the "
+                               "reply cannot be told from the prompt; set train.chat_template: false "
+                               "and write the chat format into the data's prompts")
+    return head, whole[len(head):]
 
 
 def learns_nothing(examples: list[Example]) -> bool:

@@ -161,8 +161,9 @@ class Stream:
 
 def setup_data(suite: Suite, point: Point, tokenizer) -> Stream:
     cfg = suite.train
-    target = train_data.tokenize(read_rows(suite.data.target), tokenizer, cfg.max_seq_len)
-    replay = (train_data.tokenize(read_rows(suite.data.replay), tokenizer, cfg.max_seq_len)
+    target = train_data.tokenize(read_rows(suite.data.target), tokenizer, cfg.max_seq_len,
+                                  chat=cfg.chat_template)
+    replay = (train_data.tokenize(read_rows(suite.data.replay), tokenizer, cfg.max_seq_len, chat=cfg.chat_template)
               if point.mix_ratio > 0 else [])
     if train_data.learns_nothing(target):  # checked before a sweep starts (sweep.check_training)
         raise ForgetbenchError(f"train.max_seq_len: {cfg.max_seq_len} tokens leave no completion "
@@ -191,7 +192,7 @@ class HeldOut:
                               ("general_loss", suite.data.general_heldout)):
                 if path is not None:
                     self.sets[key] = train_data.tokenize(read_rows(path), trainee.tokenizer,
-                                                         cfg.max_seq_len)
+                                                         cfg.max_seq_len, chat=cfg.chat_template)
         self.batch_size = cfg.eval_batch_size or max(1, math.ceil(cfg.batch_size / dist.world_size
                                                                   / cfg.grad_accum))
         self.track_kl = cfg.track_kl and "general_loss" in self.sets

@@ -98,7 +98,7 @@ def _ewc_fisher(s: Setup) -> tuple[list[torch.Tensor], dict]:
         info = checkpoint.load_state(state, s.cache)
         return [state["fisher"][n] for n in s.names], info
     source = s.suite.data.fisher or s.suite.data.replay
-    rows = train_data.tokenize(read_rows(source), s.tokenizer, cfg.max_seq_len)
+    rows = train_data.tokenize(read_rows(source), s.tokenizer, cfg.max_seq_len, chat=cfg.chat_template)
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     picked = [rows[i] for i in order[:cfg.ewc.samples]]
     device = s.dist.device

@@ -1,6 +1,7 @@
 import pytest
 from transformers import AutoTokenizer
 
+from forgetbench.errors import ForgetbenchError
 from forgetbench.train import data
 
 
@@ -49,3 +50,40 @@ def test_batches_pad_right_and_mask_padding(tok):
     n0 = len(exs[0].input_ids)
     assert ids.shape[0] == 2 and mask[0, :n0].all() and not mask[0, n0:].any()
     assert (labels[0, n0:] == data.IGNORE_INDEX).all()
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture
+def chat_tok(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = CHATML
+    return tok
+
+
+def test_a_chat_row_learns_the_assistant_reply_and_its_end_of_turn_only(chat_tok):
+    row = {"prompt": "What does atenolol treat?", "completion": "High blood pressure."}
+    [ex] = data.tokenize([row], chat_tok, 128, chat=True)
+    n = ex.labels.index(next(t for t in ex.labels if t != data.IGNORE_INDEX))
+    # masked: what a chat evaluation (lm-eval's apply_chat_template) gives the model before it answers
+    assert chat_tok.decode(ex.input_ids[:n]) == chat_tok.apply_chat_template(
+        [{"role": "user", "content": row["prompt"]}], tokenize=False, add_generation_prompt=True)
+    assert chat_tok.decode(ex.input_ids[:n]).startswith("<|im_start|>user\nWhat does atenolol treat?")
+    assert ex.labels[n:] == ex.input_ids[n:]  # learned: the reply and the end of the turn, no EOS after it
+    assert chat_tok.decode(ex.input_ids[n:]) == "High blood pressure.<|im_end|>\n"
+    # text rows (replay) stay plain text
+    assert data.tokenize([{"text": "12+30=42"}], chat_tok, 64, chat=True) == data.tokenize(
+        [{"text": "12+30=42"}], chat_tok, 64)
+
+
+def test_chat_training_needs_a_template_that_renders_the_prompt_as_the_conversations_start(tok, chat_tok):
+    row = [{"prompt": "Q", "completion": "A"}]
+    with pytest.raises(ForgetbenchError, match="tokenizer has no chat template"):
+        data.tokenize(row, tok, 64, chat=True)
+    # the generation prompt differs from how the assistant's turn is rendered: no clean split
+    chat_tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                              "{% if add_generation_prompt %}[bot] {% endif %}")
+    with pytest.raises(ForgetbenchError, match="does not render a conversation as the prompt's rendering"):
+        data.tokenize(row, chat_tok, 64, chat=True)

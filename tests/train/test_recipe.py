@@ -235,3 +235,33 @@ def test_bf16_computes_in_bf16_over_fp32_master_weights(small_suite, tiny_model_
     for (name, p0), p1 in zip(base.named_parameters(), tuned.parameters()):
         assert p1.dtype == torch.float32
         assert not torch.equal(p0, p1), f"{name}: the update was rounded away"
+
+
+def test_chat_training_trains_the_replies_and_is_another_point(small_suite, tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from forgetbench.cli import main
+    from forgetbench.sweep import planned
+    from tests.train.test_data import CHATML
+
+    chat_model = tmp_path / "chat-model"
+    shutil.copytree(tiny_model_dir, chat_model)
+    tok = AutoTokenizer.from_pretrained(chat_model)
+    tok.chat_template = CHATML
+    tok.save_pretrained(chat_model)
+    plain, chat = small_suite(batch_size=8), small_suite(batch_size=8, chat_template=True)
+    summary, log, _ = run(chat, chat_model, tmp_path, "chat", epochs=3)
+    assert summary["steps"] == len(log) == 12 and log[-1]["loss"] < log[0]["loss"]
+    point = Point(lr=1e-3, epochs=1, mix_ratio=0.0, regularizer="none", lam=0.0)
+    assert planned(chat, point).id != planned(plain, point).id
+    assert "chat_template" not in planned(plain, point).config["train"]  # off: the ids points had before
+    # a model without a chat template is refused before anything runs
+    path = tmp_path / "chat.yaml"
+    path.write_text((tmp_path / "suite.yaml").read_text())
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--set", "train.chat_template=true", "--set", f"model={tiny_model_dir}",
+                 "--runs-dir", str(tmp_path / "runs"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: train.chat_template: the model's tokenizer has no chat template" in err
