@@ -43,6 +43,29 @@ def test_eval_key_follows_settings_and_task_data(write_suite, tmp_path):
     assert harness.eval_key(harness.eval_settings(changed.tasks, changed.eval)) != key
 
 
+def test_chat_and_plain_evaluations_never_share_an_eval_key(write_suite):
+    def key(name, **eval_settings):
+        suite = load_suite(write_suite(suite_dict(**{f"eval.{k}": v for k, v in eval_settings.items()}), name))
+        return harness.eval_key(harness.eval_settings(suite.tasks, suite.eval))
+
+    plain, chat = key("a.yaml"), key("b.yaml", apply_chat_template=True)
+    assert chat != plain
+    assert key("c.yaml", apply_chat_template=True, fewshot_as_multiturn=False) not in (plain, chat)
+    assert key("d.yaml", fewshot_as_multiturn=False) == plain  # inert without a chat template
+    assert key("e.yaml", system_instruction="Be brief.") != plain
+
+
+def test_a_task_defined_in_two_task_folders_is_refused(write_suite, tmp_path):
+    import shutil
+
+    shutil.copytree(SUITES / "tasks", tmp_path / "copy")
+    harness._local_task_files.cache_clear()
+    suite = load_suite(write_suite(suite_dict(**{"tasks.include_path": [str(SUITES / "tasks"),
+                                                                         str(tmp_path / "copy")]})))
+    with pytest.raises(ForgetbenchError, match=r"task 'fb_\w+' is defined twice, in .*; rename one of them"):
+        harness.check_tasks(suite.tasks)
+
+
 @pytest.mark.slow
 def test_evaluate_a_local_model_directory_keeps_per_sample_results(write_suite, tiny_model_dir):
     suite = load_suite(write_suite(suite_dict(**{"eval.limit": 8})))
