@@ -49,3 +49,18 @@ def write_suite(tmp_path):
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
         return path
     return write
+
+
+@pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory):
+    """family -> the folder of a tiny random-weight model of that family with its own
+    tokenizer (tests/families.py: llama, qwen2, mistral, gemma3, phi3, gpt2), built once."""
+    from tests.families import build_family_model
+
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_family_model(family, tmp_path_factory.mktemp(f"model-{family}"))
+        return built[family]
+    return get
