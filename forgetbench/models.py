@@ -5,6 +5,7 @@ so a model folder's own Python code runs only when the suite says so.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,22 +56,46 @@ def resolve_model(model: str) -> Path | str:
     return model
 
 
+def _names_tokenizer_code(model: str, config) -> bool:
+    """The model names a tokenizer class of its own code: ``auto_map`` in its config, or in
+    its tokenizer_config.json (in its folder, or the local Hugging Face cache)."""
+    if "AutoTokenizer" in (getattr(config, "auto_map", None) or {}):
+        return True
+    path: Path | None = Path(model) / "tokenizer_config.json"
+    if not Path(model).is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "tokenizer_config.json")
+        path = Path(cached) if isinstance(cached, str) else None
+    if path is None or not path.is_file():
+        return False
+    auto_map = json.loads(path.read_text()).get("auto_map")
+    # a list is the older form: (slow class, fast class), both of its own code
+    return isinstance(auto_map, list) or "AutoTokenizer" in (auto_map or {})
+
+
 def check_model(model: str, source: str, *, field: str = "model",
                 trust_remote_code: bool = False) -> None:
     """Refuse, in one line naming ``source`` and ``field``, a model whose config cannot be read
     here: a hub id with no network and not in the Hugging Face cache, a folder that is no
-    model, or one that ships its own code while the suite does not trust it."""
-    from transformers import AutoConfig
+    model, or one whose model or tokenizer needs its own code while the suite does not trust
+    it. Whether it needs that code is transformers' decision: a folder that names code of its
+    own (``auto_map``) for a class transformers has (Phi-3's checkpoints) loads without it."""
+    from transformers import AutoConfig, AutoTokenizer
 
     if model.startswith(BUILTIN_PREFIX):
         builtin_model_dir(model[len(BUILTIN_PREFIX):])  # a known name, shipped whole
         return
+    reading = "config.json"
     try:
-        AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        if not trust_remote_code and _names_tokenizer_code(model, config):
+            reading = "tokenizer_config.json"  # loaded only then: a big tokenizer takes seconds
+            AutoTokenizer.from_pretrained(model, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         if "trust_remote_code" in str(exc):
             raise ForgetbenchError(
-                f"{source}: {field}: {model} ships its own Python code (auto_map in its config), "
+                f"{source}: {field}: {model} ships its own Python code (auto_map in its {reading}), "
                 "which forgetbench does not run unless told to; read that code, then set "
                 "trust_remote_code: true in the suite") from None
         reason = " ".join(str(exc).split()).split(". ")[0].rstrip(".")[:300]  # its first sentence
