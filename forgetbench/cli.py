@@ -109,7 +109,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.executor import LocalExecutor, lanes, model_modules
     from forgetbench.gate import suite_gate
     from forgetbench.leakage import check_leakage
-    from forgetbench.models import check_model
+    from forgetbench.models import check_model, ensure_cached, missing_from_cache
     from forgetbench.planner import check_fits
     from forgetbench.sweep import check_training, plan, run_sweep
 
@@ -141,11 +141,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         executor = LocalExecutor(lanes(args.jobs, suite.train.nproc, resolve_device(suite.train.device).type),
                                  preload=model_modules(suite.model))
         executor.start()  # its imports overlap the checks below
-    check_tasks(suite.tasks, source=args.suite)
-    check_training(suite, args.suite)
+    check_tasks(suite.tasks, source=args.suite, spec=suite.eval)
+    # A dry run downloads nothing: what needs a hub model's tokenizer not cached here, or the
+    # documents of lm-eval's registered tasks, is left to the sweep, which checks it first,
+    # having downloaded the model where the hub is reachable (else it stops, naming the command)
+    uncached = missing_from_cache(suite.model) if args.dry_run else []
+    if not args.dry_run:
+        ensure_cached(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
+    if "tokenizer" not in uncached:
+        check_training(suite, args.suite)
     suite_gate(suite)  # the release gate the verdict judges by: a bad file fails now, not at the end
     # no eval item, nor a held-out row, is trained on; always refused (see leakage.py)
-    check_leakage(suite, eval_items(suite.tasks, args.suite, show_progress=args.verbose))
+    check_leakage(suite, eval_items(suite.tasks, args.suite, show_progress=args.verbose,
+                                    registry=not args.dry_run))
     if suite.data.fisher is not None:  # the one data file the leakage guard does not read
         read_rows(suite.data.fisher)
     planned = plan(suite)
@@ -156,6 +164,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         key = eval_key(eval_settings(suite.tasks, suite.eval))
         for line in plan_lines(suite, planned, Path(args.runs_dir), key, args.jobs):
+            _echo(line)
+        for line in _left_to_the_sweep(suite, args.suite, uncached):
             _echo(line)
         if executor is not None:
             from forgetbench.sweep import jobs_to_run
@@ -203,6 +213,52 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               "--retry-failed runs them")
     _print_files(outcome.store.root)
     return 1 if outcome.failed else 0
+
+
+def _left_to_the_sweep(suite, source: str, uncached: list[str]) -> list[str]:
+    """What a dry run left unchecked, having downloaded nothing, and the command that caches
+    what the sweep will read."""
+    from forgetbench.eval.harness import registered_tasks
+
+    registered = registered_tasks(suite.tasks)
+    unchecked = ([f"the training data against the documents of lm-eval's {len(registered)} registered tasks"]
+                 * bool(registered)
+                 + [f"sweep.epochs and train.max_seq_len against the training data as {suite.model}'s "
+                    "tokenizer reads it"] * ("tokenizer" in uncached))
+    if not unchecked:
+        return []
+    what = ([f"{suite.model}'s {' and '.join(uncached)}, not in the local Hugging Face cache"] * bool(uncached)
+            + ["the tasks' datasets, if they are not yet"] * bool(registered))
+    return [f"not checked without downloading (the sweep checks it first): {'; '.join(unchecked)}",
+            f"to cache first, where the hub is reachable: forgetbench cache {source}  ({'; '.join(what)})"]
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Download what a sweep of SUITE reads from the hub into the local caches, through the
+    libraries' own loaders: each task's dataset as lm-eval loads it, each data source, and the
+    model's files (``models.fetch_model``). The same HF_HOME then serves a sweep offline."""
+    from forgetbench.config import DataSpec, load_suite
+    from forgetbench.datafiles import read_rows
+    from forgetbench.eval.harness import check_tasks, eval_items
+    from forgetbench.models import check_model, ensure_cached, is_hub_id
+
+    suite = load_suite(args.suite, args.set)
+    check_tasks(suite.tasks, source=args.suite, spec=suite.eval)
+    items = eval_items(suite.tasks, args.suite, show_progress=args.verbose)
+    _echo(f"tasks: {len(items)} ({sum(map(len, items.values()))} documents) loaded by lm-eval, "
+          "their datasets in the local cache")
+    for field in DataSpec.model_fields:
+        if getattr(suite.data, field) is not None:
+            read_rows(getattr(suite.data, field))
+    ensure_cached(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
+    check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
+    if is_hub_id(suite.model):
+        from huggingface_hub import try_to_load_from_cache
+
+        _echo(f"model: {suite.model} in the local Hugging Face cache: "
+              f"{Path(try_to_load_from_cache(suite.model, 'config.json')).parent}")
+    _echo("cached under HF_HOME; a sweep elsewhere reads that cache (copy it, or share HF_HOME)")
+    return 0
 
 
 def _stop_on_sigterm() -> None:
@@ -316,7 +372,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, args.set)
     # the same forms as a suite's model: builtin:NAME, a save_pretrained folder, a hub id
     check_model(args.model, "forgetbench eval", field="MODEL", trust_remote_code=suite.trust_remote_code)
-    check_tasks(suite.tasks, source=args.suite)
+    check_tasks(suite.tasks, source=args.suite, spec=None if args.print_lm_eval else suite.eval)
     if args.print_lm_eval:  # the lm_eval CLI command that computes the same scores
         import shlex
 
@@ -426,6 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formula", default="fsdp", choices=["fsdp", "textbook"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("cache", parents=[common],
+                       help="download the model and the tasks' datasets a suite reads from the hub (then run offline)")
+    p.add_argument("suite", help="suite YAML file, e.g. suites/medical-llama.yaml")
+    with_set(p)
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("train", parents=[common],
                        help="train one point (what a sweep launches; runs under torchrun)")

@@ -44,6 +44,88 @@ def _hub_revision(model: str) -> dict[str, str]:
     return {"revision": Path(cached).parent.name} if isinstance(cached, str) else {}
 
 
+# What from_pretrained reads of a hub model (config, safetensors weights, tokenizer, chat
+# template), not a repository's other copies of the weights (Llama's original/*.pth, GGUF ...)
+HUB_MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")
+_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors",
+                 "pytorch_model.bin.index.json", "pytorch_model.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+
+
+def is_hub_id(model: str) -> bool:
+    """A model the Hugging Face hub serves (not ``builtin:``, not a local folder)."""
+    return not model.startswith(BUILTIN_PREFIX) and not Path(model).is_dir()
+
+
+def missing_from_cache(model: str) -> list[str]:
+    """What of hub model ``model`` the local Hugging Face cache lacks to load it without the
+    hub: ``config``, ``weights`` (every shard its index names), ``tokenizer``; nothing for a
+    model it holds whole, a ``builtin:`` one or a local folder. Reads the cache only."""
+    if not is_hub_id(model):
+        return []
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(model, "config.json")
+    if not isinstance(config, str):
+        return ["config", "weights", "tokenizer"]
+    snapshot = Path(config).parent
+    missing = []
+    weights = next((snapshot / name for name in _WEIGHT_FILES if (snapshot / name).exists()), None)
+    if weights is None or (weights.name.endswith(".index.json") and not all(
+            (snapshot / shard).exists() for shard in json.loads(weights.read_text())["weight_map"].values())):
+        missing.append("weights")
+    if not any((snapshot / name).exists() for name in _TOKENIZER_FILES):
+        missing.append("tokenizer")
+    return missing
+
+
+def fetch_model(model: str, trust_remote_code: bool = False) -> Path:
+    """Download hub model ``model``'s files that from_pretrained reads into the local Hugging
+    Face cache (huggingface_hub's ``snapshot_download``, as ``hf download`` does); its snapshot
+    folder. A model without safetensors weights gets its ``*.bin`` ones."""
+    from huggingface_hub import snapshot_download
+
+    patterns = [*HUB_MODEL_FILES, *(["*.py"] if trust_remote_code else [])]
+    folder = Path(snapshot_download(model, allow_patterns=patterns))
+    if "weights" in missing_from_cache(model):
+        snapshot_download(model, allow_patterns=["*.bin"])
+    return folder
+
+
+def cache_command(model: str) -> str:
+    """An ``hf download`` command that caches what :func:`fetch_model` downloads (and more: every
+    file of the repository but Llama's original checkpoint)."""
+    return f"hf download {model} --exclude 'original/*'"
+
+
+def ensure_cached(model: str, source: str, *, trust_remote_code: bool = False) -> None:
+    """Before a sweep starts its jobs: a hub model whole in the local Hugging Face cache,
+    downloaded now when the hub is reachable (once, for every job that reads it, which on a
+    cluster may run where the hub is not). When it cannot be, one line naming ``source`` (the
+    suite file) and the command that caches it."""
+    if not missing_from_cache(model):
+        return
+    reason = ""
+    try:
+        fetch_model(model, trust_remote_code)
+    except Exception as exc:  # offline, unreachable, gated, no such repository ...
+        first = (" ".join(str(exc).split()).split(". ") or [""])[0][:200]
+        reason = f" ({type(exc).__name__}: {first})" if first else f" ({type(exc).__name__})"
+        if type(exc).__name__ == "GatedRepoError":
+            reason += ("; it is gated: accept its license on its hub page, then log in with "
+                       "`hf auth login`")
+    missing = missing_from_cache(model)
+    if missing:
+        from huggingface_hub import constants
+
+        reason = reason or (" (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else "")
+        raise ForgetbenchError(
+            f"{source}: model: {model}: its {' and '.join(missing)} are not in the local Hugging Face "
+            f"cache ({constants.HF_HUB_CACHE}) and could not be downloaded{reason}; where the hub is "
+            f"reachable, run `forgetbench cache {source}` (or `{cache_command(model)}`) with the same "
+            "HF_HOME, or copy that cache here")
+
+
 def model_hash(model: str) -> str:
     """A short hash of :func:`model_fingerprint`, for file names."""
     return json_digest(model_fingerprint(model))[:8]
@@ -99,8 +181,11 @@ def check_model(model: str, source: str, *, field: str = "model",
                 "which forgetbench does not run unless told to; read that code, then set "
                 "trust_remote_code: true in the suite") from None
         reason = " ".join(str(exc).split()).split(". ")[0].rstrip(".")[:300]  # its first sentence
+        suite = source if source.endswith((".yaml", ".yml")) else "SUITE"
         fix = ("set it to a folder written by save_pretrained (config.json and weights)"
                if Path(model).is_dir() else
-               f"with no network here, download it where there is one (hf download {model}) and "
-               "copy the Hugging Face cache, or set it to a local save_pretrained folder")
+               f"with no network here, cache it where there is one and copy the Hugging Face cache "
+               f"(`hf download {model} config.json` is enough for `forgetbench plan` and `sweep "
+               f"--dry-run`; `forgetbench cache {suite}` caches all a sweep reads), or set it to a "
+               "local save_pretrained folder")
         raise ForgetbenchError(f"{source}: {field}: cannot load {model} ({reason}); {fix}") from None

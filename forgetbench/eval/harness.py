@@ -256,18 +256,27 @@ def _task_manager(include_path: tuple[Path, ...], defaults: bool):
     return TaskManager(include_path=[str(p) for p in include_path] or None, include_defaults=defaults)
 
 
-def _needs_registry(tasks: TasksSpec) -> bool:
+def registered_tasks(tasks: TasksSpec) -> list[str]:
+    """The suite's tasks that lm-eval's registry defines (not its ``include_path`` folders)."""
     local = _local_task_files(tasks.include_path)
-    return any(t.name not in local for t, _ in tasks.all())
+    return [t.name for t, _ in tasks.all() if t.name not in local]
 
 
-def check_tasks(tasks: TasksSpec, source: str = "suite") -> None:
-    """Fail before any training if a task name is neither bundled nor known to lm-eval."""
+def _needs_registry(tasks: TasksSpec) -> bool:
+    return bool(registered_tasks(tasks))
+
+
+def check_tasks(tasks: TasksSpec, source: str = "suite", spec: EvalSpec | None = None) -> None:
+    """Fail before any training if a task name is neither bundled nor known to lm-eval, or a
+    registered task's declared metric is not one its YAML config reports; with ``spec``, also
+    if a task executes generated code (``unsafe_code``) without both opt-ins it needs. Reads
+    lm-eval's task index only: no dataset is loaded."""
     local = _local_task_files(tasks.include_path)
     missing = [(t, role) for t, role in tasks.all() if t.name not in local]
     if not missing:
         return
-    known = set(_task_manager(tasks.include_path, True).all_tasks) | set(local)
+    manager = _task_manager(tasks.include_path, True)
+    known = set(manager.all_tasks) | set(local)
     for task, role in missing:
         if task.name not in known:
             close = difflib.get_close_matches(task.name, sorted(known), n=3)
@@ -275,6 +284,53 @@ def check_tasks(tasks: TasksSpec, source: str = "suite") -> None:
                 "; list lm-eval's tasks with `lm-eval ls tasks`")
             raise ForgetbenchError(f"{source}: tasks.{role}: unknown lm-eval task "
                                    f"{task.name!r}{hint}")
+    for task, role, index in _indexed_tasks(tasks):
+        cfg = None if task.name in local else registry_config(manager, task.name)
+        if cfg is None:  # bundled: checked with its documents; a group or tag: on the base model's scores
+            continue
+        names, functions = config_metrics(cfg)
+        if task.metric is not None and task.metric not in names and not functions:
+            raise ForgetbenchError(f"{source}: tasks.{role}[{index}].metric: {task.metric!r} is not a metric "
+                                   f"lm-eval reports for task {task.name!r}; valid: {', '.join(names)}")
+        if spec is not None and cfg.get("unsafe_code"):
+            if not spec.confirm_run_unsafe_code:
+                raise ForgetbenchError(
+                    f"{source}: tasks.{role}[{index}]: task {task.name!r} executes the code the model "
+                    "writes; set eval.confirm_run_unsafe_code: true (and HF_ALLOW_CODE_EVAL=1) where "
+                    "that is acceptable, such as a container or VM, or drop the task")
+            if os.environ.get("HF_ALLOW_CODE_EVAL") != "1":  # its code_eval metric refuses to load without it
+                raise ForgetbenchError(
+                    f"{source}: tasks.{role}[{index}]: task {task.name!r} executes the code the model "
+                    "writes, which HF evaluate's code_eval runs only with HF_ALLOW_CODE_EVAL=1 in the "
+                    "environment; export HF_ALLOW_CODE_EVAL=1 where that is acceptable, or drop the task")
+
+
+def registry_config(manager, name: str) -> dict[str, Any] | None:
+    """A registered task's YAML config as lm-eval's task index holds it (includes merged,
+    ``!function`` tags unresolved: the function's path); None for a group, a tag, a Python
+    task, or an lm-eval whose index does not keep configs."""
+    entry = manager.task_index.get(name)
+    cfg = getattr(entry, "cfg", None)
+    kind = getattr(getattr(entry, "kind", None), "name", None)
+    return cfg if kind == "TASK" and isinstance(cfg, dict) and cfg.get("task") == name else None
+
+
+def config_metrics(cfg: dict[str, Any]) -> tuple[list[str], bool]:
+    """The metric names lm-eval reports for a task, from its config alone (no data): each metric
+    of ``metric_list`` (else its output type's defaults) under each filter of ``filter_list``,
+    named as :func:`_metric_name` names them; and whether one of them is a Python function,
+    whose results may carry other names (humaneval's ``pass_at_k`` reports ``pass@1``)."""
+    from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY
+
+    listed = cfg.get("metric_list")
+    raw = ([m.get("metric") for m in listed if isinstance(m, dict)] if listed is not None
+           else list(DEFAULT_METRIC_REGISTRY.get(cfg.get("output_type"), [])))
+    # an unresolved !function is the path of the function: ".../mbpp/utils.pass_at_1"
+    functions = [m for m in raw if callable(m) or (isinstance(m, str) and "/" in m)]
+    metrics = [getattr(m, "__name__", None) or str(m).rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+               if m in functions else str(m) for m in raw]
+    filters = [f["name"] for f in cfg.get("filter_list") or () if isinstance(f, dict) and "name" in f] or ["none"]
+    return [_metric_name(m, f) for f in filters for m in metrics], bool(functions)
 
 
 def _indexed_tasks(tasks: TasksSpec) -> list[tuple[TaskSpec, str, int]]:
@@ -331,17 +387,22 @@ def reported_metrics(task) -> list[str]:
 def _check_metric(task: TaskSpec, field: str, loaded: dict[str, Any], source: str) -> None:
     """Refuse a declared headline metric the task's results will not have; checked from the
     task objects, so before the base model is evaluated. A group or tag (its name is not one
-    of its leaf tasks) is left to the check on the baseline's scores."""
+    of its leaf tasks), and a task with a Python function for a metric (which may report
+    other names: humaneval's pass_at_k reports pass@1), are left to the check on the
+    baseline's scores."""
     if task.metric is None or task.name not in loaded:
         return
     valid = reported_metrics(loaded[task.name])
+    listed = getattr(getattr(loaded[task.name], "config", None), "metric_list", None) or ()
+    if any(callable(m.get("metric")) for m in listed if isinstance(m, dict)):
+        return
     if task.metric not in valid:
         raise ForgetbenchError(f"{source}: {field}.metric: {task.metric!r} is not a metric "
                                f"lm-eval reports for task {task.name!r}; valid: {', '.join(valid)}")
 
 
-def eval_items(tasks: TasksSpec, source: str = "suite", *,
-               show_progress: bool = False) -> dict[str, list[tuple[str, str]]]:
+def eval_items(tasks: TasksSpec, source: str = "suite", *, show_progress: bool = False,
+               registry: bool = True) -> dict[str, list[tuple[str, str]]]:
     """lm-eval task name -> (question, answer) of every document of its evaluation split,
     in document order (``eval.limit`` ignored), for the suite's target and general tasks; a
     group or tag is listed by its subtasks. The texts are lm-eval's own ``doc_to_text`` and
@@ -349,12 +410,17 @@ def eval_items(tasks: TasksSpec, source: str = "suite", *,
     training data. Registry tasks load their datasets as an evaluation would.
 
     With the task objects loaded, each task's declared ``metric`` is checked against what
-    lm-eval will report (:func:`reported_metrics`): a typo fails here, before anything runs."""
+    lm-eval will report (:func:`reported_metrics`): a typo fails here, before anything runs.
+    ``registry`` False leaves out lm-eval's registered tasks (the bundled ones only: what a
+    dry run reads, which downloads nothing). Loading a registered task is what downloads its
+    dataset into the local cache where the hub is reachable (``forgetbench cache``)."""
     include = tasks.include_path
     local = _local_task_files(include)
-    manager = _task_manager(include, _needs_registry(tasks))
+    manager = _task_manager(include, _needs_registry(tasks) and registry)
     items: dict[str, list[tuple[str, str]]] = {}
     for task, role, index in _indexed_tasks(tasks):
+        if task.name not in local and not registry:
+            continue
         spec = _local_task_config(local[task.name]) if task.name in local else task.name
         with contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO()):
             try:
@@ -362,14 +428,28 @@ def eval_items(tasks: TasksSpec, source: str = "suite", *,
                 docs = {name: list(t.eval_docs) for name, t in loaded.items()}
             except Exception as exc:  # a dataset lm-eval cannot get (offline, gated ...)
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                fix = (f"; its dataset is not in the local cache and the hub cannot be reached: where "
+                       f"it can, run `forgetbench cache {source}` with the same HF_HOME, or copy that "
+                       "cache here" if _unreachable(exc) else "")
                 raise ForgetbenchError(
                     f"{source}: tasks.{role}: lm-eval could not load the documents of task "
                     f"{task.name!r} to check them against the training data "
-                    f"({type(exc).__name__}: {first[:200]})") from exc
+                    f"({type(exc).__name__}: {first[:200]}){fix}") from exc
         _check_metric(task, f"tasks.{role}[{index}]", loaded, source)
         for name, t in loaded.items():
             items[name] = [_question_answer(t, doc) for doc in docs[name]]
     return items
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The error (or one it came from) says the hub could not be reached: offline mode, no
+    network, a time-out, a file the cache does not hold."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return any(isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in (
+        "OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout") for e in chain)
 
 
 def _split_metric_key(key: str) -> tuple[str, str] | None:
