@@ -103,7 +103,7 @@ def _print_files(root: Path) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.config import load_cluster, load_suite
-    from forgetbench.datafiles import read_rows
+    from forgetbench.datafiles import read_rows, uncached_hub_data
     from forgetbench.devices import resolve_device
     from forgetbench.eval.harness import check_tasks, eval_items
     from forgetbench.executor import LocalExecutor, lanes, model_modules
@@ -146,16 +146,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # documents of lm-eval's registered tasks, is left to the sweep, which checks it first,
     # having downloaded the model where the hub is reachable (else it stops, naming the command)
     uncached = missing_from_cache(suite.model) if args.dry_run else []
+    data = [getattr(suite.data, f) for f in type(suite.data).model_fields]
+    hub_data = uncached_hub_data(data) if args.dry_run else []
     if not args.dry_run:
         ensure_cached(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
-    if "tokenizer" not in uncached:
+    if "tokenizer" not in uncached and not hub_data:
         check_training(suite, args.suite)
     suite_gate(suite)  # the release gate the verdict judges by: a bad file fails now, not at the end
-    # no eval item, nor a held-out row, is trained on; always refused (see leakage.py)
-    check_leakage(suite, eval_items(suite.tasks, args.suite, show_progress=args.verbose,
-                                    registry=not args.dry_run))
-    if suite.data.fisher is not None:  # the one data file the leakage guard does not read
-        read_rows(suite.data.fisher)
+    if not hub_data:
+        # no eval item, nor a held-out row, is trained on; always refused (see leakage.py)
+        check_leakage(suite, eval_items(suite.tasks, args.suite, show_progress=args.verbose,
+                                        registry=not args.dry_run))
+        if suite.data.fisher is not None:  # the one data file the leakage guard does not read
+            read_rows(suite.data.fisher)
     planned = plan(suite)
     check_fits(suite, args.suite, args.force)
     if args.dry_run:
@@ -165,7 +168,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         key = eval_key(eval_settings(suite.tasks, suite.eval))
         for line in plan_lines(suite, planned, Path(args.runs_dir), key, args.jobs):
             _echo(line)
-        for line in _left_to_the_sweep(suite, args.suite, uncached):
+        for line in _left_to_the_sweep(suite, args.suite, uncached, hub_data):
             _echo(line)
         if executor is not None:
             from forgetbench.sweep import jobs_to_run
@@ -215,19 +218,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
-def _left_to_the_sweep(suite, source: str, uncached: list[str]) -> list[str]:
+def _left_to_the_sweep(suite, source: str, uncached: list[str], hub_data: list) -> list[str]:
     """What a dry run left unchecked, having downloaded nothing, and the command that caches
     what the sweep will read."""
     from forgetbench.eval.harness import registered_tasks
 
     registered = registered_tasks(suite.tasks)
     unchecked = ([f"the training data against the documents of lm-eval's {len(registered)} registered tasks"]
-                 * bool(registered)
+                 * bool(registered and not hub_data)
+                 + ["the training data against the evaluation items and the held-out rows against the "
+                    "training data (leakage)"] * bool(hub_data)
                  + [f"sweep.epochs and train.max_seq_len against the training data as {suite.model}'s "
-                    "tokenizer reads it"] * ("tokenizer" in uncached))
+                    "tokenizer reads it"] * bool("tokenizer" in uncached or hub_data))
     if not unchecked:
         return []
     what = ([f"{suite.model}'s {' and '.join(uncached)}, not in the local Hugging Face cache"] * bool(uncached)
+            + [f"the training data's {', '.join(str(d) for d in dict.fromkeys(hub_data))}, not cached"]
+            * bool(hub_data)
             + ["the tasks' datasets, if they are not yet"] * bool(registered))
     return [f"not checked without downloading (the sweep checks it first): {'; '.join(unchecked)}",
             f"to cache first, where the hub is reachable: forgetbench cache {source}  ({'; '.join(what)})"]

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from forgetbench import regularizers
+from forgetbench.datafiles import DATA_SUFFIXES, DATASET_BUILDERS, DatasetSource
 from forgetbench.errors import ForgetbenchError
 from forgetbench.schedule import SCHEDULES
 
@@ -93,44 +94,6 @@ class TasksSpec(_Strict):
         if dupes:
             raise ValueError(f"task listed twice: {', '.join(dupes)}")
         return self
-
-
-# local files the `datasets` library reads by their suffix (a path to one is a DatasetSource)
-DATASET_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
-DATA_SUFFIXES = (*DATASET_BUILDERS, ".json", ".jsonl", ".txt")  # what makes a folder a dataset
-
-
-class DatasetSource(_Strict):
-    """Rows read through the ``datasets`` library: a hub id, a local file (parquet, JSON or
-    JSON Lines, CSV, Arrow) or a local folder (written by ``save_to_disk``, or data files).
-    Each row becomes a prompt/completion pair or a text through ``prompt``/``completion`` or
-    ``text``: a field name, or a Jinja template over the row's fields as lm-eval's
-    ``doc_to_text`` is ("Question: {{question}}\nAnswer:"). None set: the fields named
-    prompt and completion, else text."""
-
-    dataset: Annotated[str, Field(min_length=1)]  # hub id, or a path relative to the suite file
-    name: str | None = None      # the dataset's configuration (load_dataset's ``name``)
-    split: str | None = None     # default: train (a folder saved from one split has none)
-    revision: str | None = None  # a hub dataset's branch, tag or commit
-    prompt: str | None = None
-    completion: str | None = None
-    text: str | None = None
-
-    @model_validator(mode="after")
-    def _one_mapping(self) -> DatasetSource:
-        if (self.prompt is None) != (self.completion is None):
-            raise ValueError("set prompt and completion together (a field name or a Jinja template each)")
-        if self.text is not None and self.prompt is not None:
-            raise ValueError("set prompt and completion, or text, not both")
-        return self
-
-    def is_local(self) -> bool:
-        """A path (made absolute when the suite loads), not a hub id."""
-        return Path(self.dataset).is_absolute()
-
-    def __str__(self) -> str:  # as messages name it
-        extra = [f"name {self.name}"] * bool(self.name) + [f"split {self.split}"] * bool(self.split)
-        return f"dataset {self.dataset}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _data_kind(value: Any) -> str:

@@ -10,13 +10,55 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from forgetbench.config import DATASET_BUILDERS, DatasetSource
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from forgetbench.errors import ForgetbenchError
 from forgetbench.store import file_digest, json_digest
+
+# local files the `datasets` library reads by their suffix (a path to one is a DatasetSource)
+DATASET_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+DATA_SUFFIXES = (*DATASET_BUILDERS, ".json", ".jsonl", ".txt")  # what makes a folder a dataset
+
+
+class DatasetSource(BaseModel):
+    """Rows read through the ``datasets`` library: a hub id, a local file (parquet, JSON or
+    JSON Lines, CSV, Arrow) or a local folder (written by ``save_to_disk``, or data files).
+    Each row becomes a prompt/completion pair or a text through ``prompt``/``completion`` or
+    ``text``: a field name, or a Jinja template over the row's fields as lm-eval's
+    ``doc_to_text`` is ("Question: {{question}}\nAnswer:"). None set: the fields named
+    prompt and completion, else text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: Annotated[str, Field(min_length=1)]  # hub id, or a path relative to the suite file
+    name: str | None = None      # the dataset's configuration (load_dataset's ``name``)
+    split: str | None = None     # default: train (a folder saved from one split has none)
+    revision: str | None = None  # a hub dataset's branch, tag or commit
+    prompt: str | None = None
+    completion: str | None = None
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _one_mapping(self) -> DatasetSource:
+        if (self.prompt is None) != (self.completion is None):
+            raise ValueError("set prompt and completion together (a field name or a Jinja template each)")
+        if self.text is not None and self.prompt is not None:
+            raise ValueError("set prompt and completion, or text, not both")
+        return self
+
+    def is_local(self) -> bool:
+        """A path (made absolute when the suite loads), not a hub id."""
+        return Path(self.dataset).is_absolute()
+
+    def __str__(self) -> str:  # as messages name it
+        extra = [f"name {self.name}"] * bool(self.name) + [f"split {self.split}"] * bool(self.split)
+        return f"dataset {self.dataset}" + (f" ({', '.join(extra)})" if extra else "")
+
 
 Source = Path | DatasetSource
 
@@ -81,6 +123,12 @@ def source_fingerprint(source: Source | None) -> Any:
     return {**where_from, **source.model_dump(exclude={"dataset"})}
 
 
+def uncached_hub_data(sources) -> list[DatasetSource]:
+    """The hub datasets among ``sources`` that the local Hugging Face cache does not hold."""
+    return [s for s in sources if isinstance(s, DatasetSource) and not s.is_local()
+            and _hub_commit(s.dataset, s.revision) is None]
+
+
 def _hub_commit(repo: str, revision: str | None) -> str | None:
     """The commit of a hub dataset's ``revision`` (default: main) in the local Hugging Face
     cache, read from its refs without network; None when it is not cached."""
@@ -119,17 +167,22 @@ def load_split(source: DatasetSource):
             if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
                 loaded = datasets.load_from_disk(str(path))
                 if isinstance(loaded, datasets.DatasetDict):
-                    if split not in loaded:
-                        raise ForgetbenchError(f"{source}: no split {split!r}; its splits: "
+                    # a slice, as load_dataset reads them: train[:-1000], train[100:200]
+                    name, lo, hi = re.fullmatch(r"(.+?)(?:\[(-?\d*):(-?\d*)\])?", split).groups()
+                    if name not in loaded:
+                        raise ForgetbenchError(f"{source}: no split {name!r}; its splits: "
                                                f"{', '.join(loaded)} (set split)")
-                    return loaded[split]
+                    part = loaded[name]
+                    if lo or hi:
+                        part = part.select(range(len(part))[slice(int(lo) if lo else None, int(hi) if hi else None)])
+                    return part
                 if source.split is not None:
                     raise ForgetbenchError(f"{source}: a single split saved with save_to_disk has no "
                                            "splits to choose from; remove split")
                 return loaded
-            if path.is_file():
+            if path.is_file():  # one file is split train (a slice of it: split train[:-1000])
                 builder = DATASET_BUILDERS.get(path.suffix, "json")
-                return datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
+                return datasets.load_dataset(builder, data_files={"train": str(path)}, split=split)
             return datasets.load_dataset(source.dataset, name=source.name, split=split,
                                          revision=source.revision)
         except ForgetbenchError:
@@ -139,9 +192,9 @@ def load_split(source: DatasetSource):
             args = ", ".join([repr(source.dataset)] + [f"{k}={v!r}" for k, v in (
                 ("name", source.name), ("split", split), ("revision", source.revision)) if v is not None])
             fix = "" if source.is_local() else (
-                "; with no network here, cache it where the hub is reachable: python -c "
-                f"\"import datasets; datasets.load_dataset({args})\" and copy the Hugging Face cache "
-                "(~/.cache/huggingface)")
+                "; with no network here, cache it where the hub is reachable (forgetbench cache SUITE, or "
+                f"python -c \"import datasets; datasets.load_dataset({args})\") and copy the Hugging Face "
+                "cache (~/.cache/huggingface)")
             raise ForgetbenchError(f"{source}: cannot load it ({type(exc).__name__}: {first}){fix}") from None
 
 
@@ -167,8 +220,10 @@ def _dataset_rows_cached(source: DatasetSource, _fingerprint: str) -> tuple[tupl
                                "prompt and completion (field names or Jinja templates), or text")
     render = {key: _renderer(source, key, value, columns) for key, value in mapping.items()}
     rows = []
-    for i, doc in enumerate(split):
+    for i, doc in enumerate(split.to_list()):
         row = {key: fn(i, doc) for key, fn in render.items()}
+        if "text" in row and not row["text"].strip():
+            continue  # an empty text row (wikitext has many) would teach nothing but EOS
         rows.append((i, row))
     if not rows:
         raise ForgetbenchError(f"{source}: no rows")

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from forgetbench.datafiles import source_fingerprint
+
 NONE = "none"  # plain training: no entry, no state
 
 
@@ -88,8 +90,6 @@ def _fisher_data(suite: Any) -> Any:
 
 def _fisher_identity(suite: Any) -> dict[str, Any]:
     """What EWC's Fisher depends on besides the model (with it, the key of its cache)."""
-    from forgetbench.datafiles import source_fingerprint  # (datafiles imports config, which imports us)
-
     t = suite.train
     return {"data": source_fingerprint(_fisher_data(suite)), "ewc": t.ewc.model_dump(mode="json"),
             "seed": t.seed, "max_seq_len": t.max_seq_len, "dtype": t.dtype}

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from forgetbench.cli import main
@@ -10,7 +12,11 @@ from tests.conftest import SUITES, suite_dict
 def test_every_shipped_suite_validates(path):
     suite = load_suite(path)
     assert suite.points()
-    assert suite.data.target.is_absolute() and suite.data.target.exists()
+    for field in type(suite.data).model_fields:  # every local path made absolute, and there
+        source = getattr(suite.data, field)
+        local = getattr(source, "dataset", None) if not isinstance(source, Path) else source
+        if local is not None and (isinstance(source, Path) or source.is_local()):
+            assert Path(local).is_absolute() and Path(local).exists()
 
 
 def test_paths_resolve_against_the_suite_folder(monkeypatch, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from forgetbench.cli import main
 from forgetbench.config import DatasetSource, Point, load_suite
-from forgetbench.datafiles import read_rows, source_fingerprint
+from forgetbench.datafiles import numbered_rows, read_rows, source_fingerprint
 from forgetbench.errors import ForgetbenchError
 from forgetbench.leakage import check_leakage
 from forgetbench.sweep import planned
@@ -56,6 +56,12 @@ def test_a_parquet_file_mapped_by_templates_gives_the_rows_of_the_jsonl_it_was_m
     # the same by field names, with a column of numbers made text
     named = suite_with(write_suite, target={"dataset": str(parquet), "prompt": "question", "completion": "n"})
     assert read_rows(named.data.target)[3] == {"prompt": jsonl[3]["prompt"], "completion": "3"}
+    # a slice of the file's rows; a text mapping skips the rows it leaves empty
+    part = suite_with(write_suite, target={"dataset": str(parquet), "split": "train[:-5]", **TEMPLATE})
+    assert read_rows(part.data.target) == jsonl[:-5]
+    texts = suite_with(write_suite, target={"dataset": str(parquet), "text": "{% if n % 2 %}{{ question }}{% endif %}"})
+    assert numbered_rows(texts.data.target)[:2] == [(1, {"text": jsonl[1]["prompt"]}),
+                                                    (3, {"text": jsonl[3]["prompt"]})]
 
 
 def test_a_saved_dataset_folder_is_read_by_split(write_suite, saved):
@@ -63,6 +69,8 @@ def test_a_saved_dataset_folder_is_read_by_split(write_suite, saved):
     validation = suite_with(write_suite, target={"dataset": str(saved), "split": "validation", **TEMPLATE})
     rows = read_rows(SUITES / "data" / "medical_train.jsonl")
     assert read_rows(train.data.target) == rows[:100] and read_rows(validation.data.target) == rows[100:]
+    sliced = suite_with(write_suite, target={"dataset": str(saved), "split": "train[-10:]", **TEMPLATE})
+    assert read_rows(sliced.data.target) == rows[90:100]  # a slice, as load_dataset reads hub splits
     wrong = suite_with(write_suite, target={"dataset": str(saved), "split": "test", **TEMPLATE})
     with pytest.raises(ForgetbenchError, match=r"no split 'test'; its splits: train, validation \(set split\)"):
         read_rows(wrong.data.target)

@@ -161,9 +161,12 @@ def test_dry_run_lists_the_points_offline_and_writes_nothing(offline_hub, tmp_pa
     listed = [line for line in out.splitlines() if line.startswith("  ") and line.endswith("[pending]")]
     assert [line.split("  ")[2] for line in listed] == [p.label() for p in points]
     assert f"to run: {len(points)} to train and evaluate" in out
-    assert (f"lm-eval's {len(suite.all_tasks())} registered tasks; sweep.epochs and train.max_seq_len "
-            f"against the training data as {model}'s tokenizer reads it") in out
+    # the training data are hub datasets not cached here: nothing that reads them runs
+    assert ("not checked without downloading (the sweep checks it first): the training data against the "
+            "evaluation items and the held-out rows against the training data (leakage); sweep.epochs and "
+            f"train.max_seq_len against the training data as {model}'s tokenizer reads it") in out
     assert f"forgetbench cache {source}  ({model}'s weights and tokenizer, not in the local" in out
+    assert f"the training data's {suite.data.target}, " in out
     assert not runs.exists()
 
 
@@ -260,3 +263,42 @@ def test_cache_of_a_suite_on_this_machine_reads_it_all(offline_hub, capsys):
     assert main(["cache", str(SUITES / "medical.yaml")]) == 0
     out = capsys.readouterr().out
     assert "tasks: 4 (581 documents) loaded by lm-eval" in out and "model:" not in out
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_the_suites_data_templates_render_rows_shaped_as_their_hub_datasets(name, tmp_path):
+    """The hub datasets cannot be read here: rows with their columns (MedMCQA: question, opa-opd,
+    cop 0-3, exp or null; Dolly: instruction, context, response; wikitext: text) stand in."""
+    import pandas as pd
+
+    from forgetbench.datafiles import read_rows
+
+    pd.DataFrame({"question": ["Which vitamin deficiency causes scurvy?"] * 2, "opa": ["A"] * 2,
+                  "opb": ["C"] * 2, "opc": ["D"] * 2, "opd": ["K"] * 2, "cop": [1, 1],
+                  "exp": ["Ascorbic acid is needed for collagen.", None]}).to_parquet(tmp_path / "medmcqa.parquet")
+    pd.DataFrame({"instruction": ["Name a prime.", "Summarise."], "context": ["", "Rome is old."],
+                  "response": ["7", "Old city."]}).to_parquet(tmp_path / "dolly.parquet")
+    wiki = pd.DataFrame({"text": [" = Valkyria = \n", "", " The game began in 2010 .\n"]})
+    wiki.to_parquet(tmp_path / "wiki.parquet")
+    local = {"openlifescienceai/medmcqa": "medmcqa", "databricks/databricks-dolly-15k": "dolly",
+             "Salesforce/wikitext": "wiki"}
+    suite = load_suite(SUITES / name)
+    for field in ("target", "validation", "replay", "general_heldout"):
+        source = getattr(suite.data, field)
+        stand_in = source.model_copy(update={"dataset": str(tmp_path / f"{local[source.dataset]}.parquet"),
+                                             "split": "train", "name": None})
+        rows = read_rows(stand_in)
+        if local[source.dataset] == "medmcqa":
+            first, second = rows
+            assert first["prompt"].removeprefix("Question: ").startswith("Which vitamin deficiency causes scurvy?")
+            assert "A. A\nB. C\nC. D\nD. K" in first["prompt"]
+            if suite.train.chat_template:  # the answer with its explanation, none when it has none
+                assert first["completion"] == "The answer is B. Ascorbic acid is needed for collagen."
+                assert second["completion"] == "The answer is B."
+            else:  # the letter, as the medmcqa task scores it
+                assert first["prompt"].endswith("Answer:") and first["completion"] == second["completion"] == " B"
+        elif local[source.dataset] == "dolly":
+            assert [r["prompt"] for r in rows] == ["Name a prime.", "Summarise.\n\nRome is old."]
+            assert [r["completion"] for r in rows] == ["7", "Old city."]
+        else:  # wikitext's empty lines are skipped
+            assert rows == [{"text": " = Valkyria = \n"}, {"text": " The game began in 2010 .\n"}]
