@@ -67,7 +67,7 @@ def fsdp_runs(family_suites, tmp_path_factory) -> Path:
         atomic_write_json(point_files[-1], pp.record(suite))  # as `forgetbench train SUITE --point` writes it
     worker = Path(__file__).with_name("families_fsdp_worker.py")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(worker), *map(str, point_files)], capture_output=True, text=True, timeout=600,
+                           str(worker), *map(str, point_files)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-3000:]
     return runs
