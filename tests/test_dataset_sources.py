@@ -145,8 +145,12 @@ def test_a_hub_dataset_is_identified_by_the_commit_the_cache_holds(tmp_path, mon
 
 def test_a_hub_dataset_that_is_not_cached_names_the_command_that_caches_it(write_suite, tmp_path, monkeypatch,
                                                                            capsys):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets.config
+    from huggingface_hub import constants
+
+    # the libraries read these when imported: offline now, without a network's retries
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     path = write_suite(suite_dict(**{"data.target": {"dataset": "forgetbench-test/no-such-set", "name": "qa",
                                                      "prompt": "q", "completion": "a"}}))
     assert main(["sweep", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
