@@ -73,6 +73,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, help="eval.batch_size (default: the suite's)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each, alternated; the fastest counts")
     args = p.parse_args()
+    if Path(args.model).is_dir():  # (the runs below start in a temporary folder)
+        args.model = str(Path(args.model).resolve())
     overrides = list(args.set)
     if args.device:
         overrides.append(f"eval.device={args.device}")

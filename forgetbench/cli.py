@@ -250,7 +250,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from forgetbench.models import check_model, ensure_cached, is_hub_id
 
     suite = load_suite(args.suite, args.set)
-    check_tasks(suite.tasks, source=args.suite, spec=suite.eval)
+    check_tasks(suite.tasks, source=args.suite)  # (downloading runs no code: no code-eval opt-ins needed)
     items = eval_items(suite.tasks, args.suite, show_progress=args.verbose)
     _echo(f"tasks: {len(items)} ({sum(map(len, items.values()))} documents) loaded by lm-eval, "
           "their datasets in the local cache")

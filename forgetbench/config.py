@@ -453,7 +453,7 @@ def _resolve_data(value: Path | DatasetSource | None, field: str, base: Path,
     if value is None:
         return None
     if isinstance(value, Path):
-        full = (base / value).expanduser().resolve()
+        full = (base / value.expanduser()).resolve()
         if full.is_dir() or full.suffix in DATASET_BUILDERS:
             return _resolve_data(DatasetSource(dataset=str(value)), field, base, source)
         if not full.exists():
@@ -462,7 +462,7 @@ def _resolve_data(value: Path | DatasetSource | None, field: str, base: Path,
         return full
     text = value.dataset
     if text.startswith((".", "/", "~")) or (base / text).exists() or Path(text).suffix in DATASET_BUILDERS:
-        full = (base / text).expanduser().resolve()
+        full = (base / Path(text).expanduser()).resolve()
         if not full.exists():
             raise ForgetbenchError(f"{source}: {field}.dataset: not found: {full} (paths are relative "
                                    "to the suite file's folder; a hub id looks like org/name)")

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from forgetbench.errors import ForgetbenchError
+from forgetbench.errors import ForgetbenchError, unreachable
 from forgetbench.store import file_digest, json_digest
 
 # local files the `datasets` library reads by their suffix (a path to one is a DatasetSource)
@@ -182,16 +182,20 @@ def load_split(source: DatasetSource):
                 return loaded
             if path.is_file():  # one file is split train (a slice of it: split train[:-1000])
                 builder = DATASET_BUILDERS.get(path.suffix, "json")
-                return datasets.load_dataset(builder, data_files={"train": str(path)}, split=split)
+                # datasets knows a local file by its path and mtime: a cache folder of its own
+                # per content, so a file rewritten with its old mtime is not read stale
+                cache = Path(datasets.config.HF_DATASETS_CACHE) / "forgetbench" / file_digest(path)
+                return datasets.load_dataset(builder, data_files={"train": str(path)}, split=split,
+                                             cache_dir=str(cache))
             return datasets.load_dataset(source.dataset, name=source.name, split=split,
                                          revision=source.revision)
         except ForgetbenchError:
             raise
-        except Exception as exc:  # offline, gated, misspelt, a bad split: its own first line
+        except (OSError, ValueError, ImportError) as exc:  # offline, gated, misspelt, a bad split: its first line
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             args = ", ".join([repr(source.dataset)] + [f"{k}={v!r}" for k, v in (
                 ("name", source.name), ("split", split), ("revision", source.revision)) if v is not None])
-            fix = "" if source.is_local() else (
+            fix = "" if source.is_local() or not unreachable(exc) else (
                 "; with no network here, cache it where the hub is reachable (forgetbench cache SUITE, or "
                 f"python -c \"import datasets; datasets.load_dataset({args})\") and copy the Hugging Face "
                 "cache (~/.cache/huggingface)")
@@ -205,7 +209,12 @@ def _dataset_rows(source: DatasetSource) -> list[tuple[int, dict]]:
 @lru_cache(maxsize=8)
 def _dataset_rows_cached(source: DatasetSource, _fingerprint: str) -> tuple[tuple[int, dict], ...]:
     """(row index, mapped row) of a dataset, read once per process while it is unchanged."""
+    before = None if source.is_local() else _hub_commit(source.dataset, source.revision)
     split = load_split(source)
+    after = None if source.is_local() else _hub_commit(source.dataset, source.revision)
+    if before is not None and after != before:  # read: the new commit; hashed into the point: the old one
+        raise ForgetbenchError(f"{source}: a new revision was downloaded while it was read ({before[:12]} -> "
+                               f"{(after or '?')[:12]}); run the command again, or pin data.*.revision")
     columns = list(split.column_names)
     if source.text is not None:
         mapping = {"text": source.text}
@@ -270,5 +279,7 @@ def _jinja():
     # sandboxed: a suite's template reads a row, nothing else
     from jinja2.sandbox import SandboxedEnvironment
 
-    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    # a null cell (MedMCQA's missing explanations) renders as nothing, not as the text "None"
+    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                finalize=lambda value: "" if value is None else value)
 

@@ -92,7 +92,9 @@ def _fisher_identity(suite: Any) -> dict[str, Any]:
     """What EWC's Fisher depends on besides the model (with it, the key of its cache)."""
     t = suite.train
     return {"data": source_fingerprint(_fisher_data(suite)), "ewc": t.ewc.model_dump(mode="json"),
-            "seed": t.seed, "max_seq_len": t.max_seq_len, "dtype": t.dtype}
+            "seed": t.seed, "max_seq_len": t.max_seq_len, "dtype": t.dtype,
+            # the rows as chat turns are other rows (off: the key Fishers had before)
+            **({"chat_template": True} if t.chat_template else {})}
 
 
 def _fisher_check(suite: Any) -> str | None:

@@ -27,7 +27,7 @@ import yaml
 
 from forgetbench.config import EvalSpec, TaskSpec, TasksSpec
 from forgetbench.devices import resolve_device
-from forgetbench.errors import ForgetbenchError
+from forgetbench.errors import ForgetbenchError, unreachable
 
 # lm-eval's per-sample fields we keep: enough to pair items and to read what the model said
 _SAMPLE_TEXT_LIMIT = 200
@@ -175,8 +175,11 @@ def model_pins(model_dir: str | Path, trust_remote_code: bool = False) -> dict[s
         found = [getattr(config, a) for a in ("n_positions", "max_position_embeddings", "n_ctx")
                  if isinstance(getattr(config, a, None), int)]
         max_length = found[0] if found else (tok.model_max_length if tok.model_max_length < 10**12 else 2048)
-    return {"add_bos_token": tok.bos_token_id is not None and ids[:1] == [tok.bos_token_id],
-            "max_length": int(max_length)}
+    # True: it prepends BOS; False: it adds no special token at all; None (the tokenizer's
+    # default, unpinned): it adds others, which lm-eval's add_special_tokens=False would drop
+    adds_bos = tok.bos_token_id is not None and ids[:1] == [tok.bos_token_id]
+    plain = ids == tok("a", add_special_tokens=False)["input_ids"]
+    return {"add_bos_token": True if adds_bos else (False if plain else None), "max_length": int(max_length)}
 
 
 def lm_eval_config(tasks: TasksSpec) -> str | None:
@@ -213,7 +216,7 @@ def lm_eval_command(model_dir: str | Path, tasks: TasksSpec, spec: EvalSpec, tru
                     "custom_dataset function as suites/tasks/fb_data.py does")
     e = spec
     pins = pins if pins is not None else model_pins(model_dir, trust_remote_code)
-    model_args = {"pretrained": str(model_dir), "dtype": e.dtype, **pins,
+    model_args = {"pretrained": str(model_dir), "dtype": e.dtype, **{k: v for k, v in pins.items() if v is not None},
                   **({"trust_remote_code": True} if trust_remote_code else {})}
     # key=value,...; as JSON when the model's path holds a comma or an equals sign
     args = (",".join(f"{k}={v}" for k, v in model_args.items()) if not any(c in str(model_dir) for c in ",=")
@@ -430,7 +433,7 @@ def eval_items(tasks: TasksSpec, source: str = "suite", *, show_progress: bool =
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 fix = (f"; its dataset is not in the local cache and the hub cannot be reached: where "
                        f"it can, run `forgetbench cache {source}` with the same HF_HOME, or copy that "
-                       "cache here" if _unreachable(exc) else "")
+                       "cache here" if unreachable(exc) else "")
                 raise ForgetbenchError(
                     f"{source}: tasks.{role}: lm-eval could not load the documents of task "
                     f"{task.name!r} to check them against the training data "
@@ -439,17 +442,6 @@ def eval_items(tasks: TasksSpec, source: str = "suite", *, show_progress: bool =
         for name, t in loaded.items():
             items[name] = [_question_answer(t, doc) for doc in docs[name]]
     return items
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """The error (or one it came from) says the hub could not be reached: offline mode, no
-    network, a time-out, a file the cache does not hold."""
-    chain: list[BaseException] = []
-    while exc is not None and exc not in chain:
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return any(isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in (
-        "OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout") for e in chain)
 
 
 def _split_metric_key(key: str) -> tuple[str, str] | None:

@@ -31,6 +31,10 @@ def tokenize(rows: list[dict], tokenizer, max_len: int, *, chat: bool = False) -
     the assistant header: what a chat evaluation gives the model) is masked; the reply and
     the template's end of turn are learned, and stand in for EOS. Text rows stay plain text."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    # a chat prompt gets the BOS the tokenizer prepends to any text unless its template wrote it,
+    # as lm-eval encodes a chat prompt (add_bos_token pinned from the same tokenizer)
+    bos = tokenizer.bos_token_id
+    chat_bos = [bos] if chat and bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else []
     out = []
     for row in rows:
         if "text" in row:
@@ -40,6 +44,8 @@ def tokenize(rows: list[dict], tokenizer, max_len: int, *, chat: bool = False) -
             if chat:
                 prompt_text, reply_text = chat_turns(tokenizer, row["prompt"], row["completion"])
                 prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+                if chat_bos and not prompt_text.startswith(tokenizer.bos_token):
+                    prompt = chat_bos + prompt
                 completion = tokenizer(reply_text, add_special_tokens=False)["input_ids"]
             else:
                 prompt = tokenizer(row["prompt"])["input_ids"]

@@ -87,3 +87,18 @@ def test_chat_training_needs_a_template_that_renders_the_prompt_as_the_conversat
                               "{% if add_generation_prompt %}[bot] {% endif %}")
     with pytest.raises(ForgetbenchError, match="does not render a conversation as the prompt's rendering"):
         data.tokenize(row, chat_tok, 64, chat=True)
+
+
+def test_a_chat_prompt_starts_with_bos_where_the_tokenizer_prepends_one_and_the_template_does_not():
+    from transformers import LlamaTokenizer
+
+    texts = ["What does atenolol treat?", "High blood pressure."] * 20
+    tok = LlamaTokenizer(add_bos_token=True).train_new_from_iterator(texts, vocab_size=300)
+    assert tok("a")["input_ids"][0] == tok.bos_token_id  # (as Llama's own tokenizers do)
+    row = [{"prompt": "What does atenolol treat?", "completion": "High blood pressure."}]
+    tok.chat_template = CHATML  # no {{ bos_token }} in it
+    [ex] = data.tokenize(row, tok, 128, chat=True)
+    assert ex.input_ids[0] == tok.bos_token_id and list(ex.input_ids).count(tok.bos_token_id) == 1
+    tok.chat_template = "{{ bos_token }}" + CHATML  # the template writes it: not twice
+    [ex] = data.tokenize(row, tok, 128, chat=True)
+    assert ex.input_ids[0] == tok.bos_token_id and list(ex.input_ids).count(tok.bos_token_id) == 1
