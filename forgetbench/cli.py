@@ -146,8 +146,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # documents of lm-eval's registered tasks, is left to the sweep, which checks it first,
     # having downloaded the model where the hub is reachable (else it stops, naming the command)
     uncached = missing_from_cache(suite.model) if args.dry_run else []
-    data = [getattr(suite.data, f) for f in type(suite.data).model_fields]
-    hub_data = uncached_hub_data(data) if args.dry_run else []
+    hub_data = uncached_hub_data(suite.data.sources()) if args.dry_run else []
     if not args.dry_run:
         ensure_cached(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
     if "tokenizer" not in uncached and not hub_data:
@@ -244,7 +243,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     """Download what a sweep of SUITE reads from the hub into the local caches, through the
     libraries' own loaders: each task's dataset as lm-eval loads it, each data source, and the
     model's files (``models.fetch_model``). The same HF_HOME then serves a sweep offline."""
-    from forgetbench.config import DataSpec, load_suite
+    from forgetbench.config import load_suite
     from forgetbench.datafiles import read_rows
     from forgetbench.eval.harness import check_tasks, eval_items
     from forgetbench.models import check_model, ensure_cached, is_hub_id
@@ -254,9 +253,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     items = eval_items(suite.tasks, args.suite, show_progress=args.verbose)
     _echo(f"tasks: {len(items)} ({sum(map(len, items.values()))} documents) loaded by lm-eval, "
           "their datasets in the local cache")
-    for field in DataSpec.model_fields:
-        if getattr(suite.data, field) is not None:
-            read_rows(getattr(suite.data, field))
+    for source in suite.data.sources():
+        read_rows(source)
     ensure_cached(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
     check_model(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
     if is_hub_id(suite.model):

@@ -118,6 +118,10 @@ class DataSpec(_Strict):
     # general rows the EWC Fisher is estimated from; default: data.replay
     fisher: DataSource | None = None
 
+    def sources(self) -> list[Path | DatasetSource]:
+        """The data sources the suite sets, in field order."""
+        return [s for s in (getattr(self, f) for f in type(self).model_fields) if s is not None]
+
 
 class EwcSpec(_Strict):
     """How the diagonal Fisher of EWC is estimated on the base model (from data.fisher, else
