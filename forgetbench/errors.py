@@ -13,12 +13,17 @@ class ForgetbenchError(Exception):
 def unreachable(exc: BaseException) -> bool:
     """The error (or one it came from) says the hub could not be reached: offline mode, no
     network, a time-out, a file the cache does not hold."""
+    return any(isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in (
+        "OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout") for e in causes(exc))
+
+
+def causes(exc: BaseException | None) -> list[BaseException]:
+    """The error and those it came from (``raise ... from``, or raised while handling), first to last."""
     chain: list[BaseException] = []
     while exc is not None and exc not in chain:
         chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    return any(isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in (
-        "OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout") for e in chain)
+    return chain
 
 
 
