@@ -28,7 +28,7 @@ from forgetbench.cluster import SubmititExecutor
 from forgetbench.config import Point, Suite
 from forgetbench.datafiles import read_rows, source_fingerprint
 from forgetbench.devices import resolve_device
-from forgetbench.errors import ForgetbenchError
+from forgetbench.errors import ForgetbenchError, shown
 from forgetbench.eval.harness import context_length, eval_key, eval_settings
 from forgetbench.evalstore import EvalStore
 from forgetbench.executor import Done, InlineExecutor, Job, Lane, LocalExecutor, Terminated, lanes
@@ -124,7 +124,7 @@ def planned_point(suite: Suite, point_id: str) -> PlannedPoint:
     """The point of ``suite`` with id ``point_id`` (a user's --point)."""
     by_id = {pp.id: pp for pp in plan(suite)}
     if point_id not in by_id:
-        raise ForgetbenchError(f"--point {point_id}: not a point of suite {suite.name!r}; "
+        raise ForgetbenchError(f"--point {point_id}: not a point of suite {shown(suite.name)}; "
                                "`forgetbench sweep SUITE --dry-run` lists them")
     return by_id[point_id]
 
