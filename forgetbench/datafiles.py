@@ -209,7 +209,6 @@ def load_split(source: DatasetSource):
             raise ForgetbenchError(f"{source}: cannot load it ({type(exc).__name__}: {first}){fix}") from None
 
 
-
 def _unreadable(exc: BaseException, path: Path) -> str:
     """What of a local dataset ``datasets`` could not read (from the error its reader raised,
     which a DatasetGenerationError wraps), and the fix."""
@@ -228,6 +227,7 @@ def _unreadable(exc: BaseException, path: Path) -> str:
     kind = "folder of data files" if path.is_dir() else f"{path.suffix[1:] or 'data'} file"
     return (f"`datasets` cannot read it ({type(chain[-1]).__name__}: {first}); check that it is a "
             f"well-formed {kind} with at least one row")
+
 
 def _dataset_rows(source: DatasetSource) -> list[tuple[int, dict]]:
     return list(_dataset_rows_cached(source, source_fingerprint(source).__repr__()))

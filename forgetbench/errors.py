@@ -26,7 +26,6 @@ def causes(exc: BaseException | None) -> list[BaseException]:
     return chain
 
 
-
 # An echoed value is cut to this many characters, and its repr is built only that far: a YAML
 # file of a few hundred bytes whose aliases nest lists in lists has a repr of gigabytes.
 _SHOWN_LIMIT = 200

@@ -193,7 +193,6 @@ def model_pins(model_dir: str | Path, trust_remote_code: bool = False) -> dict[s
     return {"add_bos_token": True if adds_bos else (False if plain else None), "max_length": int(max_length)}
 
 
-
 def context_length(config: Any, tokenizer: Any) -> int | None:
     """A model's context length in tokens as lm-eval reads it (its config's n_positions,
     max_position_embeddings or n_ctx, else its tokenizer's model_max_length); None when
@@ -206,6 +205,7 @@ def context_length(config: Any, tokenizer: Any) -> int | None:
                  if isinstance(getattr(config, a, None), int)]
         found = known[0] if known else (tokenizer.model_max_length if tokenizer.model_max_length < 10**12 else 0)
     return int(found) or None
+
 
 def lm_eval_config(tasks: TasksSpec) -> str | None:
     """The ``--config`` file :func:`lm_eval_command` names when the suite has several task
@@ -361,7 +361,6 @@ def config_metrics(cfg: dict[str, Any]) -> tuple[list[str], bool]:
     return [_metric_name(m, f) for f in filters for m in metrics], bool(functions)
 
 
-
 def declared_metrics(tasks: TasksSpec) -> dict[str, list[str] | None]:
     """Task name -> the metric names its evaluation will report, read from its YAML config
     (:func:`config_metrics`) before anything is evaluated: a bundled task's file, a registered
@@ -376,6 +375,7 @@ def declared_metrics(tasks: TasksSpec) -> dict[str, list[str] | None]:
         names, functions = config_metrics(cfg) if cfg is not None else ([], True)
         out[task.name] = None if functions else names
     return out
+
 
 def _indexed_tasks(tasks: TasksSpec) -> list[tuple[TaskSpec, str, int]]:
     """(task, role, index in its role's list): where a task sits in the suite file."""
