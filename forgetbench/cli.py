@@ -105,7 +105,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.config import load_cluster, load_suite
     from forgetbench.datafiles import read_rows, uncached_hub_data
     from forgetbench.devices import resolve_device
-    from forgetbench.eval.harness import check_tasks, eval_items
+    from forgetbench.eval.harness import check_tasks, declared_metrics, eval_items
     from forgetbench.executor import LocalExecutor, lanes, model_modules
     from forgetbench.gate import suite_gate
     from forgetbench.leakage import check_leakage
@@ -151,7 +151,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ensure_cached(suite.model, args.suite, trust_remote_code=suite.trust_remote_code)
     if "tokenizer" not in uncached and not hub_data:
         check_training(suite, args.suite)
-    suite_gate(suite)  # the release gate the verdict judges by: a bad file fails now, not at the end
+    # the release gate the verdict judges by: a bad file, or a metric it will not have, fails now
+    suite_gate(suite, declared_metrics, headline_only=True)
     if not hub_data:
         # no eval item, nor a held-out row, is trained on; always refused (see leakage.py)
         check_leakage(suite, eval_items(suite.tasks, args.suite, show_progress=args.verbose,

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from forgetbench import stats
 from forgetbench.config import Suite
 from forgetbench.errors import ForgetbenchError
-from forgetbench.eval.harness import check_tasks, eval_key, eval_settings
+from forgetbench.eval.harness import check_tasks, declared_metrics, eval_key, eval_settings
 from forgetbench.evalstore import EvalStore
 from forgetbench.gate import Gate, check_gate, judge, load_gate, suite_gate
 from forgetbench.metrics import headline_metric
@@ -321,11 +321,14 @@ def run(base_arg: str, candidate_arg: str, *, suite: Suite | None, gate_path: Pa
     if suite is None:
         raise ForgetbenchError("compare: --suite is needed (which tasks are target and general, and the "
                                "eval settings); it is only implied when BASE or CANDIDATE is a sweep point")
+    # a side evaluated here will report the metrics its tasks' configs declare: a rule on
+    # another fails now, not after that evaluation (given records are judged as they are)
+    reported = declared_metrics if base.model or candidate.model else None
     if gate_path:
         gate, gate_source = load_gate(gate_path), str(gate_path)
-        check_gate(gate, suite, gate_source)
+        check_gate(gate, suite, gate_source, reported)
     else:
-        gate, gate_source = suite_gate(suite)
+        gate, gate_source = suite_gate(suite, reported)
     for side, field in ((base, "BASE"), (candidate, "CANDIDATE")):
         if side.model and side.suite is None:
             check_model(side.model, "forgetbench compare", field=field, trust_remote_code=suite.trust_remote_code)

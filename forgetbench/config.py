@@ -26,7 +26,7 @@ from pydantic import (
 
 from forgetbench import regularizers
 from forgetbench.datafiles import DATA_SUFFIXES, DATASET_BUILDERS, DatasetSource
-from forgetbench.errors import ForgetbenchError
+from forgetbench.errors import ForgetbenchError, shown
 from forgetbench.schedule import SCHEDULES
 
 FISHER_VARIANTS = ("true", "empirical")
@@ -79,7 +79,7 @@ class TasksSpec(_Strict):
     def _general_has_category(cls, tasks: list[TaskSpec]) -> list[TaskSpec]:
         for task in tasks:
             if not task.category:
-                raise ValueError(f"general task {task.name!r} needs a category "
+                raise ValueError(f"general task {shown(task.name)} needs a category "
                                  "(e.g. qa, math, code)")
         return tasks
 
@@ -326,7 +326,7 @@ class Suite(_Strict):
     def _not_the_evaluation_store(cls, name: str) -> str:
         reserved = {"evals": "the evaluation store's", "compare": "forgetbench compare's outputs'"}
         if name in reserved:
-            raise ValueError(f"{name!r} is {reserved[name]} folder beside the run directories; "
+            raise ValueError(f"{shown(name)} is {reserved[name]} folder beside the run directories; "
                              "choose another name")
         return name
 
@@ -387,7 +387,7 @@ class Suite(_Strict):
 
 def _apply_override(raw: dict, assignment: str) -> None:
     if "=" not in assignment:
-        raise ForgetbenchError(f"--set {assignment!r}: expected key=value, "
+        raise ForgetbenchError(f"--set {shown(assignment)}: expected key=value, "
                                "e.g. --set train.batch_size=8 or --set sweep.lr=[1e-4,1e-3]")
     key, _, text = assignment.partition("=")
     # sweep.1.lr addresses the second grid of a list of grids
@@ -406,9 +406,9 @@ def _apply_override(raw: dict, assignment: str) -> None:
             node[part] = {}
         node = node[part]
     try:
-        node[parts[-1]] = yaml.safe_load(text)
+        node[parts[-1]] = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        raise ForgetbenchError(f"--set {key}: value {text!r} is not valid YAML ({exc.problem})")
+        raise ForgetbenchError(f"--set {key}: value {shown(text)} is not valid YAML ({exc.problem})")
 
 
 def _field_path(loc: tuple) -> str:
@@ -431,11 +431,11 @@ def _describe(err: dict, model: type[BaseModel]) -> str:
             field = getattr(section, "model_fields", {}).get(part)
             section = _submodel(field.annotation) if field else None
         valid = sorted(getattr(section, "model_fields", {}))
-        return (f"unknown field {err['loc'][-1]!r}"
+        return (f"unknown field {shown(err['loc'][-1])}"
                 + (f"; valid fields here: {', '.join(valid)}" if valid else ""))
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict):
-        msg += f" (got {err['input']!r})"
+        msg += f" (got {shown(err['input'])})"
     return msg
 
 
@@ -551,15 +551,14 @@ def read_yaml_mapping(path: Path, what: str, fields: str) -> dict:
     """A YAML file (``what``: "suite file", ...) that must hold a mapping of ``fields``, read as
     UTF-8; any problem is one line naming the file."""
     source = str(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.y*ml"))[:3]
+        raise ForgetbenchError(f"{source}: a folder, not a {what}; give the YAML file itself"
+                               + (f" (it holds {', '.join(inside)})" if inside else ""))
     if not path.is_file():
         raise ForgetbenchError(f"{source}: {what} not found")
-    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ForgetbenchError(f"{source}: not UTF-8 text at line {line} (byte "
-                               f"0x{data[exc.start]:02x}); save the file as UTF-8") from None
+        raw = yaml.load(read_utf8(path), Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -567,3 +566,44 @@ def read_yaml_mapping(path: Path, what: str, fields: str) -> dict:
     if not isinstance(raw, dict):
         raise ForgetbenchError(f"{source}: expected a mapping of fields ({fields})")
     return raw
+
+
+def read_utf8(path: Path) -> str:
+    """A user's text file (a suite, a task YAML) as UTF-8; a byte that is not is one line
+    naming the file and the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ForgetbenchError(f"{path}: not UTF-8 text at line {line} (byte "
+                               f"0x{data[exc.start]:02x}); save the file as UTF-8") from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key that one mapping holds twice (PyYAML lets the last
+    win, silently). Checked on the composed nodes, before ``<<`` merges are flattened: a merged
+    key that the mapping sets again is an override, not a duplicate."""
+
+    def compose_document(self):
+        root = super().compose_document()
+        seen, todo = set(), [root]
+        while todo:  # each node once: an alias is the node it names
+            node = todo.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, yaml.MappingNode):
+                first: dict[Any, yaml.Node] = {}
+                for key, _ in node.value:
+                    if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                        name = self.construct_object(key)
+                        if name in first:
+                            raise yaml.constructor.ConstructorError(
+                                None, None, f"key {shown(name)} is given twice in one mapping (first at "
+                                f"line {first[name].start_mark.line + 1}); keep one", key.start_mark)
+                        first[name] = key
+                todo += [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                todo += node.value
+        return root

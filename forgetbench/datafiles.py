@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from forgetbench.errors import ForgetbenchError, unreachable
+from forgetbench.errors import ForgetbenchError, causes, shown, unreachable
 from forgetbench.store import file_digest, json_digest
 
 # local files the `datasets` library reads by their suffix (a path to one is a DatasetSource)
@@ -142,13 +142,14 @@ def _hub_commit(repo: str, revision: str | None) -> str | None:
 
 @contextlib.contextmanager
 def _quiet_datasets():
-    """``datasets`` without its progress bars and info logs (a sweep reads its data often)."""
+    """``datasets`` without its progress bars and logs (a sweep reads its data often; a file
+    it cannot read is a ForgetbenchError, not a logged line before it)."""
     import datasets
 
     was_enabled = datasets.utils.logging.is_progress_bar_enabled()
     level = datasets.utils.logging.get_verbosity()
     datasets.utils.logging.disable_progress_bar()
-    datasets.utils.logging.set_verbosity_error()
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
     try:
         yield datasets
     finally:
@@ -162,6 +163,8 @@ def load_split(source: DatasetSource):
     read with ``load_from_disk``; anything else with ``load_dataset`` (which caches it)."""
     path = Path(source.dataset)
     split = source.split or "train"
+    if path.is_file() and path.stat().st_size == 0:
+        raise ForgetbenchError(f"{source}: the file is empty; give it rows, or set the field to another file")
     with _quiet_datasets() as datasets:
         try:
             if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
@@ -191,6 +194,10 @@ def load_split(source: DatasetSource):
                                          revision=source.revision)
         except ForgetbenchError:
             raise
+        except datasets.exceptions.DatasetGenerationError as exc:  # what it could not read is its cause
+            raise ForgetbenchError(f"{source}: {_unreadable(exc, path)}") from None
+        except StopIteration:  # its JSON reader, on a file of no rows in a folder
+            raise ForgetbenchError(f"{source}: a file with no rows in it; remove it, or give it rows") from None
         except (OSError, ValueError, ImportError) as exc:  # offline, gated, misspelt, a bad split: its first line
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             args = ", ".join([repr(source.dataset)] + [f"{k}={v!r}" for k, v in (
@@ -200,6 +207,26 @@ def load_split(source: DatasetSource):
                 f"python -c \"import datasets; datasets.load_dataset({args})\") and copy the Hugging Face "
                 "cache (~/.cache/huggingface)")
             raise ForgetbenchError(f"{source}: cannot load it ({type(exc).__name__}: {first}){fix}") from None
+
+
+def _unreadable(exc: BaseException, path: Path) -> str:
+    """What of a local dataset ``datasets`` could not read (from the error its reader raised,
+    which a DatasetGenerationError wraps), and the fix."""
+    chain = causes(exc)
+    bad = next((e for e in chain if isinstance(e, UnicodeDecodeError)), None)
+    if bad is not None:
+        return f"not UTF-8 text (byte 0x{bad.object[bad.start]:02x}); save it as UTF-8"
+    cast = next((e for e in chain if hasattr(e, "table_column_names")), None)  # datasets.table.CastError
+    if cast is not None and path.is_dir():
+        first, other = cast.requested_column_names, cast.table_column_names
+        odd = [c for c in other if c not in first] + [c for c in first if c not in other]
+        return (f"its files do not all have the same columns (the first has {', '.join(first)}; another differs "
+                f"in {', '.join(odd)}), and a folder is read as one table; give one file, a folder of files with "
+                "the same columns, or a folder written by save_to_disk")
+    first = (str(chain[-1]).strip().splitlines() or [""])[0][:300]
+    kind = "folder of data files" if path.is_dir() else f"{path.suffix[1:] or 'data'} file"
+    return (f"`datasets` cannot read it ({type(chain[-1]).__name__}: {first}); check that it is a "
+            f"well-formed {kind} with at least one row")
 
 
 def _dataset_rows(source: DatasetSource) -> list[tuple[int, dict]]:
@@ -228,23 +255,51 @@ def _dataset_rows_cached(source: DatasetSource, _fingerprint: str) -> tuple[tupl
         raise ForgetbenchError(f"{source}: its columns are {', '.join(columns)}; say which make each row: "
                                "prompt and completion (field names or Jinja templates), or text")
     render = {key: _renderer(source, key, value, columns) for key, value in mapping.items()}
+    docs = split.to_list()
+    completion = mapping.get("completion")
+    if completion is not None and not _is_template(completion) and _null_columns(completion, columns, docs):
+        raise ForgetbenchError(f"{source}: completion: column {shown(completion)} is null in every row, so every "
+                               "completion would be empty; map completion to the column that holds the answers")
     rows = []
-    for i, doc in enumerate(split.to_list()):
+    for i, doc in enumerate(docs):
         row = {key: fn(i, doc) for key, fn in render.items()}
         if "text" in row and not row["text"].strip():
             continue  # an empty text row (wikitext has many) would teach nothing but EOS
         rows.append((i, row))
     if not rows:
         raise ForgetbenchError(f"{source}: no rows")
+    if completion is not None and not any(row["completion"].strip() for _, row in rows):
+        null = _null_columns(completion, columns, docs)
+        why = f" (column {shown(null[0])} is null in every row)" if null else ""
+        raise ForgetbenchError(f"{source}: completion: {shown(completion)} makes an empty completion of every "
+                               f"row{why}, so training would learn nothing but the end of text; map completion to "
+                               "the column that holds the answers")
     return tuple(rows)
+
+
+def _is_template(value: str) -> bool:
+    """A mapped field is a Jinja template, else a column's name."""
+    return "{{" in value or "{%" in value
+
+
+def _null_columns(value: str, columns: list[str], docs: list[dict]) -> list[str]:
+    """The columns a mapped field reads (its column, or the names its template reads) that are
+    null in every row."""
+    if _is_template(value):
+        import jinja2.meta
+
+        read = jinja2.meta.find_undeclared_variables(_jinja().parse(value))
+    else:
+        read = {value}
+    return [c for c in columns if c in read and docs and all(doc[c] is None for doc in docs)]
 
 
 def _renderer(source: DatasetSource, key: str, value: str, columns: list[str]):
     """Row index, document -> the text of one mapped field: a column's value, or a Jinja
     template rendered on the document (an unknown name in it is an error, not an empty string)."""
-    if "{{" not in value and "{%" not in value:
+    if not _is_template(value):
         if value not in columns:
-            raise ForgetbenchError(f"{source}: {key}: no column {value!r}; its columns: {', '.join(columns)} "
+            raise ForgetbenchError(f"{source}: {key}: no column {shown(value)}; its columns: {', '.join(columns)} "
                                    "(or write a Jinja template, e.g. \"Q: {{question}}\")")
 
         def field(i: int, doc: dict) -> str:
@@ -252,7 +307,7 @@ def _renderer(source: DatasetSource, key: str, value: str, columns: list[str]):
             if isinstance(got, (int, float)) and not isinstance(got, bool):
                 return str(got)
             if not isinstance(got, str):
-                raise ForgetbenchError(f"{where(source, i)}: {key}: column {value!r} holds "
+                raise ForgetbenchError(f"{where(source, i)}: {key}: column {shown(value)} holds "
                                        f"{type(got).__name__}, not text; write a Jinja template that makes text of it")
             return got
         return field
@@ -261,14 +316,18 @@ def _renderer(source: DatasetSource, key: str, value: str, columns: list[str]):
     try:
         template = _jinja().from_string(value)
     except jinja2.TemplateSyntaxError as exc:
-        raise ForgetbenchError(f"{source}: {key}: not a valid Jinja template ({exc.message}): {value!r}") from None
+        raise ForgetbenchError(f"{source}: {key}: not a valid Jinja template ({exc.message}): {shown(value)}") from None
 
     def rendered(i: int, doc: dict) -> str:
         try:
             return template.render(**doc)
         except jinja2.UndefinedError as exc:
-            raise ForgetbenchError(f"{where(source, i)}: {key}: {exc.message} in the template {value!r}; "
+            raise ForgetbenchError(f"{where(source, i)}: {key}: {exc.message} in the template {shown(value)}; "
                                    f"its columns: {', '.join(columns)}") from None
+        except Exception as exc:  # the template's own code failed on this row: the sandbox, 1/0, "a" + 1 ...
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ForgetbenchError(f"{where(source, i)}: {key}: the template {shown(value)} fails on this row "
+                                   f"({type(exc).__name__}: {reason}); fix the template") from None
     return rendered
 
 

@@ -15,14 +15,15 @@ compare`` and the sweep's verdict both judge by it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from forgetbench import stats
-from forgetbench.config import Suite, read_yaml_mapping, validation_message
-from forgetbench.errors import ForgetbenchError
+from forgetbench.config import Suite, TasksSpec, read_yaml_mapping, validation_message
+from forgetbench.errors import ForgetbenchError, shown
 
 
 class GateRule(BaseModel):
@@ -74,27 +75,55 @@ def load_gate(path: Path) -> Gate:
         raise ForgetbenchError(validation_message(str(path), exc, Gate)) from None
 
 
-def suite_gate(suite: Suite) -> tuple[Gate, str]:
-    """The suite's release gate (its ``gate`` file, checked against its tasks), else the
-    default; and where it came from, for messages."""
+# the suite's tasks -> each task's metric names as known before it is evaluated (None: only
+# its results tell)
+Reported = Callable[[TasksSpec], Mapping[str, Sequence[str] | None]]
+
+
+def suite_gate(suite: Suite, reported: Reported | None = None, *,
+               headline_only: bool = False) -> tuple[Gate, str]:
+    """The suite's release gate (its ``gate`` file, checked against its tasks as
+    :func:`check_gate` checks it), else the default; and where it came from, for messages."""
     if suite.gate is None:
         return DEFAULT_GATE, "the default gate"
     gate = load_gate(suite.gate)
     source = str(suite.gate.relative_to(Path.cwd()) if suite.gate.is_relative_to(Path.cwd()) else suite.gate)
-    check_gate(gate, suite, source)
+    check_gate(gate, suite, source, reported, headline_only=headline_only)
     return gate, source
 
 
-def check_gate(gate: Gate, suite: Suite, source: str) -> None:
-    """Refuse a rule that selects no task of the suite (a typo would pass silently)."""
+def check_gate(gate: Gate, suite: Suite, source: str, reported: Reported | None = None, *,
+               headline_only: bool = False) -> None:
+    """Refuse a rule that selects no task of the suite (a typo would pass silently); with
+    ``reported`` (harness.declared_metrics, called only when a rule names a metric: it may read
+    lm-eval's task index), also a rule's ``metric`` that a task it selects will not have, which
+    :func:`judge` would find only once everything is evaluated. ``headline_only``: the judge
+    will have each task's headline metric alone (a sweep's verdict)."""
     for i, rule in enumerate(gate.rules):
         if not _selected(rule, suite):
-            what = ("task " + repr(rule.task) if rule.task else "category " + repr(rule.category)
+            what = ("task " + shown(rule.task) if rule.task else "category " + shown(rule.category)
                     if rule.category else f"role {rule.role}")
             tasks = ", ".join(f"{t.name} ({role}{', ' + t.category if t.category else ''})"
                               for t, role in suite.all_tasks())
             raise ForgetbenchError(f"{source}: rules[{i}]: {what} matches no task of suite "
-                                   f"{suite.name!r}; its tasks: {tasks}")
+                                   f"{shown(suite.name)}; its tasks: {tasks}")
+    named = [(i, rule) for i, rule in enumerate(gate.rules) if rule.metric is not None]
+    if reported is None or not named:
+        return
+    metrics = reported(suite.tasks)
+    where = {t.name: (t, f"tasks.{role}[{k}]") for role, listed in (
+        ("target", suite.tasks.target), ("general", suite.tasks.general)) for k, t in enumerate(listed)}
+    for i, rule in named:
+        for name in _selected(rule, suite):
+            have, (task, field) = metrics.get(name), where[name]
+            if have is not None and rule.metric not in have:
+                raise ForgetbenchError(f"{source}: rules[{i}].metric: task {name} reports no metric "
+                                       f"{shown(rule.metric)}; it reports {', '.join(have)}")
+            if headline_only and task.metric is not None and rule.metric != task.metric:
+                raise ForgetbenchError(
+                    f"{source}: rules[{i}].metric: the sweep's verdict tests task {name} by its headline metric "
+                    f"{task.metric} ({field}.metric) alone, not {shown(rule.metric)}; drop metric from the rule, "
+                    f"or make {shown(rule.metric)} the headline")
 
 
 def _selected(rule: GateRule, suite: Suite) -> list[str]:
@@ -120,7 +149,7 @@ def judge(gate: Gate, suite: Suite, tasks: list[dict], boots: dict, source: str 
             if m is None:
                 have = ", ".join(x["metric"] for x in entry["metrics"])
                 raise ForgetbenchError(f"{source}: rules[{i}].metric: task {name} has no per-item metric "
-                                       f"{metric!r} to test; it has {have}")
+                                       f"{shown(metric)} to test; it has {have}")
             sign, scale = (1.0 if m["higher_is_better"] else -1.0), m.get("scale", 100)
             boot = boots[name, metric]
             oriented.append(stats.Bootstrap(sign * boot.estimate, sign * boot.samples))

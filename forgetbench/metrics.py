@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from forgetbench.errors import ForgetbenchError
+from forgetbench.errors import ForgetbenchError, shown
 
 
 def delta(before: float, after: float) -> float:
@@ -58,7 +58,7 @@ def headline_metric(task_name: str, declared: str | None, scores: dict) -> str:
     available = list(scores["tasks"][task_name]["metrics"])
     if declared:
         if declared not in available:
-            raise ForgetbenchError(f"tasks: {task_name}.metric {declared!r} is not reported by "
+            raise ForgetbenchError(f"tasks: {task_name}.metric {shown(declared)} is not reported by "
                                    f"lm-eval for this task; available: {', '.join(available)}")
         return declared
     return available[0]

@@ -53,8 +53,17 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken
 
 
 def is_hub_id(model: str) -> bool:
-    """A model the Hugging Face hub serves (not ``builtin:``, not a local folder)."""
-    return not model.startswith(BUILTIN_PREFIX) and not Path(model).is_dir()
+    """A model the Hugging Face hub serves: not ``builtin:``, not a local folder, and spelt as
+    the hub spells its ids (``name`` or ``org/name``; a path such as /abs, ./x or ~/x is not one)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if model.startswith(BUILTIN_PREFIX) or Path(model).is_dir():
+        return False
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return False
+    return True
 
 
 def missing_from_cache(model: str) -> list[str]:
@@ -168,6 +177,9 @@ def check_model(model: str, source: str, *, field: str = "model",
     if model.startswith(BUILTIN_PREFIX):
         builtin_model_dir(model[len(BUILTIN_PREFIX):])  # a known name, shipped whole
         return
+    if not is_hub_id(model) and not Path(model).exists():
+        raise ForgetbenchError(f"{source}: {field}: {model}: not found: no such folder; give the folder "
+                               "save_pretrained wrote, or a hub id (org/name)")
     reading = "config.json"
     try:
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
@@ -183,7 +195,7 @@ def check_model(model: str, source: str, *, field: str = "model",
         reason = " ".join(str(exc).split()).split(". ")[0].rstrip(".")[:300]  # its first sentence
         suite = source if source.endswith((".yaml", ".yml")) else "SUITE"
         fix = ("set it to a folder written by save_pretrained (config.json and weights)"
-               if Path(model).is_dir() else
+               if not is_hub_id(model) else
                f"with no network here, cache it where there is one and copy the Hugging Face cache "
                f"(`hf download {model} config.json` is enough for `forgetbench plan` and `sweep "
                f"--dry-run`; `forgetbench cache {suite}` caches all a sweep reads), or set it to a "

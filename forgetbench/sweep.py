@@ -28,8 +28,8 @@ from forgetbench.cluster import SubmititExecutor
 from forgetbench.config import Point, Suite
 from forgetbench.datafiles import read_rows, source_fingerprint
 from forgetbench.devices import resolve_device
-from forgetbench.errors import ForgetbenchError
-from forgetbench.eval.harness import eval_key, eval_settings
+from forgetbench.errors import ForgetbenchError, shown
+from forgetbench.eval.harness import context_length, eval_key, eval_settings
 from forgetbench.evalstore import EvalStore
 from forgetbench.executor import Done, InlineExecutor, Job, Lane, LocalExecutor, Terminated, lanes
 from forgetbench.models import model_fingerprint, model_hash, resolve_model
@@ -124,7 +124,7 @@ def planned_point(suite: Suite, point_id: str) -> PlannedPoint:
     """The point of ``suite`` with id ``point_id`` (a user's --point)."""
     by_id = {pp.id: pp for pp in plan(suite)}
     if point_id not in by_id:
-        raise ForgetbenchError(f"--point {point_id}: not a point of suite {suite.name!r}; "
+        raise ForgetbenchError(f"--point {point_id}: not a point of suite {shown(suite.name)}; "
                                "`forgetbench sweep SUITE --dry-run` lists them")
     return by_id[point_id]
 
@@ -144,8 +144,9 @@ def plan(suite: Suite) -> list[PlannedPoint]:
 def check_training(suite: Suite, source: str) -> None:
     """Refuse, before anything is written, a suite whose points would train on nothing: an
     epochs value under one target example (no optimizer step), or a ``train.max_seq_len``
-    that every target prompt fills (no completion token left to learn)."""
-    from transformers import AutoTokenizer
+    that every target prompt fills (no completion token left to learn); or one above the
+    model's context length (its position embeddings end there)."""
+    from transformers import AutoConfig, AutoTokenizer
 
     path = suite.data.target
     rows = read_rows(path)
@@ -160,6 +161,11 @@ def check_training(suite: Suite, source: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(suite.model),
                                               trust_remote_code=suite.trust_remote_code)
     max_len = suite.train.max_seq_len
+    context = context_length(AutoConfig.from_pretrained(resolve_model(suite.model),
+                                                        trust_remote_code=suite.trust_remote_code), tokenizer)
+    if context is not None and max_len > context:
+        raise ForgetbenchError(f"{source}: train.max_seq_len: {max_len} tokens is more than the context length "
+                               f"of model {suite.model} ({context} tokens); set it to {context} or less")
     try:
         examples = train_data.tokenize(rows, tokenizer, max_len, chat=suite.train.chat_template)
     except ForgetbenchError as exc:  # a chat template that cannot be trained through

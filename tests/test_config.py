@@ -215,3 +215,59 @@ def test_a_data_path_that_is_a_folder_without_data_is_refused_naming_the_field(w
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{path}: data.replay: {folder} is a folder with no data in it" in err
     assert not runs.exists()
+
+
+
+
+def _with_sweep(write_suite, sweep_text: str, name: str) -> Path:
+    """The test suite with its sweep section written as ``sweep_text``: YAML that safe_dump
+    would not write (anchors, aliases, merges)."""
+    raw = suite_dict()
+    raw.pop("sweep")
+    path = write_suite(raw, name)
+    path.write_text(path.read_text() + sweep_text)
+    return path
+
+
+def test_a_value_echoed_in_an_error_is_cut_however_big_it_is(write_suite):
+    """A YAML anchor bomb: ~300 bytes whose aliases nest lists in lists; the repr of sweep.lr[0]
+    is ~90 KB (10 000 floats, and each level more multiplies that by 10). Its error echoes it
+    in a few hundred characters."""
+    value = "[" + ", ".join(["1.0e-3"] * 10) + "]"
+    for level in range(3):
+        value = f"[&a{level} {value}" + f", *a{level}" * 9 + "]"
+    path = _with_sweep(write_suite, f"sweep:\n  lr: [{value}]\n", "bomb.yaml")
+    msg = error_of(path)
+    assert msg.startswith(f"{path}: sweep.lr[0]: Input should be a valid number (got [[[[0.001, 0.001"), msg
+    assert len(msg) < 400, len(msg)
+
+
+def test_a_key_given_twice_is_refused_naming_the_file_the_key_and_its_line(write_suite, tmp_path):
+    from forgetbench.config import load_cluster
+    from forgetbench.gate import load_gate
+
+    path = _with_sweep(write_suite, "sweep:\n  lr: [1.0e-3]\n  epochs: [1]\n  lr: [2.0e-3]\n", "twice.yaml")
+    at = path.read_text().splitlines().index("sweep:") + 1
+    assert error_of(path) == (f"{path}: not valid YAML at line {at + 3}: key 'lr' is given twice in one "
+                              f"mapping (first at line {at + 1}); keep one")
+    # a key that a << merge brings and the mapping sets again is YAML's override, not a duplicate
+    merged = _with_sweep(write_suite, "sweep:\n  - &grid {lr: [1.0e-3], epochs: [1]}\n"
+                         "  - {<<: *grid, lr: [2.0e-3]}\n", "merged.yaml")
+    assert [p.lr for p in load_suite(merged).points()] == [1.0e-3, 2.0e-3]
+    gate, cluster = tmp_path / "gate.yaml", tmp_path / "cluster.yaml"
+    gate.write_text("rules:\n  - {role: general, margin: 2, margin: 3}\n")
+    cluster.write_text("time: 60\npartition: a\ntime: 90\n")
+    with pytest.raises(ForgetbenchError, match=rf"^{gate}: not valid YAML at line 2: key 'margin' is given twice"):
+        load_gate(gate)
+    with pytest.raises(ForgetbenchError, match=rf"^{cluster}: not valid YAML at line 3: key 'time' is given twice"):
+        load_cluster(cluster)
+    with pytest.raises(ForgetbenchError, match=r"--set sweep: value .* not valid YAML \(key 'lr' is given twice"):
+        load_suite(merged, ["sweep={lr: [1.0], lr: [2.0]}"])
+
+
+def test_a_suite_path_that_is_a_folder_is_refused_as_a_folder(tmp_path, capsys):
+    (tmp_path / "medical.yaml").write_text("name: x\n")
+    assert main(["sweep", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err == (f"forgetbench: error: {tmp_path}: a folder, not a suite file; give the "
+                                       "YAML file itself (it holds medical.yaml)\n")
+    assert not (tmp_path / "runs").exists()

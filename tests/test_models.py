@@ -52,3 +52,12 @@ def test_a_model_that_needs_its_own_code_is_refused_by_every_command_before_any_
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert err == f"forgetbench: error: {source}: {field}: {model} {expected}\n", argv
     assert not runs.exists()
+
+
+@pytest.mark.parametrize("model", ["/no/such/model", "./no-such-model", "~/no-such-model", "my model"])
+def test_a_missing_local_path_is_not_found_not_taken_for_a_hub_id(model, write_suite, tmp_path, capsys):
+    path, runs = write_suite(suite_dict()), tmp_path / "runs"
+    assert main(["eval", model, "--suite", str(path), "--runs-dir", str(runs)]) == 2
+    assert capsys.readouterr().err == (f"forgetbench: error: forgetbench eval: MODEL: {model}: not found: no such "
+                                       "folder; give the folder save_pretrained wrote, or a hub id (org/name)\n")
+    assert not runs.exists()

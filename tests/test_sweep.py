@@ -281,6 +281,17 @@ def test_a_max_seq_len_the_prompts_fill_is_refused_before_anything_is_written(
     sweep.check_training(load_suite(path, [f"train.max_seq_len={longest + 1}"]), str(path))
 
 
+
+def test_a_max_seq_len_above_the_models_context_is_refused_before_anything_is_written(
+        write_suite, tiny_model_dir, tmp_path, capsys):
+    context = json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
+    path, runs = write_suite(tiny_suite(tiny_model_dir, **{"train.max_seq_len": context + 1})), tmp_path / "runs"
+    assert refused(capsys, "sweep", str(path), "--runs-dir", str(runs), "--dry-run") == (
+        f"forgetbench: error: {path}: train.max_seq_len: {context + 1} tokens is more than the context length of model "
+        f"{tiny_model_dir} ({context} tokens); set it to {context} or less\n")
+    assert not runs.exists()
+    sweep.check_training(load_suite(path, [f"train.max_seq_len={context}"]), str(path))
+
 def test_a_point_that_stops_on_a_user_error_is_recorded_failed_not_running(
         write_suite, tiny_model_dir, tmp_path, monkeypatch, capsys):
     from forgetbench.errors import ForgetbenchError

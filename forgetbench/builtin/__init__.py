@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from forgetbench.errors import ForgetbenchError
+from forgetbench.errors import ForgetbenchError, shown
 
 BUILTIN_PREFIX = "builtin:"
 NAMES = ("tiny-llama",)
@@ -25,7 +25,7 @@ MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "to
 def builtin_model_dir(name: str) -> Path:
     """The shipped HF directory of ``builtin:<name>``."""
     if name not in NAMES:
-        raise ForgetbenchError(f"model: unknown builtin model {BUILTIN_PREFIX}{name!r}; "
+        raise ForgetbenchError(f"model: unknown builtin model {shown(BUILTIN_PREFIX + name)}; "
                                f"available: {', '.join(BUILTIN_PREFIX + n for n in NAMES)}")
     path = Path(str(resources.files("forgetbench.builtin").joinpath(name)))
     missing = [f for f in MODEL_FILES if not (path / f).is_file()]

@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from forgetbench.config import EvalSpec, TaskSpec, TasksSpec
+from forgetbench.config import EvalSpec, TaskSpec, TasksSpec, read_utf8
 from forgetbench.devices import resolve_device
-from forgetbench.errors import ForgetbenchError, unreachable
+from forgetbench.errors import ForgetbenchError, causes, shown, unreachable
 
 # lm-eval's per-sample fields we keep: enough to pair items and to read what the model said
 _SAMPLE_TEXT_LIMIT = 200
@@ -45,12 +45,29 @@ def _sha256(data: bytes) -> str:
 
 
 def _load_yaml(path: Path) -> dict:
+    """A task YAML as lm-eval reads it: ``include:`` merged, ``!function`` tags imported (a
+    module that cannot be, or a function it lacks, is one line naming the file)."""
     try:  # lm-eval >= 0.4.10
         from lm_eval.tasks._yaml_loader import load_yaml
-        return load_yaml(path, resolve_func=True)
     except ImportError:  # older lm-eval
         from lm_eval.utils import load_yaml_config
-        return load_yaml_config(yaml_path=str(path))
+
+        def load_yaml(path: Path, resolve_func: bool) -> dict:
+            return load_yaml_config(yaml_path=str(path))
+    try:
+        return load_yaml(path, resolve_func=True)
+    except ImportError as exc:
+        module = next((e.name for e in causes(exc) if getattr(e, "name", None)), None)
+        raise ForgetbenchError(
+            f"{path}: a !function tag needs module {shown(module or '?')}, which cannot be imported "
+            f"({_first_line(exc)}); correct the tag, or make the module importable (a .py file beside the "
+            "YAML, or an installed package)") from None
+    except AttributeError as exc:  # the module has no such function
+        raise ForgetbenchError(f"{path}: a !function tag: {_first_line(exc)}; correct the tag") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 @lru_cache(maxsize=8)
@@ -61,13 +78,13 @@ def _local_task_files(include_path: tuple[Path, ...]) -> dict[str, Path]:
     for folder in include_path:
         for path in sorted(Path(folder).rglob("*.yaml")):
             try:  # a plain read is enough to find the name; !function tags are left unresolved
-                raw = yaml.load(path.read_text(), Loader=_TagTolerantLoader)
+                raw = yaml.load(read_utf8(path), Loader=_TagTolerantLoader)
             except yaml.YAMLError:
                 continue
             if isinstance(raw, dict) and isinstance(raw.get("task"), str):
                 name = raw["task"]
                 if name in found and found[name] != path:
-                    raise ForgetbenchError(f"tasks.include_path: task {name!r} is defined twice, in "
+                    raise ForgetbenchError(f"tasks.include_path: task {shown(name)} is defined twice, in "
                                            f"{found[name]} and {path}; rename one of them")
                 found[name] = path
     return found
@@ -168,18 +185,26 @@ def model_pins(model_dir: str | Path, trust_remote_code: bool = False) -> dict[s
     tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     ids = tok("a")["input_ids"]
-    try:  # lm-eval >= 0.4.10: its own rule
-        from lm_eval.models.utils import resolve_max_length
-        max_length = resolve_max_length(config, tok, default=2048)
-    except ImportError:  # older lm-eval: the same order (config, then tokenizer, then 2048)
-        found = [getattr(config, a) for a in ("n_positions", "max_position_embeddings", "n_ctx")
-                 if isinstance(getattr(config, a, None), int)]
-        max_length = found[0] if found else (tok.model_max_length if tok.model_max_length < 10**12 else 2048)
+    max_length = context_length(config, tok) or 2048
     # True: it prepends BOS; False: it adds no special token at all; None (the tokenizer's
     # default, unpinned): it adds others, which lm-eval's add_special_tokens=False would drop
     adds_bos = tok.bos_token_id is not None and ids[:1] == [tok.bos_token_id]
     plain = ids == tok("a", add_special_tokens=False)["input_ids"]
     return {"add_bos_token": True if adds_bos else (False if plain else None), "max_length": int(max_length)}
+
+
+def context_length(config: Any, tokenizer: Any) -> int | None:
+    """A model's context length in tokens as lm-eval reads it (its config's n_positions,
+    max_position_embeddings or n_ctx, else its tokenizer's model_max_length); None when
+    neither says (lm-eval then assumes 2048)."""
+    try:  # lm-eval >= 0.4.10: its own rule
+        from lm_eval.models.utils import resolve_max_length
+        found = resolve_max_length(config, tokenizer, default=0)
+    except ImportError:  # older lm-eval: the same order (config, then tokenizer)
+        known = [getattr(config, a) for a in ("n_positions", "max_position_embeddings", "n_ctx")
+                 if isinstance(getattr(config, a, None), int)]
+        found = known[0] if known else (tokenizer.model_max_length if tokenizer.model_max_length < 10**12 else 0)
+    return int(found) or None
 
 
 def lm_eval_config(tasks: TasksSpec) -> str | None:
@@ -206,7 +231,7 @@ def lm_eval_command(model_dir: str | Path, tasks: TasksSpec, spec: EvalSpec, tru
     local = _local_task_files(tasks.include_path)
     for t, _ in tasks.all():
         if t.name in local:
-            raw = yaml.load(local[t.name].read_text(), Loader=_TagTolerantLoader) or {}
+            raw = yaml.load(read_utf8(local[t.name]), Loader=_TagTolerantLoader) or {}
             files = (raw.get("dataset_kwargs") or {}).get("data_files")
             relative = [p for p in _flat_paths(files or []) if not Path(p).is_absolute()]
             if relative and "custom_dataset" not in raw:
@@ -286,24 +311,24 @@ def check_tasks(tasks: TasksSpec, source: str = "suite", spec: EvalSpec | None =
             hint = f"; did you mean {', '.join(close)}?" if close else (
                 "; list lm-eval's tasks with `lm-eval ls tasks`")
             raise ForgetbenchError(f"{source}: tasks.{role}: unknown lm-eval task "
-                                   f"{task.name!r}{hint}")
+                                   f"{shown(task.name)}{hint}")
     for task, role, index in _indexed_tasks(tasks):
         cfg = None if task.name in local else registry_config(manager, task.name)
         if cfg is None:  # bundled: checked with its documents; a group or tag: on the base model's scores
             continue
         names, functions = config_metrics(cfg)
         if task.metric is not None and task.metric not in names and not functions:
-            raise ForgetbenchError(f"{source}: tasks.{role}[{index}].metric: {task.metric!r} is not a metric "
-                                   f"lm-eval reports for task {task.name!r}; valid: {', '.join(names)}")
+            raise ForgetbenchError(f"{source}: tasks.{role}[{index}].metric: {shown(task.metric)} is not a metric "
+                                   f"lm-eval reports for task {shown(task.name)}; valid: {', '.join(names)}")
         if spec is not None and cfg.get("unsafe_code"):
             if not spec.confirm_run_unsafe_code:
                 raise ForgetbenchError(
-                    f"{source}: tasks.{role}[{index}]: task {task.name!r} executes the code the model "
+                    f"{source}: tasks.{role}[{index}]: task {shown(task.name)} executes the code the model "
                     "writes; set eval.confirm_run_unsafe_code: true (and HF_ALLOW_CODE_EVAL=1) where "
                     "that is acceptable, such as a container or VM, or drop the task")
             if os.environ.get("HF_ALLOW_CODE_EVAL") != "1":  # its code_eval metric refuses to load without it
                 raise ForgetbenchError(
-                    f"{source}: tasks.{role}[{index}]: task {task.name!r} executes the code the model "
+                    f"{source}: tasks.{role}[{index}]: task {shown(task.name)} executes the code the model "
                     "writes, which HF evaluate's code_eval runs only with HF_ALLOW_CODE_EVAL=1 in the "
                     "environment; export HF_ALLOW_CODE_EVAL=1 where that is acceptable, or drop the task")
 
@@ -334,6 +359,22 @@ def config_metrics(cfg: dict[str, Any]) -> tuple[list[str], bool]:
                if m in functions else str(m) for m in raw]
     filters = [f["name"] for f in cfg.get("filter_list") or () if isinstance(f, dict) and "name" in f] or ["none"]
     return [_metric_name(m, f) for f in filters for m in metrics], bool(functions)
+
+
+def declared_metrics(tasks: TasksSpec) -> dict[str, list[str] | None]:
+    """Task name -> the metric names its evaluation will report, read from its YAML config
+    (:func:`config_metrics`) before anything is evaluated: a bundled task's file, a registered
+    one's entry in lm-eval's task index. None where only its results tell: a group or tag, or
+    a task with a Python function for a metric."""
+    local = _local_task_files(tasks.include_path)
+    manager = _task_manager(tasks.include_path, True) if _needs_registry(tasks) else None
+    out: dict[str, list[str] | None] = {}
+    for task, _ in tasks.all():
+        cfg = (_local_task_config(local[task.name]) if task.name in local
+               else registry_config(manager, task.name))
+        names, functions = config_metrics(cfg) if cfg is not None else ([], True)
+        out[task.name] = None if functions else names
+    return out
 
 
 def _indexed_tasks(tasks: TasksSpec) -> list[tuple[TaskSpec, str, int]]:
@@ -400,8 +441,8 @@ def _check_metric(task: TaskSpec, field: str, loaded: dict[str, Any], source: st
     if any(callable(m.get("metric")) for m in listed if isinstance(m, dict)):
         return
     if task.metric not in valid:
-        raise ForgetbenchError(f"{source}: {field}.metric: {task.metric!r} is not a metric "
-                               f"lm-eval reports for task {task.name!r}; valid: {', '.join(valid)}")
+        raise ForgetbenchError(f"{source}: {field}.metric: {shown(task.metric)} is not a metric "
+                               f"lm-eval reports for task {shown(task.name)}; valid: {', '.join(valid)}")
 
 
 def eval_items(tasks: TasksSpec, source: str = "suite", *, show_progress: bool = False,
@@ -436,7 +477,7 @@ def eval_items(tasks: TasksSpec, source: str = "suite", *, show_progress: bool =
                        "cache here" if unreachable(exc) else "")
                 raise ForgetbenchError(
                     f"{source}: tasks.{role}: lm-eval could not load the documents of task "
-                    f"{task.name!r} to check them against the training data "
+                    f"{shown(task.name)} to check them against the training data "
                     f"({type(exc).__name__}: {first[:200]}){fix}") from exc
         _check_metric(task, f"tasks.{role}[{index}]", loaded, source)
         for name, t in loaded.items():
@@ -587,7 +628,7 @@ def evaluate(model_dir: Path | str, tasks: TasksSpec, spec: EvalSpec, *, trust_r
     for task, _role in tasks.all():
         res = out["results"].get(task.name)
         if res is None:
-            raise ForgetbenchError(f"lm-eval returned no results for task {task.name!r}")
+            raise ForgetbenchError(f"lm-eval returned no results for task {shown(task.name)}")
         better = out.get("higher_is_better", {}).get(task.name, {})
         metrics = {}
         for key, value in res.items():
@@ -615,7 +656,7 @@ def evaluate(model_dir: Path | str, tasks: TasksSpec, spec: EvalSpec, *, trust_r
                 doc = s.get("doc") if isinstance(s.get("doc"), dict) else {}
                 if task.cluster not in doc:
                     raise ForgetbenchError(f"tasks: {task.name}.cluster: its documents have no field "
-                                           f"{task.cluster!r}; fields: {', '.join(sorted(doc))}")
+                                           f"{shown(task.cluster)}; fields: {', '.join(sorted(doc))}")
                 rec["cluster"] = str(doc[task.cluster])
             rec["responses"][filt] = _response(s.get("filtered_resps"), s.get("arguments"))
             for m in s.get("metrics", []):

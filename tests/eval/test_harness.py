@@ -153,3 +153,44 @@ def test_an_evaluation_outside_a_git_repository_prints_no_git_error(write_suite,
     harness.evaluate(tiny_model_dir, suite.tasks, suite.eval)
     err = capfd.readouterr().err
     assert "fatal:" not in err and "not a git repository" not in err
+
+
+def _task_folder(tmp_path, doc_to_text: str):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (tmp_path / "d.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    (folder / "mine.yaml").write_text(
+        "task: mine\ndataset_path: json\ndataset_kwargs: {data_files: {test: ../d.jsonl}}\ntest_split: test\n"
+        f"output_type: generate_until\ndoc_to_text: {doc_to_text}\ndoc_to_target: answer\n"
+        "metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]\n")
+    return folder
+
+
+def test_a_function_tag_whose_module_cannot_be_imported_names_the_file_and_the_module(tmp_path):
+    path = _task_folder(tmp_path, "!function nosuchmodule.fn") / "mine.yaml"
+    with pytest.raises(ForgetbenchError, match=(
+            rf"^{path}: a !function tag needs module 'nosuchmodule', which cannot be imported \(Cannot import "
+            r"module 'nosuchmodule' for function 'fn' .*\); correct the tag, or make the module importable")):
+        harness._local_task_config(path)
+    path.write_text(path.read_text().replace("nosuchmodule.fn", "os.nosuchfn"))
+    with pytest.raises(ForgetbenchError, match=rf"^{path}: a !function tag: Module 'os' has no function 'nosuchfn'"):
+        harness._local_task_config(path)
+
+
+def test_a_task_yaml_that_is_not_utf8_is_one_line_naming_it(tmp_path, write_suite):
+    folder = _task_folder(tmp_path, "prompt")
+    path = folder / "mine.yaml"
+    path.write_bytes(b"# caf\xe9\n" + path.read_bytes())
+    suite = load_suite(write_suite(suite_dict(**{"tasks.include_path": [str(SUITES / "tasks"), str(folder)]})))
+    with pytest.raises(ForgetbenchError, match=rf"^{path}: not UTF-8 text at line 1 \(byte 0xe9\); save the file"):
+        harness.check_tasks(suite.tasks)
+
+
+def test_declared_metrics_are_read_from_the_task_configs(write_suite):
+    raw = suite_dict()
+    raw["tasks"]["general"] = [{"name": "fb_capitals", "category": "qa"}, {"name": "gsm8k", "category": "math"},
+                               {"name": "mmlu_stem", "category": "qa"}]
+    assert harness.declared_metrics(load_suite(write_suite(raw)).tasks) == {
+        "fb_medical": ["acc", "acc_norm"], "fb_capitals": ["acc", "acc_norm"],
+        "gsm8k": ["exact_match,strict-match", "exact_match,flexible-extract"],
+        "mmlu_stem": None}  # a group: known from its results only
