@@ -12,11 +12,11 @@ Layout of ``runs/<suite>/``::
     sweep.lock                 held (flock) by the sweep running on the directory, naming it
     sweep.log                  every sweep's progress lines, with their date and time
 
-Files are written to a temporary name and renamed, so a reader never sees half a file. The
-journal is appended only after the file it reports exists, so it never claims a result that
-is not there. A torn last line (a crash mid-append) is skipped on replay. A stored result that
-no longer parses (a truncated or damaged file) is set aside by the next sweep, which
-recomputes it (:func:`reuse_result`).
+Files are written to a temporary name (:func:`temporary_name`) and renamed, so a reader
+never sees half a file. The journal is appended only after the file it reports exists, so it
+never claims a result that is not there. A torn last line (a crash mid-append) is skipped on
+replay. A stored result that no longer parses (a truncated or damaged file) is set aside by
+the next sweep, which recomputes it (:func:`reuse_result`).
 """
 from __future__ import annotations
 
@@ -25,10 +25,9 @@ import fcntl
 import hashlib
 import json
 import os
-import re
+import secrets
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -49,15 +48,32 @@ def current_umask() -> int:
     return mask
 
 
+# Temporary files and folders (a write in progress, a model export, a model being removed) are
+# named TEMPORARY_PREFIX + the final name + "." + a random or fixed suffix: a prefix no user
+# picks, so the clean-up after a killed writer (remove_partial_files) removes them and nothing else
+TEMPORARY_PREFIX = ".forgetbench-tmp-"
+
+
+def temporary_name(name: str, suffix: str | None = None) -> str:
+    """The temporary name of a file or folder on its way to (or from) ``name``; ``suffix`` a
+    fixed one (the same for every process writing it), else random."""
+    return f"{TEMPORARY_PREFIX}{name}.{suffix or secrets.token_hex(4)}"
+
+
+def is_temporary(name: str) -> bool:
+    return name.startswith(TEMPORARY_PREFIX)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(temporary_name(path.name))
+    # the umask applies, as to every other file of the run (others may need to read results)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; others may need to read results
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -125,11 +141,12 @@ def reuse_result(path: Path, warn: Callable[[str], None]) -> Any | None:
 def fresh_dir(final: Path) -> Iterator[Path]:
     """A private directory that replaces ``final`` only if the block succeeds (e.g. a model export)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = final.with_name(temporary_name(final.name))
+    tmp.mkdir(mode=0o700)
     try:
         yield tmp
-        # mkdtemp makes 0700, and safetensors (so save_pretrained) writes its files 0600 through
-        # a temporary file: give the export the modes every other file of the run has
+        # safetensors (so save_pretrained) writes its files 0600 through a temporary file: give
+        # the export the modes every other file of the run has
         umask = current_umask()
         for folder, _, files in os.walk(tmp):
             os.chmod(folder, 0o777 & ~umask)
@@ -277,23 +294,19 @@ class RunStore:
         return states
 
 
-# the temporary names of atomic_write_text and fresh_dir: "." + final name + "." + 8 characters
-_PARTIAL = re.compile(r"^\..+\.[a-z0-9_]{8}$")
-
-
 def remove_partial_files(root: Path, keep: Iterable[Path] = ()) -> list[Path]:
-    """Remove what a killed writer left under ``root``: the temporary files and directories of
-    :func:`atomic_write_text` and :func:`fresh_dir` (a half-exported model). Only for a
-    directory no one else is writing (a sweep holding its :class:`SweepLock`), except the
-    folders ``keep`` (those of cluster jobs still running). Returns them."""
+    """Remove what a killed writer left under ``root``: the temporary files and folders (see
+    :func:`temporary_name`) of :func:`atomic_write_text`, :func:`fresh_dir` (a half-exported
+    model) and the others. Only for a directory no one else is writing (a sweep holding its
+    :class:`SweepLock`), except the folders ``keep`` (those cluster jobs still running write
+    in). Returns them."""
     removed = []
     keep = [Path(k) for k in keep]
-    for path in sorted(root.rglob(".*")):
+    for path in sorted(root.rglob(TEMPORARY_PREFIX + "*")):
         if any(path.is_relative_to(k) for k in keep):
             continue
-        if _PARTIAL.match(path.name) and not any(_PARTIAL.match(p.name) for p in path.relative_to(root).parents
-                                                 if p.name):
-            if path.is_dir():
+        if not any(is_temporary(p.name) for p in path.relative_to(root).parents):  # not inside one removed
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)

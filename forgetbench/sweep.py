@@ -45,6 +45,7 @@ from forgetbench.store import (
     read_result,
     remove_partial_files,
     reuse_result,
+    temporary_name,
 )
 from forgetbench.train import data as train_data
 from forgetbench.train import preempt, recipe
@@ -306,7 +307,12 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
         for line in warnings:
             echo(line)
         following = _queued_jobs(store, executor)
-        removed = remove_partial_files(store.root, keep=[store.point_dir(k) for k in following if k != BASE_JOB])
+        # the jobs still running write in their points' folders and in the regularisers'
+        # caches (EWC's Fisher)
+        busy = [store.point_dir(k) for k in following if k != BASE_JOB] + [
+            store.root / reg.cache for reg in map(regularizers.get, regularizers.names())
+            if following and reg is not None and reg.cache is not None]
+        removed = remove_partial_files(store.root, keep=busy)
         if removed:
             names = [str(p.relative_to(store.root)) for p in removed]
             echo(f"removed {len(names)} half-written file(s) a killed sweep left: "
@@ -369,7 +375,7 @@ class _ModelKeeper:
                 # said before it is done: a kill midway leaves a model the journal calls
                 # deleted (and the next sweep's clean-up removes the rest), never the reverse
                 self.store.append(Event.MODEL_DELETED, point=pid, keep_models=self.suite.keep_models)
-                aside = model.with_name(f".model.{pid[:8]}")
+                aside = model.with_name(temporary_name("model"))
                 os.replace(model, aside)
                 shutil.rmtree(aside, ignore_errors=True)
 

@@ -85,3 +85,30 @@ def test_an_exported_model_honours_the_umask_like_every_other_file(tiny_model_di
     assert mode(tmp_path / "model" / "model.safetensors") == 0o666 & ~umask == mode(tmp_path / "scores.json")
     assert mode(tmp_path / "model" / "config.json") == 0o666 & ~umask
     assert mode(tmp_path / "model") == 0o777 & ~umask
+
+
+def test_temporary_names_are_the_only_files_the_clean_up_removes(tmp_path):
+    from forgetbench.store import remove_partial_files, temporary_name
+
+    point = tmp_path / "points" / "abc"
+    point.mkdir(parents=True)
+    # a user's own dotfiles, named like the temporary files of old (".X." + 8 letters)
+    mine = [tmp_path / ".notes.markdown", tmp_path / ".env.template", tmp_path / ".journal.20241201",
+            point / ".model.k2j_x9a1", tmp_path / "checkpoints" / "step_0000002" / ".metadata"]
+    mine[-1].parent.mkdir(parents=True)
+    for f in mine:
+        f.write_text("mine")
+    export = point / temporary_name("model")  # a model export a kill cut short
+    (export / "sub").mkdir(parents=True)
+    (export / "sub" / "model.safetensors").write_text("half")
+    (tmp_path / "checkpoints" / temporary_name("step_0000004", "partial")).mkdir(parents=True)
+    with pytest.raises(RuntimeError):  # a write cut short leaves nothing
+        with fresh_dir(point / "model"):
+            raise RuntimeError("killed")
+    write = point / temporary_name("point.json")
+    write.write_text("{")
+    removed = remove_partial_files(tmp_path)
+    partial = temporary_name("step_0000004", "partial")
+    assert sorted(p.name for p in removed) == sorted([export.name, write.name, partial])
+    assert all(f.read_text() == "mine" for f in mine)
+    assert sorted(p.name for p in point.iterdir()) == [".model.k2j_x9a1"]
