@@ -17,6 +17,8 @@ never sees half a file. The journal is appended only after the file it reports e
 never claims a result that is not there. A torn last line (a crash mid-append) is skipped on
 replay. A stored result that no longer parses (a truncated or damaged file) is set aside by
 the next sweep, which recomputes it (:func:`reuse_result`).
+
+Also here: the content hashes of files (:func:`file_hashes`), cached for the user.
 """
 from __future__ import annotations
 
@@ -32,7 +34,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -86,18 +87,90 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def file_digest(path: Path | None) -> str | None:
-    """A file's content hash (16 hex digits); None for no file. Read once per process while
-    the file is unchanged (size and mtime are part of the cache key): a sweep hashes the
-    same replay file for many points."""
-    if path is None:
-        return None
-    stat = path.stat()
-    return _file_digest(path, stat.st_size, stat.st_mtime_ns)
+    """A file's content hash (the first 16 hex digits of its sha256); None for no file."""
+    return None if path is None else file_hashes([path])[0][:16]
 
 
-@lru_cache(maxsize=64)
-def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def file_hashes(paths: Iterable[Path]) -> list[str]:
+    """Each file's sha256 (hex). A file is read only when it is not known unchanged: a hash is
+    kept, in this process and in the user's cache (:func:`hash_cache_path`), with the file's
+    device, inode, size, mtime and ctime. A file replaced by another, even one of the same
+    size and mtime (``cp -p``, ``rsync -a`` and ``tar`` keep them), has another inode or
+    ctime, which no copy can set, so it is read again."""
+    known = _known_hashes()
+    out, learned = [], False
+    for path in paths:
+        name = os.path.abspath(path)
+        before = _stat_key(name)
+        entry = known.get(name)
+        if entry is not None and entry[:-1] == before:
+            out.append(entry[-1])
+            continue
+        digest = _sha256(name)
+        if _stat_key(name) == before:  # not written to while it was read
+            known[name], learned = [*before, digest], True
+        out.append(digest)
+    if learned:
+        _save_hashes(known)
+    return out
+
+
+def hash_cache_path() -> Path:
+    """The user's cache of file hashes: ``$XDG_CACHE_HOME/forgetbench/file-hashes.json``
+    (``~/.cache/forgetbench/`` without it)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "forgetbench" / "file-hashes.json"
+
+
+_hashes: dict[str, list] | None = None  # this process's: file path -> [*its stat key, sha256]
+
+
+def _stat_key(name: str) -> list[int]:
+    st = os.stat(name)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _sha256(name: str) -> str:
+    h = hashlib.sha256()
+    with open(name, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_hash_cache() -> dict[str, list]:
+    """The cache file's entries; nothing from a missing, unreadable or damaged one (a cache:
+    what it lacks is hashed again)."""
+    try:
+        files = read_json(hash_cache_path()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(files, dict):
+        return {}
+    return {k: v for k, v in files.items()
+            if isinstance(v, list) and len(v) == 6 and all(isinstance(x, int) for x in v[:5])
+            and isinstance(v[5], str)}
+
+
+def _known_hashes() -> dict[str, list]:
+    global _hashes
+    if _hashes is None:
+        _hashes = _read_hash_cache()
+    return _hashes
+
+
+def _save_hashes(known: dict[str, list]) -> None:
+    """Merge this process's hashes with the cache file's (other processes write it too) and
+    write back the entries that still describe their file as it is (the rest is dropped)."""
+    merged = {}
+    for name, entry in [*_read_hash_cache().items(), *known.items()]:
+        with contextlib.suppress(OSError):  # a file gone
+            if entry[:-1] == _stat_key(name):
+                merged[name] = entry
+    known.clear()
+    known.update(merged)
+    with contextlib.suppress(OSError):  # a read-only home costs a hash again, not the run
+        atomic_write_text(hash_cache_path(), json.dumps({"files": merged}) + "\n")
 
 
 def json_digest(obj: Any) -> str:

@@ -41,20 +41,21 @@ def tiny(model_dir, **over):
 
 
 def test_a_model_is_evaluated_once_per_eval_settings(fake_evaluate, write_suite, tiny_model_dir, tmp_path):
-    suite = load_suite(write_suite(tiny(tiny_model_dir)))
+    model = str(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    suite = load_suite(write_suite(tiny(model)))
     store = EvalStore(tmp_path / "evals")
-    first, path, computed = store.scores(str(tiny_model_dir), suite.tasks, suite.eval)
-    again, same, computed_again = store.scores(str(tiny_model_dir), suite.tasks, suite.eval)
+    first, path, computed = store.scores(model, suite.tasks, suite.eval)
+    again, same, computed_again = store.scores(model, suite.tasks, suite.eval)
     assert computed and not computed_again and same == path and again == first
-    assert fake_evaluate == [str(tiny_model_dir)]
-    assert path.parent == tmp_path / "evals" and first["model"]["dir_files"]
+    assert fake_evaluate == [model]
+    assert path.parent == tmp_path / "evals" and first["model"]["dir_content"]
 
     # other eval settings are another evaluation
-    other = load_suite(write_suite(tiny(tiny_model_dir, **{"eval.batch_size": 7}), "other.yaml"))
-    assert store.scores(str(tiny_model_dir), other.tasks, other.eval)[2]
-    # the same folder with other weights is another model: its stored scores are not reused
-    (tiny_model_dir / "model.safetensors").touch()
-    assert store.scores(str(tiny_model_dir), suite.tasks, suite.eval)[2]
+    other = load_suite(write_suite(tiny(model, **{"eval.batch_size": 7}), "other.yaml"))
+    assert store.scores(model, other.tasks, other.eval)[2]
+    # the same folder with another chat template is another model: its stored scores are not reused
+    (tmp_path / "model" / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    assert store.scores(model, suite.tasks, suite.eval)[2]
     assert len(fake_evaluate) == 3
 
 

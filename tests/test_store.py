@@ -87,6 +87,43 @@ def test_an_exported_model_honours_the_umask_like_every_other_file(tiny_model_di
     assert mode(tmp_path / "model") == 0o777 & ~umask
 
 
+def test_a_file_is_hashed_once_while_unchanged_in_this_process_and_the_next(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from forgetbench import store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(store, "_hashes", None)  # this process has hashed nothing yet
+    read = []
+    sha256 = store._sha256
+    monkeypatch.setattr(store, "_sha256", lambda name: read.append(name) or sha256(name))
+    files = [tmp_path / "a.bin", tmp_path / "b.bin"]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 1000)
+    want = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+
+    assert store.file_hashes(files) == want and len(read) == 2
+    assert store.file_hashes(files) == want and len(read) == 2  # unchanged: not read again
+    monkeypatch.setattr(store, "_hashes", None)  # another process: from the cache file
+    assert store.file_hashes(files) == want and len(read) == 2
+    assert store.hash_cache_path() == tmp_path / "cache" / "forgetbench" / "file-hashes.json"
+
+    # the same size and mtime (as cp -p, rsync -a or tar leave them), other bytes: read again
+    st = files[0].stat()
+    files[0].write_bytes(b"\x07" * 1000)
+    os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert files[0].stat().st_size == st.st_size and files[0].stat().st_mtime_ns == st.st_mtime_ns
+    assert store.file_hashes(files)[0] == hashlib.sha256(b"\x07" * 1000).hexdigest() and len(read) == 3
+
+    # a damaged cache file costs a hash again, and is written whole again
+    store.hash_cache_path().write_text('{"files": {"x": [1, ')
+    monkeypatch.setattr(store, "_hashes", None)
+    assert store.file_hashes(files)[1] == want[1] and len(read) == 5
+    assert set(json.loads(store.hash_cache_path().read_text())["files"]) == {str(f) for f in files}
+    assert store.file_digest(files[1]) == want[1][:16] and len(read) == 5
+
+
 def test_temporary_names_are_the_only_files_the_clean_up_removes(tmp_path):
     from forgetbench.store import remove_partial_files, temporary_name
 
