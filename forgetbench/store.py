@@ -15,8 +15,9 @@ Layout of ``runs/<suite>/``::
 Files are written to a temporary name (:func:`temporary_name`) and renamed, so a reader
 never sees half a file. The journal is appended only after the file it reports exists, so it
 never claims a result that is not there. A torn last line (a crash mid-append) is skipped on
-replay. A stored result that no longer parses (a truncated or damaged file) is set aside by
-the next sweep, which recomputes it (:func:`reuse_result`).
+replay. A stored result that no longer parses, or not as what it is (a truncated or damaged
+file), is set aside by the next sweep, which recomputes it (:func:`reuse_result`); a point.json
+is rebuilt from the sweep's plan, which the journal also records (``sweep_finished``).
 
 Also here: the content hashes of files (:func:`file_hashes`), cached for the user.
 """
@@ -182,27 +183,64 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def read_result(path: Path) -> Any:
-    """A stored result (a baseline's or a point's scores); a corrupt one, e.g. truncated by a
-    full disk or damaged by a copy, is a ForgetbenchError naming it."""
+def _kind(value: Any) -> str:
+    """A value's JSON type, in JSON's words."""
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def scores_problem(record: Any) -> str | None:
+    """What makes ``record`` no scores record (an object whose settings and tasks are objects,
+    each task with an object of metrics), or None when it is one."""
+    if not isinstance(record, dict):
+        return f"a JSON {_kind(record)}, not an object"
+    for name in ("settings", "tasks"):
+        if not isinstance(record.get(name), dict):
+            return f"its {name} is " + (f"a JSON {_kind(record[name])}, not an object" if name in record else "missing")
+    for task, result in record["tasks"].items():
+        if not (isinstance(result, dict) and isinstance(result.get("metrics"), dict)):
+            return f"its task {task[:100]!r} has no object of metrics"
+    return None
+
+
+def point_problem(record: Any) -> str | None:
+    """What makes ``record`` no ``point.json`` (an object with an id, a point and a suite), or None."""
+    if not isinstance(record, dict):
+        return f"a JSON {_kind(record)}, not an object"
+    for name, kind in (("id", str), ("point", dict), ("suite", dict)):
+        if not isinstance(record.get(name), kind):
+            return f"its {name} is " + (f"a JSON {_kind(record[name])}" if name in record else "missing")
+    return None
+
+
+def read_result(path: Path, problem: Callable[[Any], str | None] | None = scores_problem) -> Any:
+    """A stored result (a baseline's or a point's scores, or with ``problem`` =
+    :func:`point_problem` a point.json); a corrupt one, e.g. truncated by a full disk, damaged
+    by a copy, or of another shape than ``problem`` accepts, is a ForgetbenchError naming it."""
     try:
-        return read_json(path)
+        record = read_json(path)
     except FileNotFoundError:
         raise ForgetbenchError(f"{path}: stored result not found; run `forgetbench sweep` on its suite "
                                "again to compute it") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise ForgetbenchError(f"{path}: stored result is corrupt ({exc}); run `forgetbench sweep` "
-                               "on its suite again: it sets the file aside and recomputes it") from None
+        why: str | None = str(exc)
+    else:
+        why = problem(record) if problem is not None else None
+        if why is None:
+            return record
+    raise ForgetbenchError(f"{path}: stored result is corrupt ({why}); run `forgetbench sweep` "
+                           "on its suite again: it sets the file aside and recomputes it")
 
 
-def reuse_result(path: Path, warn: Callable[[str], None]) -> Any | None:
+def reuse_result(path: Path, warn: Callable[[str], None],
+                 problem: Callable[[Any], str | None] | None = scores_problem) -> Any | None:
     """A stored result for a sweep to reuse, or None to recompute it: when it is missing, or
-    corrupt. A corrupt file is renamed ``<name>.corrupt-<time>``, kept for a look, with a
-    warning; left in place it would fail every later sweep and report."""
+    corrupt (see :func:`read_result`). A corrupt file is renamed ``<name>.corrupt-<time>``,
+    kept for a look, with a warning; left in place it would fail every later sweep and report."""
     if not path.exists():
         return None
     try:
-        return read_result(path)
+        return read_result(path, problem)
     except ForgetbenchError:
         aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(path, aside)

@@ -59,6 +59,20 @@ def test_a_model_is_evaluated_once_per_eval_settings(fake_evaluate, write_suite,
     assert len(fake_evaluate) == 3
 
 
+@pytest.mark.parametrize("record", [[{"settings": {}, "tasks": {}}], {"settings": ["list"], "tasks": {}}])
+def test_a_stored_record_of_another_shape_is_set_aside_and_evaluated_again(
+        fake_evaluate, write_suite, tiny_model_dir, tmp_path, record):
+    suite = load_suite(write_suite(tiny(tiny_model_dir)))
+    store = EvalStore(tmp_path / "evals")
+    path = store.scores(str(tiny_model_dir), suite.tasks, suite.eval)[1]
+    path.write_text(json.dumps(record))
+    said = []
+    again, same, computed = store.scores(str(tiny_model_dir), suite.tasks, suite.eval, warn=said.append)
+    assert computed and same == path and len(fake_evaluate) == 2 and json.loads(path.read_text()) == again
+    assert len(said) == 1 and "is corrupt; set aside" in said[0]
+    assert json.loads(next(path.parent.glob(f"{path.name}.corrupt-*")).read_text()) == record
+
+
 def test_forgetbench_eval_stores_what_a_later_sweep_reuses_as_its_baseline(
         fake_evaluate, write_suite, tiny_model_dir, tmp_path, monkeypatch, capsys):
     path, runs = write_suite(tiny(tiny_model_dir)), tmp_path / "runs"

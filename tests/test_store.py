@@ -50,9 +50,10 @@ def test_a_corrupt_stored_result_is_named_and_set_aside_for_recomputing(tmp_path
     from forgetbench.store import read_result, reuse_result
 
     path = tmp_path / "scores" / "k.json"
-    atomic_write_json(path, {"tasks": {}})
+    record = {"settings": {}, "tasks": {"fb_med": {"metrics": {}}}}
+    atomic_write_json(path, record)
     warnings = []
-    assert reuse_result(path, warnings.append) == {"tasks": {}} and not warnings
+    assert reuse_result(path, warnings.append) == record and not warnings
     path.write_text('{"tasks": {"fb_med')  # truncated
     with pytest.raises(ForgetbenchError, match=rf"^{path}: stored result is corrupt .*`forgetbench sweep`"):
         read_result(path)
@@ -61,6 +62,25 @@ def test_a_corrupt_stored_result_is_named_and_set_aside_for_recomputing(tmp_path
     assert aside.read_text() == '{"tasks": {"fb_med' and not path.exists()
     assert len(warnings) == 1 and str(path) in warnings[0] and aside.name in warnings[0]
     assert reuse_result(path, warnings.append) is None and len(warnings) == 1  # missing: no warning
+
+
+@pytest.mark.parametrize("record, why", [
+    ([{"settings": {}, "tasks": {}}], "a JSON array, not an object"),
+    ({"settings": [], "tasks": {}}, "its settings is a JSON array, not an object"),
+    ({"settings": {}}, "its tasks is missing"),
+    ({"settings": {}, "tasks": {"fb_med": [0.5]}}, "its task 'fb_med' has no object of metrics"),
+])
+def test_a_stored_result_of_another_shape_is_as_corrupt_as_a_truncated_one(tmp_path, record, why):
+    from forgetbench.errors import ForgetbenchError
+    from forgetbench.store import read_result, reuse_result
+
+    path = tmp_path / "k.json"
+    atomic_write_json(path, record)
+    with pytest.raises(ForgetbenchError, match=rf"^{path}: stored result is corrupt \({why}\); run `forgetbench"):
+        read_result(path)
+    warnings = []
+    assert reuse_result(path, warnings.append) is None and len(warnings) == 1 and not path.exists()
+    assert json.loads(next(tmp_path.glob("k.json.corrupt-*")).read_text()) == record
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

@@ -12,17 +12,20 @@ from forgetbench.report.tables import (
     summary_frame,
     summary_markdown,
 )
-from forgetbench.store import RunStore, atomic_write_text, read_json, read_result
+from forgetbench.store import RunStore, atomic_write_text, point_problem, read_result
 
 
 def stored_results(store: RunStore, sweep: dict) -> tuple[dict, list[tuple[str, Point, dict | None]]]:
-    """(baseline scores, [(point id, point, scores or None)]) as the sweep left them."""
+    """(baseline scores, [(point id, point, scores or None)]) as the sweep left them: each
+    point as the journal recorded the sweep's plan (a sweep before that record: its point.json)."""
     baseline = read_result(store.root / sweep["baseline"])
+    planned = sweep.get("planned", {})
     points = []
     for pid in sweep["points"]:
-        config = read_json(store.point_dir(pid) / "point.json")
+        point = (planned[pid] if pid in planned
+                 else read_result(store.point_dir(pid) / "point.json", point_problem)["point"])
         path = store.scores_path(pid, sweep["eval_key"])
-        points.append((pid, Point(**config["point"]), read_result(path) if path.exists() else None))
+        points.append((pid, Point(**point), read_result(path) if path.exists() else None))
     return baseline, points
 
 
