@@ -83,6 +83,28 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse, in one line naming ``what`` (the flag that chose ``folder``, or what it is for),
+    a folder where nothing can be written: a path through a file, or a folder (its nearest
+    existing parent, when it is still to be made) that refuses a new file. Tried, not read from
+    the mode bits, which root ignores (a read-only file system, /proc, /sys refuse root too).
+    Leaves nothing."""
+    folder = Path(os.path.abspath(folder))
+    existing = folder
+    while not (existing.exists() or existing.is_symlink()):
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ForgetbenchError(f"{what} {folder}: {existing} is not a folder; give a folder "
+                               "(or a path to one to create)")
+    probe = existing / temporary_name("probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise ForgetbenchError(f"{what} {folder}: cannot write in {existing} ({exc.strerror or exc}); "
+                               "give a folder you can write to") from None
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

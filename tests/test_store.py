@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,19 @@ def test_temporary_names_are_the_only_files_the_clean_up_removes(tmp_path):
     assert sorted(p.name for p in removed) == sorted([export.name, write.name, partial])
     assert all(f.read_text() == "mine" for f in mine)
     assert sorted(p.name for p in point.iterdir()) == [".model.k2j_x9a1"]
+
+
+def test_an_unusable_folder_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    from forgetbench.errors import ForgetbenchError
+    from forgetbench.store import check_writable
+
+    check_writable(tmp_path / "runs" / "medical", "--runs-dir")  # to be made: fine
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "runs").write_text("a file")
+    with pytest.raises(ForgetbenchError, match=rf"^--runs-dir {tmp_path}/runs/medical: {tmp_path}/runs is not a fol"):
+        check_writable(tmp_path / "runs" / "medical", "--runs-dir")
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no /sys here")
+    # root writes through any mode bits, not into /sys (nor a read-only file system)
+    with pytest.raises(ForgetbenchError, match=r"^--runs-dir /sys/runs: cannot write in /sys \("):
+        check_writable(Path("/sys/runs"), "--runs-dir")

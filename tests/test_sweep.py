@@ -404,6 +404,15 @@ def test_a_torn_point_json_leaves_status_and_report_whole_and_the_next_sweep_reb
         f"warning: {point_file} is corrupt; set aside as {aside.name}, recomputing it"]
 
 
+def test_a_sweep_into_an_unusable_runs_dir_is_refused_before_anything_is_written(
+        write_suite, tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    path, runs = write_suite(tiny_suite(tiny_model_dir)), tmp_path / "file" / "runs"
+    err = refused(capsys, "sweep", str(path), "--runs-dir", str(runs))
+    assert err.startswith(f"forgetbench: error: --runs-dir {runs / 'medical'}: {tmp_path / 'file'} is not a folder")
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
 @pytest.mark.parametrize("keep", ["pareto", "all", "none"])
 def test_keep_models_removes_the_models_not_kept_and_compare_still_reads_their_scores(
         write_suite, tiny_model_dir, tmp_path, monkeypatch, keep):
