@@ -404,6 +404,36 @@ def test_a_torn_point_json_leaves_status_and_report_whole_and_the_next_sweep_reb
         f"warning: {point_file} is corrupt; set aside as {aside.name}, recomputing it"]
 
 
+def test_a_disk_full_while_the_report_is_written_is_one_line_and_report_finishes_it(
+        write_suite, tiny_model_dir, tmp_path, fake_work, monkeypatch, capsys):
+    import errno
+
+    from forgetbench import report
+
+    suite = load_suite(write_suite(tiny_suite(tiny_model_dir)))
+    outcome = sweep.run_sweep(suite, tmp_path / "runs", echo=lambda msg: None, executor=InlineExecutor())
+    root = outcome.store.root
+    written = {name: (root / name).read_text() for name in ("results.csv", "summary.csv", "summary.md")}
+    (root / "summary.md").unlink()
+    write = report.atomic_write_text
+
+    def full_disk(path, text):
+        if path.name == "summary.md":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, text)
+
+    monkeypatch.setattr(report, "atomic_write_text", full_disk)
+    capsys.readouterr()
+    err = refused(capsys, "report", str(root))
+    assert err == (f"forgetbench: error: {root / 'summary.md'}: could not be written (No space left on device); "
+                   "the scores are stored and no table is half-written; once that is fixed (a full disk: free "
+                   f"some space), `forgetbench report {root}` writes the tables and report\n")
+    assert not (root / "summary.md").exists() and (root / "results.csv").read_text() == written["results.csv"]
+    monkeypatch.setattr(report, "atomic_write_text", write)
+    assert main(["report", str(root)]) == 0
+    assert {name: (root / name).read_text() for name in written} == written
+
+
 def test_a_sweep_into_an_unusable_runs_dir_is_refused_before_anything_is_written(
         write_suite, tiny_model_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("not a folder")

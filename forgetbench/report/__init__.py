@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from forgetbench.config import Point, Suite
+from forgetbench.errors import ForgetbenchError
 from forgetbench.report import html, plots, verdict
 from forgetbench.report.tables import (
     mitigation_frame,
@@ -60,5 +61,11 @@ def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> tuple[pd.DataFr
                                    labels={pid: point.label() for pid, point, _ in scored}),
     }
     for name, text in made.items():
-        atomic_write_text(store.root / name, text)
+        try:
+            atomic_write_text(store.root / name, text)
+        except OSError as exc:  # a full disk, a quota: each file is whole or as it was
+            raise ForgetbenchError(
+                f"{store.root / name}: could not be written ({exc.strerror or exc}); the scores are stored "
+                f"and no table is half-written; once that is fixed (a full disk: free some space), "
+                f"`forgetbench report {store.root}` writes the tables and report") from None
     return summary, mitigations, judged
