@@ -111,10 +111,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from forgetbench.leakage import check_leakage
     from forgetbench.models import check_model, ensure_cached, missing_from_cache
     from forgetbench.planner import check_fits
+    from forgetbench.store import check_writable
     from forgetbench.sweep import check_training, plan, run_sweep
 
     start = time.monotonic()
     suite = load_suite(args.suite, args.set)
+    if not args.dry_run:
+        check_writable(Path(args.runs_dir) / suite.name, "--runs-dir")
     if args.cluster:
         suite = suite.model_copy(update={"cluster": load_cluster(args.cluster)})
     # Everything a user can get wrong is checked before the run directory is touched.
@@ -374,6 +377,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from forgetbench.eval.harness import check_tasks
     from forgetbench.evalstore import EvalStore
     from forgetbench.models import check_model
+    from forgetbench.store import check_writable
 
     suite = load_suite(args.suite, args.set)
     # the same forms as a suite's model: builtin:NAME, a save_pretrained folder, a hub id
@@ -391,6 +395,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _echo(shlex.join(lm_eval_command(resolve_model(args.model), suite.tasks, suite.eval,
                                          trust_remote_code=suite.trust_remote_code)))
         return 0
+    check_writable(Path(args.runs_dir), "--runs-dir")
     # stored once per model and eval settings: a later sweep or compare reuses these scores
     scores, path, computed = EvalStore(Path(args.runs_dir) / "evals").scores(
         args.model, suite.tasks, suite.eval, trust_remote_code=suite.trust_remote_code,

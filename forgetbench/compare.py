@@ -28,7 +28,7 @@ from forgetbench.evalstore import EvalStore
 from forgetbench.gate import Gate, check_gate, judge, load_gate, suite_gate
 from forgetbench.metrics import headline_metric
 from forgetbench.models import check_model
-from forgetbench.store import RunStore, read_result
+from forgetbench.store import RunStore, point_problem, read_result, scores_problem
 
 RESAMPLES = 10_000
 # settings that may differ between two comparable evaluations: where the model came from
@@ -253,7 +253,7 @@ def _slug(text: str) -> str:
 def _point_side(arg: str, point_dir: Path) -> Side:
     """A sweep point: its exported model, or, once keep_models removed it, its stored
     evaluation under the suite it trained with."""
-    record = read_result(point_dir / "point.json")
+    record = read_result(point_dir / "point.json", point_problem)
     try:
         suite = Suite.model_validate(record["suite"])
     except (KeyError, ValidationError):
@@ -299,10 +299,11 @@ def side_scores(side: Side, suite: Suite, runs_dir: Path, *, say=print) -> tuple
     """The side's evaluation: a given record, else the evaluation store's (evaluated now if
     this model has none under the suite's eval settings)."""
     if side.record is not None:
-        record = read_result(side.record)
-        if not (isinstance(record, dict) and {"settings", "tasks"} <= set(record)):
-            raise ForgetbenchError(f"{side.record}: not an evaluation record (it lacks settings or "
-                                   "tasks); give a model, a point, or a file from runs/evals")
+        record = read_result(side.record, problem=None)
+        why = scores_problem(record)
+        if why is not None:
+            raise ForgetbenchError(f"{side.record}: not an evaluation record ({why}); give a model, a point, "
+                                   "or a file from runs/evals")
         return record, side.record
     record, path, _ = EvalStore(runs_dir / "evals").scores(
         side.model, suite.tasks, suite.eval, trust_remote_code=suite.trust_remote_code,

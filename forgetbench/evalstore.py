@@ -18,7 +18,7 @@ from typing import Any
 from forgetbench.config import EvalSpec, TasksSpec
 from forgetbench.eval import harness
 from forgetbench.models import model_fingerprint, model_hash, resolve_model
-from forgetbench.store import atomic_write_json, reuse_result
+from forgetbench.store import atomic_write_json, check_writable, reuse_result
 
 
 def _point_dir(model: str) -> Path | None:
@@ -56,6 +56,7 @@ class EvalStore:
         if stored is not None:
             return stored, path, False
         fingerprint = model_fingerprint(model)  # the model as evaluated
+        check_writable(path.parent, "the evaluation store")  # before hours of evaluation, not after
         if before is not None:
             before()
         record = harness.evaluate(resolve_model(model), tasks, spec, trust_remote_code=trust_remote_code,

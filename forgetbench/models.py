@@ -6,33 +6,48 @@ so a model folder's own Python code runs only when the suite says so.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from forgetbench.builtin import BUILTIN_PREFIX, builtin_fingerprint, builtin_model_dir
 from forgetbench.errors import ForgetbenchError
-from forgetbench.store import json_digest
-
-# the files of a local model folder that identify it (not its path: a moved model keeps its points)
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt")
+from forgetbench.store import file_hashes, json_digest
 
 
 def model_fingerprint(model: str) -> dict[str, Any]:
     """What identifies a base model without loading it: the hash of a builtin model's shipped
-    files, the files (name, size, mtime) of a local folder, or a hub id with the revision the
-    local Hugging Face cache holds."""
+    files, the content of a local folder's files (:func:`model_files`: names and sha256, not
+    its path, so a moved model keeps its points), or a hub id with the revision the local
+    Hugging Face cache holds."""
     if model.startswith(BUILTIN_PREFIX):
         name = model[len(BUILTIN_PREFIX):]
         return {"builtin": name, "files": builtin_fingerprint(name)}
     path = Path(model)
     if path.is_dir():
-        files = {f.name: [f.stat().st_size, f.stat().st_mtime_ns]
-                 for f in sorted(path.iterdir()) if f.is_file() and f.suffix in _WEIGHT_SUFFIXES}
-        if "config.json" not in files:
+        if not (path / "config.json").is_file():
             raise ForgetbenchError(f"model: {path} has no config.json; point it at a Hugging "
                                    "Face model directory (the output of save_pretrained)")
-        return {"dir_files": json_digest(files)[:16]}
+        files = model_files(path)
+        names = [f.relative_to(path).as_posix() for f in files]
+        return {"dir_content": json_digest(list(zip(names, file_hashes(files))))[:16]}
     return {"hub": model, **_hub_revision(model)}
+
+
+def model_files(path: Path) -> list[Path]:
+    """The files of local model folder ``path`` that make the model: every file that
+    from_pretrained, its tokenizer or its chat template may read (weights, configs, tokenizer
+    files, chat_template.jinja, additional_chat_templates/, the model's own code), that is all
+    its files but hidden ones, and but the folders inside it that are checkpoints of their own
+    (with their own config.json or trainer_state.json, as HF Trainer's checkpoint-N/), which
+    from_pretrained never reads and which are as big as the model."""
+    out = []
+    for folder, dirs, files in os.walk(path):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__"
+                         and not any((here / d / own).is_file() for own in ("config.json", "trainer_state.json")))
+        out += [here / f for f in sorted(files) if not f.startswith(".") and (here / f).is_file()]
+    return out
 
 
 def _hub_revision(model: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ machine rebooted) and it is *interrupted*: the next sweep resumes it.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ from typing import Any
 from forgetbench import cluster, planner
 from forgetbench.config import Point, Suite
 from forgetbench.devices import resolve_device
+from forgetbench.errors import ForgetbenchError
 from forgetbench.executor import HEARTBEAT_S
 from forgetbench.models import resolve_model
-from forgetbench.store import Event, PointState, RunStore, SweepLock, read_json, read_jsonl
+from forgetbench.store import Event, PointState, RunStore, SweepLock, point_problem, read_jsonl, read_result
 from forgetbench.sweep import BASE_JOB, PlannedPoint
 
 STALE_S = 6 * HEARTBEAT_S  # a heartbeat older than this: the job is gone (or hung)
@@ -47,16 +49,30 @@ def _last_step(store: RunStore, pid: str) -> dict[str, Any] | None:
     return rows[-1] if rows else None
 
 
+def _planned_points(store: RunStore) -> dict[str, dict]:
+    """Each point as its point.json holds it, else as the journal's last finished sweep planned
+    it: a torn point.json (the next sweep sets it aside and rebuilds it) is left alone."""
+    planned = {}
+    for e in store.events():
+        if e["event"] == Event.SWEEP_FINISHED:
+            planned.update(e.get("planned", {}))
+    for config in (store.root / "points").glob("*/point.json"):
+        with contextlib.suppress(ForgetbenchError):
+            planned[config.parent.name] = read_result(config, point_problem)["point"]
+    return planned
+
+
 def point_views(store: RunStore, states: dict[str, PointState], sweeping: bool, now: float,
                 queued: frozenset[str] = frozenset()) -> list[PointView]:
     """Every point the run has planned (a ``point.json``) or recorded, in id order. ``queued``:
     the points whose cluster job is queued or running (alive without a sweep)."""
     ids = set(states) | {p.parent.name for p in (store.root / "points").glob("*/point.json")}
+    planned = _planned_points(store)
     out = []
     for pid in sorted(ids):
         st = states.get(pid, PointState())
-        config = store.point_dir(pid) / "point.json"
-        label = Point(**read_json(config)["point"]).label() if config.exists() else ""
+        point = planned.get(pid)
+        label = Point(**point).label() if point is not None else ""
         state, detail = st.status, ""
         if pid in queued and st.status in ("pending", "paused", "interrupted", "failed"):
             state, detail = "queued", f"{st.job}" + {

@@ -12,11 +12,14 @@ Layout of ``runs/<suite>/``::
     sweep.lock                 held (flock) by the sweep running on the directory, naming it
     sweep.log                  every sweep's progress lines, with their date and time
 
-Files are written to a temporary name and renamed, so a reader never sees half a file. The
-journal is appended only after the file it reports exists, so it never claims a result that
-is not there. A torn last line (a crash mid-append) is skipped on replay. A stored result that
-no longer parses (a truncated or damaged file) is set aside by the next sweep, which
-recomputes it (:func:`reuse_result`).
+Files are written to a temporary name (:func:`temporary_name`) and renamed, so a reader
+never sees half a file. The journal is appended only after the file it reports exists, so it
+never claims a result that is not there. A torn last line (a crash mid-append) is skipped on
+replay. A stored result that no longer parses, or not as what it is (a truncated or damaged
+file), is set aside by the next sweep, which recomputes it (:func:`reuse_result`); a point.json
+is rebuilt from the sweep's plan, which the journal also records (``sweep_finished``).
+
+Also here: the content hashes of files (:func:`file_hashes`), cached for the user.
 """
 from __future__ import annotations
 
@@ -25,15 +28,13 @@ import fcntl
 import hashlib
 import json
 import os
-import re
+import secrets
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,32 @@ def current_umask() -> int:
     return mask
 
 
+# Temporary files and folders (a write in progress, a model export, a model being removed) are
+# named TEMPORARY_PREFIX + the final name + "." + a random or fixed suffix: a prefix no user
+# picks, so the clean-up after a killed writer (remove_partial_files) removes them and nothing else
+TEMPORARY_PREFIX = ".forgetbench-tmp-"
+
+
+def temporary_name(name: str, suffix: str | None = None) -> str:
+    """The temporary name of a file or folder on its way to (or from) ``name``; ``suffix`` a
+    fixed one (the same for every process writing it), else random."""
+    return f"{TEMPORARY_PREFIX}{name}.{suffix or secrets.token_hex(4)}"
+
+
+def is_temporary(name: str) -> bool:
+    return name.startswith(TEMPORARY_PREFIX)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(temporary_name(path.name))
+    # the umask applies, as to every other file of the run (others may need to read results)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; others may need to read results
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -65,23 +83,117 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse, in one line naming ``what`` (the flag that chose ``folder``, or what it is for),
+    a folder where nothing can be written: a path through a file, or a folder (its nearest
+    existing parent, when it is still to be made) that refuses a new file. Tried, not read from
+    the mode bits, which root ignores (a read-only file system, /proc, /sys refuse root too).
+    Leaves nothing."""
+    folder = Path(os.path.abspath(folder))
+    existing = folder
+    while not (existing.exists() or existing.is_symlink()):
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ForgetbenchError(f"{what} {folder}: {existing} is not a folder; give a folder "
+                               "(or a path to one to create)")
+    probe = existing / temporary_name("probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise ForgetbenchError(f"{what} {folder}: cannot write in {existing} ({exc.strerror or exc}); "
+                               "give a folder you can write to") from None
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def file_digest(path: Path | None) -> str | None:
-    """A file's content hash (16 hex digits); None for no file. Read once per process while
-    the file is unchanged (size and mtime are part of the cache key): a sweep hashes the
-    same replay file for many points."""
-    if path is None:
-        return None
-    stat = path.stat()
-    return _file_digest(path, stat.st_size, stat.st_mtime_ns)
+    """A file's content hash (the first 16 hex digits of its sha256); None for no file."""
+    return None if path is None else file_hashes([path])[0][:16]
 
 
-@lru_cache(maxsize=64)
-def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def file_hashes(paths: Iterable[Path]) -> list[str]:
+    """Each file's sha256 (hex). A file is read only when it is not known unchanged: a hash is
+    kept, in this process and in the user's cache (:func:`hash_cache_path`), with the file's
+    device, inode, size, mtime and ctime. A file replaced by another, even one of the same
+    size and mtime (``cp -p``, ``rsync -a`` and ``tar`` keep them), has another inode or
+    ctime, which no copy can set, so it is read again."""
+    known = _known_hashes()
+    out, learned = [], False
+    for path in paths:
+        name = os.path.abspath(path)
+        before = _stat_key(name)
+        entry = known.get(name)
+        if entry is not None and entry[:-1] == before:
+            out.append(entry[-1])
+            continue
+        digest = _sha256(name)
+        if _stat_key(name) == before:  # not written to while it was read
+            known[name], learned = [*before, digest], True
+        out.append(digest)
+    if learned:
+        _save_hashes(known)
+    return out
+
+
+def hash_cache_path() -> Path:
+    """The user's cache of file hashes: ``$XDG_CACHE_HOME/forgetbench/file-hashes.json``
+    (``~/.cache/forgetbench/`` without it)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "forgetbench" / "file-hashes.json"
+
+
+_hashes: dict[str, list] | None = None  # this process's: file path -> [*its stat key, sha256]
+
+
+def _stat_key(name: str) -> list[int]:
+    st = os.stat(name)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _sha256(name: str) -> str:
+    h = hashlib.sha256()
+    with open(name, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_hash_cache() -> dict[str, list]:
+    """The cache file's entries; nothing from a missing, unreadable or damaged one (a cache:
+    what it lacks is hashed again)."""
+    try:
+        files = read_json(hash_cache_path()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(files, dict):
+        return {}
+    return {k: v for k, v in files.items()
+            if isinstance(v, list) and len(v) == 6 and all(isinstance(x, int) for x in v[:5])
+            and isinstance(v[5], str)}
+
+
+def _known_hashes() -> dict[str, list]:
+    global _hashes
+    if _hashes is None:
+        _hashes = _read_hash_cache()
+    return _hashes
+
+
+def _save_hashes(known: dict[str, list]) -> None:
+    """Merge this process's hashes with the cache file's (other processes write it too) and
+    write back the entries that still describe their file as it is (the rest is dropped)."""
+    merged = {}
+    for name, entry in [*_read_hash_cache().items(), *known.items()]:
+        with contextlib.suppress(OSError):  # a file gone
+            if entry[:-1] == _stat_key(name):
+                merged[name] = entry
+    known.clear()
+    known.update(merged)
+    with contextlib.suppress(OSError):  # a read-only home costs a hash again, not the run
+        atomic_write_text(hash_cache_path(), json.dumps({"files": merged}) + "\n")
 
 
 def json_digest(obj: Any) -> str:
@@ -93,27 +205,64 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def read_result(path: Path) -> Any:
-    """A stored result (a baseline's or a point's scores); a corrupt one, e.g. truncated by a
-    full disk or damaged by a copy, is a ForgetbenchError naming it."""
+def _kind(value: Any) -> str:
+    """A value's JSON type, in JSON's words."""
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def scores_problem(record: Any) -> str | None:
+    """What makes ``record`` no scores record (an object whose settings and tasks are objects,
+    each task with an object of metrics), or None when it is one."""
+    if not isinstance(record, dict):
+        return f"a JSON {_kind(record)}, not an object"
+    for name in ("settings", "tasks"):
+        if not isinstance(record.get(name), dict):
+            return f"its {name} is " + (f"a JSON {_kind(record[name])}, not an object" if name in record else "missing")
+    for task, result in record["tasks"].items():
+        if not (isinstance(result, dict) and isinstance(result.get("metrics"), dict)):
+            return f"its task {task[:100]!r} has no object of metrics"
+    return None
+
+
+def point_problem(record: Any) -> str | None:
+    """What makes ``record`` no ``point.json`` (an object with an id, a point and a suite), or None."""
+    if not isinstance(record, dict):
+        return f"a JSON {_kind(record)}, not an object"
+    for name, kind in (("id", str), ("point", dict), ("suite", dict)):
+        if not isinstance(record.get(name), kind):
+            return f"its {name} is " + (f"a JSON {_kind(record[name])}" if name in record else "missing")
+    return None
+
+
+def read_result(path: Path, problem: Callable[[Any], str | None] | None = scores_problem) -> Any:
+    """A stored result (a baseline's or a point's scores, or with ``problem`` =
+    :func:`point_problem` a point.json); a corrupt one, e.g. truncated by a full disk, damaged
+    by a copy, or of another shape than ``problem`` accepts, is a ForgetbenchError naming it."""
     try:
-        return read_json(path)
+        record = read_json(path)
     except FileNotFoundError:
         raise ForgetbenchError(f"{path}: stored result not found; run `forgetbench sweep` on its suite "
                                "again to compute it") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise ForgetbenchError(f"{path}: stored result is corrupt ({exc}); run `forgetbench sweep` "
-                               "on its suite again: it sets the file aside and recomputes it") from None
+        why: str | None = str(exc)
+    else:
+        why = problem(record) if problem is not None else None
+        if why is None:
+            return record
+    raise ForgetbenchError(f"{path}: stored result is corrupt ({why}); run `forgetbench sweep` "
+                           "on its suite again: it sets the file aside and recomputes it")
 
 
-def reuse_result(path: Path, warn: Callable[[str], None]) -> Any | None:
+def reuse_result(path: Path, warn: Callable[[str], None],
+                 problem: Callable[[Any], str | None] | None = scores_problem) -> Any | None:
     """A stored result for a sweep to reuse, or None to recompute it: when it is missing, or
-    corrupt. A corrupt file is renamed ``<name>.corrupt-<time>``, kept for a look, with a
-    warning; left in place it would fail every later sweep and report."""
+    corrupt (see :func:`read_result`). A corrupt file is renamed ``<name>.corrupt-<time>``,
+    kept for a look, with a warning; left in place it would fail every later sweep and report."""
     if not path.exists():
         return None
     try:
-        return read_result(path)
+        return read_result(path, problem)
     except ForgetbenchError:
         aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(path, aside)
@@ -125,11 +274,12 @@ def reuse_result(path: Path, warn: Callable[[str], None]) -> Any | None:
 def fresh_dir(final: Path) -> Iterator[Path]:
     """A private directory that replaces ``final`` only if the block succeeds (e.g. a model export)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = final.with_name(temporary_name(final.name))
+    tmp.mkdir(mode=0o700)
     try:
         yield tmp
-        # mkdtemp makes 0700, and safetensors (so save_pretrained) writes its files 0600 through
-        # a temporary file: give the export the modes every other file of the run has
+        # safetensors (so save_pretrained) writes its files 0600 through a temporary file: give
+        # the export the modes every other file of the run has
         umask = current_umask()
         for folder, _, files in os.walk(tmp):
             os.chmod(folder, 0o777 & ~umask)
@@ -277,23 +427,19 @@ class RunStore:
         return states
 
 
-# the temporary names of atomic_write_text and fresh_dir: "." + final name + "." + 8 characters
-_PARTIAL = re.compile(r"^\..+\.[a-z0-9_]{8}$")
-
-
 def remove_partial_files(root: Path, keep: Iterable[Path] = ()) -> list[Path]:
-    """Remove what a killed writer left under ``root``: the temporary files and directories of
-    :func:`atomic_write_text` and :func:`fresh_dir` (a half-exported model). Only for a
-    directory no one else is writing (a sweep holding its :class:`SweepLock`), except the
-    folders ``keep`` (those of cluster jobs still running). Returns them."""
+    """Remove what a killed writer left under ``root``: the temporary files and folders (see
+    :func:`temporary_name`) of :func:`atomic_write_text`, :func:`fresh_dir` (a half-exported
+    model) and the others. Only for a directory no one else is writing (a sweep holding its
+    :class:`SweepLock`), except the folders ``keep`` (those cluster jobs still running write
+    in). Returns them."""
     removed = []
     keep = [Path(k) for k in keep]
-    for path in sorted(root.rglob(".*")):
+    for path in sorted(root.rglob(TEMPORARY_PREFIX + "*")):
         if any(path.is_relative_to(k) for k in keep):
             continue
-        if _PARTIAL.match(path.name) and not any(_PARTIAL.match(p.name) for p in path.relative_to(root).parents
-                                                 if p.name):
-            if path.is_dir():
+        if not any(is_temporary(p.name) for p in path.relative_to(root).parents):  # not inside one removed
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)

@@ -42,9 +42,11 @@ from forgetbench.store import (
     atomic_write_json,
     fresh_dir,
     json_digest,
+    point_problem,
     read_result,
     remove_partial_files,
     reuse_result,
+    temporary_name,
 )
 from forgetbench.train import data as train_data
 from forgetbench.train import preempt, recipe
@@ -100,10 +102,7 @@ def read_point(path: Path) -> tuple[Suite, PlannedPoint, RunStore]:
     point's identity is computed again from the suite and point it holds, with the model and
     data as they are now: a point.json edited, or data changed since it was planned, is refused."""
     path = path / "point.json" if path.is_dir() else path
-    record = read_result(path)
-    if not (isinstance(record, dict) and {"id", "point", "suite"} <= set(record)):
-        raise ForgetbenchError(f"{path}: not a point.json that `forgetbench sweep` wrote (it lacks "
-                               "id, point or suite); train it with `forgetbench train SUITE --point ID`")
+    record = read_result(path, point_problem)
     if path.parent.name != record["id"] or path.parent.parent.name != "points":
         raise ForgetbenchError(f"{path}: a point.json trains in its run directory, "
                                f"<run>/points/{record['id']}/point.json; train it there")
@@ -312,7 +311,12 @@ def run_sweep(suite: Suite, runs_root: Path, *, echo: Callable[[str], None] = pr
         for line in warnings:
             echo(line)
         following = _queued_jobs(store, executor)
-        removed = remove_partial_files(store.root, keep=[store.point_dir(k) for k in following if k != BASE_JOB])
+        # the jobs still running write in their points' folders and in the regularisers'
+        # caches (EWC's Fisher)
+        busy = [store.point_dir(k) for k in following if k != BASE_JOB] + [
+            store.root / reg.cache for reg in map(regularizers.get, regularizers.names())
+            if following and reg is not None and reg.cache is not None]
+        removed = remove_partial_files(store.root, keep=busy)
         if removed:
             names = [str(p.relative_to(store.root)) for p in removed]
             echo(f"removed {len(names)} half-written file(s) a killed sweep left: "
@@ -375,7 +379,7 @@ class _ModelKeeper:
                 # said before it is done: a kill midway leaves a model the journal calls
                 # deleted (and the next sweep's clean-up removes the rest), never the reverse
                 self.store.append(Event.MODEL_DELETED, point=pid, keep_models=self.suite.keep_models)
-                aside = model.with_name(f".model.{pid[:8]}")
+                aside = model.with_name(temporary_name("model"))
                 os.replace(model, aside)
                 shutil.rmtree(aside, ignore_errors=True)
 
@@ -460,6 +464,9 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
     launched: dict[str, float] = {}
     for i, pp in enumerate(planned, 1):
         state = states.get(pp.id)
+        point_file = store.point_dir(pp.id) / "point.json"
+        if point_file.exists() and reuse_result(point_file, echo, point_problem) is None:
+            atomic_write_json(point_file, pp.record(suite))  # a torn one, set aside: rebuilt from the plan
         if _evaluated(store, state, pp.id, key, echo):
             outcome.skipped.append(pp.id)
             keep.finished(pp.id)
@@ -468,7 +475,7 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
             outcome.failed[pp.id] = state.error or "failed"
             outcome.not_retried.append(pp.id)
             continue
-        atomic_write_json(store.point_dir(pp.id) / "point.json", pp.record(suite))
+        atomic_write_json(point_file, pp.record(suite))
         labels[pp.id] = f"[{i}/{len(planned)}] point {pp.id} ({pp.point.label()})"
         trains[pp.id] = not _trained(state, store.model_dir(pp.id))
         jobs.append(_point_job(store, pp.id, work))
@@ -560,7 +567,8 @@ def _sweep(suite: Suite, runs_root: Path, store: RunStore, *, echo: Callable[[st
 
     # the suite travels with the record: a later, interrupted sweep may rewrite suite.yaml
     store.append(Event.SWEEP_FINISHED, eval_key=key, baseline=baseline_ref,
-                 points=[pp.id for pp in planned], suite=suite.resolved())
+                 points=[pp.id for pp in planned], suite=suite.resolved(),
+                 planned={pp.id: pp.point.model_dump() for pp in planned})
     return outcome
 
 

@@ -244,6 +244,19 @@ def test_a_record_without_items_or_hashes_is_one_line_exit_2(env, capsys):
     assert "predates lm-eval's document hashes" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("malform, why", [
+    (lambda r: {**r, "settings": list(r["settings"])}, "its settings is a JSON array, not an object"),
+    (lambda r: [r], "a JSON array, not an object"),
+])
+def test_a_given_record_of_another_shape_is_one_line_exit_2(env, capsys, malform, why):
+    compare, tmp_path, _ = env
+    rec = record(scores(), metric=METRIC)
+    assert compare(rec, malform(rec))[0] == 2
+    err = capsys.readouterr().err
+    assert err == (f"forgetbench: error: {tmp_path / 'cand.json'}: not an evaluation record ({why}); give a "
+                   "model, a point, or a file from runs/evals\n")
+
+
 def test_a_small_task_passing_the_gate_is_marked_underpowered(env):
     compare, _, _ = env
     rec = record(scores(n=30), metric=METRIC)

@@ -2,6 +2,7 @@
 and a point trains from its point.json, whatever later happens to the suite file."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -10,6 +11,7 @@ from forgetbench import sweep
 from forgetbench.cli import main
 from forgetbench.config import load_suite
 from forgetbench.datafiles import read_rows
+from forgetbench.errors import ForgetbenchError
 from forgetbench.eval import harness
 from forgetbench.evalstore import EvalStore
 from forgetbench.executor import InlineExecutor
@@ -41,21 +43,57 @@ def tiny(model_dir, **over):
 
 
 def test_a_model_is_evaluated_once_per_eval_settings(fake_evaluate, write_suite, tiny_model_dir, tmp_path):
-    suite = load_suite(write_suite(tiny(tiny_model_dir)))
+    model = str(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    suite = load_suite(write_suite(tiny(model)))
     store = EvalStore(tmp_path / "evals")
-    first, path, computed = store.scores(str(tiny_model_dir), suite.tasks, suite.eval)
-    again, same, computed_again = store.scores(str(tiny_model_dir), suite.tasks, suite.eval)
+    first, path, computed = store.scores(model, suite.tasks, suite.eval)
+    again, same, computed_again = store.scores(model, suite.tasks, suite.eval)
     assert computed and not computed_again and same == path and again == first
-    assert fake_evaluate == [str(tiny_model_dir)]
-    assert path.parent == tmp_path / "evals" and first["model"]["dir_files"]
+    assert fake_evaluate == [model]
+    assert path.parent == tmp_path / "evals" and first["model"]["dir_content"]
 
     # other eval settings are another evaluation
-    other = load_suite(write_suite(tiny(tiny_model_dir, **{"eval.batch_size": 7}), "other.yaml"))
-    assert store.scores(str(tiny_model_dir), other.tasks, other.eval)[2]
-    # the same folder with other weights is another model: its stored scores are not reused
-    (tiny_model_dir / "model.safetensors").touch()
-    assert store.scores(str(tiny_model_dir), suite.tasks, suite.eval)[2]
+    other = load_suite(write_suite(tiny(model, **{"eval.batch_size": 7}), "other.yaml"))
+    assert store.scores(model, other.tasks, other.eval)[2]
+    # the same folder with another chat template is another model: its stored scores are not reused
+    (tmp_path / "model" / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    assert store.scores(model, suite.tasks, suite.eval)[2]
     assert len(fake_evaluate) == 3
+
+
+@pytest.mark.parametrize("record", [[{"settings": {}, "tasks": {}}], {"settings": ["list"], "tasks": {}}])
+def test_a_stored_record_of_another_shape_is_set_aside_and_evaluated_again(
+        fake_evaluate, write_suite, tiny_model_dir, tmp_path, record):
+    suite = load_suite(write_suite(tiny(tiny_model_dir)))
+    store = EvalStore(tmp_path / "evals")
+    path = store.scores(str(tiny_model_dir), suite.tasks, suite.eval)[1]
+    path.write_text(json.dumps(record))
+    said = []
+    again, same, computed = store.scores(str(tiny_model_dir), suite.tasks, suite.eval, warn=said.append)
+    assert computed and same == path and len(fake_evaluate) == 2 and json.loads(path.read_text()) == again
+    assert len(said) == 1 and "is corrupt; set aside" in said[0]
+    assert json.loads(next(path.parent.glob(f"{path.name}.corrupt-*")).read_text()) == record
+
+
+@pytest.mark.parametrize("where", ["a file", "/sys"])
+def test_eval_into_an_unusable_runs_dir_is_refused_before_it_evaluates(
+        fake_evaluate, write_suite, tiny_model_dir, tmp_path, capsys, where):
+    runs = tmp_path / "file" / "runs"
+    (tmp_path / "file").write_text("not a folder")
+    if where == "/sys":  # root writes through any mode bits, not into /sys
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("no /sys here")
+        runs = Path("/sys/forgetbench-runs")
+    path = write_suite(tiny(tiny_model_dir))
+    capsys.readouterr()
+    assert main(["eval", str(tiny_model_dir), "--suite", str(path), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"forgetbench: error: --runs-dir {runs}: ") and err.count("\n") == 1, err
+    assert fake_evaluate == []
+    # and the evaluation store checks before it evaluates, whoever calls it
+    with pytest.raises(ForgetbenchError, match=f"^the evaluation store {runs}/evals: "):
+        EvalStore(runs / "evals").scores(str(tiny_model_dir), load_suite(path).tasks, load_suite(path).eval)
+    assert fake_evaluate == []
 
 
 def test_forgetbench_eval_stores_what_a_later_sweep_reuses_as_its_baseline(

@@ -61,3 +61,46 @@ def test_a_missing_local_path_is_not_found_not_taken_for_a_hub_id(model, write_s
     assert capsys.readouterr().err == (f"forgetbench: error: forgetbench eval: MODEL: {model}: not found: no such "
                                        "folder; give the folder save_pretrained wrote, or a hub id (org/name)\n")
     assert not runs.exists()
+
+
+def test_a_model_folder_is_identified_by_the_content_of_every_file_it_loads(tiny_model_dir, tmp_path, monkeypatch):
+    import os
+
+    from forgetbench.models import model_fingerprint
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    seen = [model_fingerprint(str(model))]
+    assert model_fingerprint(str(shutil.copytree(model, tmp_path / "moved"))) == seen[0]  # not its path
+
+    def changed() -> bool:
+        seen.append(model_fingerprint(str(model)))
+        return seen[-1] != seen[-2]
+
+    # what the tokenizer reads for apply_chat_template, beside the weights
+    (model / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert changed()
+    (model / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    assert changed()
+    (model / "additional_chat_templates").mkdir()
+    (model / "additional_chat_templates" / "tool_use.jinja").write_text("{{ tools }}")
+    assert changed()
+    # other weights of the same size and mtime (every checkpoint of one architecture has that
+    # size, and cp -p, rsync -a and tar keep the mtime)
+    weights = model / "model.safetensors"
+    st = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(255 - b for b in data[-4:])
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert changed()
+    # not read by from_pretrained: a Trainer checkpoint inside the folder, hidden files
+    for ckpt, own in (("checkpoint-500", "trainer_state.json"), ("checkpoint-1000", "config.json")):
+        (model / ckpt).mkdir()
+        (model / ckpt / own).write_text("{}")
+        shutil.copy(weights, model / ckpt / "model.safetensors")
+    (model / ".cache").mkdir()
+    (model / ".cache" / "download.lock").write_text("")
+    (model / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    assert not changed()

@@ -334,16 +334,15 @@ def test_a_data_file_with_a_byte_that_is_not_utf8_is_one_line_naming_file_and_li
     assert not runs.exists()
 
 
-def test_a_corrupt_stored_result_fails_report_in_one_line_and_the_next_sweep_recomputes_it(
-        write_suite, tiny_model_dir, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def fake_work(monkeypatch):
+    """A point's training and every evaluation, faked (both are tested elsewhere: tests/train,
+    tests/eval); the models it evaluated, in order."""
     from forgetbench.eval import harness
 
-    suite = load_suite(write_suite(tiny_suite(tiny_model_dir)))
-    runs = tmp_path / "runs"
-    store = RunStore(runs / suite.name)
     evaluated = []
 
-    def evaluate(model_dir, tasks, spec, **kwargs):  # lm-eval's part is tested in tests/eval
+    def evaluate(model_dir, tasks, spec, **kwargs):
         evaluated.append(str(model_dir))
         samples = [{"doc_id": i, "cluster": str(i), "values": {"acc": float(i % 2), "exact_match": 0.0}}
                    for i in range(4)]
@@ -359,6 +358,15 @@ def test_a_corrupt_stored_result_fails_report_in_one_line_and_the_next_sweep_rec
 
     monkeypatch.setattr(harness, "evaluate", evaluate)
     monkeypatch.setattr(sweep, "train_one", train)
+    return evaluated
+
+
+def test_a_corrupt_stored_result_fails_report_in_one_line_and_the_next_sweep_recomputes_it(
+        write_suite, tiny_model_dir, tmp_path, fake_work, capsys):
+    suite = load_suite(write_suite(tiny_suite(tiny_model_dir)))
+    runs = tmp_path / "runs"
+    store = RunStore(runs / suite.name)
+    evaluated = fake_work
     outcome = sweep.run_sweep(suite, runs, echo=lambda msg: None, executor=InlineExecutor())
     assert len(evaluated) == 3 and len(outcome.evaluated) == 2
     first = outcome.evaluated[0]
@@ -379,6 +387,71 @@ def test_a_corrupt_stored_result_fails_report_in_one_line_and_the_next_sweep_rec
     assert len(list(baseline.parent.glob(f"{baseline.name}.corrupt-*"))) == 1
     assert sum(line.startswith("warning:") and "is corrupt" in line for line in said) == 2
     assert main(["report", str(store.root)]) == 0
+
+
+def test_a_torn_point_json_leaves_status_and_report_whole_and_the_next_sweep_rebuilds_it(
+        write_suite, tiny_model_dir, tmp_path, fake_work, capsys):
+    suite = load_suite(write_suite(tiny_suite(tiny_model_dir)))
+    runs = tmp_path / "runs"
+    outcome = sweep.run_sweep(suite, runs, echo=lambda msg: None, executor=InlineExecutor())
+    store, first = outcome.store, outcome.evaluated[0]
+    label = {pp.id: pp.point.label() for pp in sweep.plan(suite)}[first]
+    point_file = store.point_dir(first) / "point.json"
+    whole = point_file.read_text()
+    point_file.write_text(whole[:len(whole) // 2])  # truncated, by a full disk or a copy cut short
+    capsys.readouterr()
+
+    assert main(["status", str(store.root)]) == 0  # the point as the journal recorded its plan
+    assert f"{first}  evaluated  ({label})" in capsys.readouterr().out
+    assert main(["report", str(store.root)]) == 0
+    assert len(read_csv(store.root / "summary.csv")) == 2
+    said = []
+    again = sweep.run_sweep(suite, runs, echo=said.append, executor=InlineExecutor())
+    assert sorted(again.skipped) == sorted(outcome.evaluated) and len(fake_work) == 3  # nothing run again
+    assert json.loads(point_file.read_text()) == json.loads(whole)  # rebuilt from the plan
+    [aside] = point_file.parent.glob("point.json.corrupt-*")
+    assert aside.read_text() == whole[:len(whole) // 2]
+    assert [line for line in said if "is corrupt" in line] == [
+        f"warning: {point_file} is corrupt; set aside as {aside.name}, recomputing it"]
+
+
+def test_a_disk_full_while_the_report_is_written_is_one_line_and_report_finishes_it(
+        write_suite, tiny_model_dir, tmp_path, fake_work, monkeypatch, capsys):
+    import errno
+
+    from forgetbench import report
+
+    suite = load_suite(write_suite(tiny_suite(tiny_model_dir)))
+    outcome = sweep.run_sweep(suite, tmp_path / "runs", echo=lambda msg: None, executor=InlineExecutor())
+    root = outcome.store.root
+    written = {name: (root / name).read_text() for name in ("results.csv", "summary.csv", "summary.md")}
+    (root / "summary.md").unlink()
+    write = report.atomic_write_text
+
+    def full_disk(path, text):
+        if path.name == "summary.md":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, text)
+
+    monkeypatch.setattr(report, "atomic_write_text", full_disk)
+    capsys.readouterr()
+    err = refused(capsys, "report", str(root))
+    assert err == (f"forgetbench: error: {root / 'summary.md'}: could not be written (No space left on device); "
+                   "the scores are stored and no table is half-written; once that is fixed (a full disk: free "
+                   f"some space), `forgetbench report {root}` writes the tables and report\n")
+    assert not (root / "summary.md").exists() and (root / "results.csv").read_text() == written["results.csv"]
+    monkeypatch.setattr(report, "atomic_write_text", write)
+    assert main(["report", str(root)]) == 0
+    assert {name: (root / name).read_text() for name in written} == written
+
+
+def test_a_sweep_into_an_unusable_runs_dir_is_refused_before_anything_is_written(
+        write_suite, tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    path, runs = write_suite(tiny_suite(tiny_model_dir)), tmp_path / "file" / "runs"
+    err = refused(capsys, "sweep", str(path), "--runs-dir", str(runs))
+    assert err.startswith(f"forgetbench: error: --runs-dir {runs / 'medical'}: {tmp_path / 'file'} is not a folder")
+    assert (tmp_path / "file").read_text() == "not a folder"
 
 
 @pytest.mark.parametrize("keep", ["pareto", "all", "none"])

@@ -145,19 +145,6 @@ def test_a_lock_whose_sweep_is_gone_is_taken_over_with_a_warning(tmp_path):
     assert said == []
 
 
-def test_half_written_files_are_found_and_nothing_else(tmp_path):
-    point = tmp_path / "points" / "abc"
-    (point / ".model.k2j_x9a1").mkdir(parents=True)
-    (point / ".model.k2j_x9a1" / "model.safetensors").write_text("half")
-    (point / ".point.json.a1b2c3d4").write_text("{")
-    (point / "checkpoints" / "step-4").mkdir(parents=True)
-    (point / "checkpoints" / "step-4" / ".metadata").write_text("kept")
-    (point / "point.json").write_text("{}")
-    removed = remove_partial_files(tmp_path)
-    assert sorted(p.name for p in removed) == [".model.k2j_x9a1", ".point.json.a1b2c3d4"]
-    assert (point / "checkpoints" / "step-4" / ".metadata").exists() and (point / "point.json").exists()
-
-
 def test_status_tells_a_running_point_from_one_whose_sweep_is_gone(tmp_path):
     from forgetbench.status import status_lines
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from forgetbench.config import Point, Suite
+from forgetbench.errors import ForgetbenchError
 from forgetbench.report import html, plots, verdict
 from forgetbench.report.tables import (
     mitigation_frame,
@@ -12,17 +13,20 @@ from forgetbench.report.tables import (
     summary_frame,
     summary_markdown,
 )
-from forgetbench.store import RunStore, atomic_write_text, read_json, read_result
+from forgetbench.store import RunStore, atomic_write_text, point_problem, read_result
 
 
 def stored_results(store: RunStore, sweep: dict) -> tuple[dict, list[tuple[str, Point, dict | None]]]:
-    """(baseline scores, [(point id, point, scores or None)]) as the sweep left them."""
+    """(baseline scores, [(point id, point, scores or None)]) as the sweep left them: each
+    point as the journal recorded the sweep's plan (a sweep before that record: its point.json)."""
     baseline = read_result(store.root / sweep["baseline"])
+    planned = sweep.get("planned", {})
     points = []
     for pid in sweep["points"]:
-        config = read_json(store.point_dir(pid) / "point.json")
+        point = (planned[pid] if pid in planned
+                 else read_result(store.point_dir(pid) / "point.json", point_problem)["point"])
         path = store.scores_path(pid, sweep["eval_key"])
-        points.append((pid, Point(**config["point"]), read_result(path) if path.exists() else None))
+        points.append((pid, Point(**point), read_result(path) if path.exists() else None))
     return baseline, points
 
 
@@ -57,5 +61,11 @@ def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> tuple[pd.DataFr
                                    labels={pid: point.label() for pid, point, _ in scored}),
     }
     for name, text in made.items():
-        atomic_write_text(store.root / name, text)
+        try:
+            atomic_write_text(store.root / name, text)
+        except OSError as exc:  # a full disk, a quota: each file is whole or as it was
+            raise ForgetbenchError(
+                f"{store.root / name}: could not be written ({exc.strerror or exc}); the scores are stored "
+                f"and no table is half-written; once that is fixed (a full disk: free some space), "
+                f"`forgetbench report {store.root}` writes the tables and report") from None
     return summary, mitigations, judged

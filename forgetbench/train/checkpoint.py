@@ -6,7 +6,8 @@ state (for dropout), plus the step, the token count and the early-stopping recor
 position needs nothing more: the stream is a pure function of the seed, and the
 learning-rate schedule a pure function of the step.
 
-Every state is written the same way: each rank writes its shards into ``.<name>.partial``;
+Every state is written the same way: each rank writes its shards into a temporary folder
+(``store.temporary_name(<name>, "partial")``, one name for every rank);
 after a barrier, rank 0 writes ``COMPLETE`` (with the metadata) and renames the folder into
 place. Only folders with that marker are read, so a state cut short by a crash is never
 taken for a complete one. DCP reshards on load, so the process count may differ from the
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from forgetbench.store import temporary_name
 from forgetbench.train import distributed
 
 MARKER = "COMPLETE"
@@ -48,7 +50,7 @@ def save_state(state: dict, final: Path, info: dict, d: distributed.Dist,
     ``rank_<r>.pt``. An existing state at ``final`` is replaced."""
     import torch.distributed.checkpoint as dcp
 
-    partial = final.parent / f".{final.name}.partial"
+    partial = final.parent / temporary_name(final.name, "partial")
     if d.main:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)

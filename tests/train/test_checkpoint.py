@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from forgetbench.config import Point, load_suite
+from forgetbench.store import temporary_name
 from forgetbench.train import checkpoint
 from forgetbench.train.recipe import train_point
 from tests.conftest import suite_dict
@@ -16,7 +17,7 @@ def test_only_complete_checkpoints_are_resumed_from(tmp_path):
     (tmp_path / "step_0000004").mkdir()
     (tmp_path / "step_0000004" / checkpoint.MARKER).write_text("{}")
     (tmp_path / "step_0000009").mkdir()                   # no marker: cut short by a crash
-    (tmp_path / ".step_0000012.partial").mkdir()
+    (tmp_path / temporary_name("step_0000012", "partial")).mkdir()
     assert checkpoint.latest(tmp_path) == tmp_path / "step_0000004"
     assert checkpoint.latest(tmp_path / "absent") is None
 
