@@ -284,3 +284,35 @@ def test_a_sweep_with_a_bad_gate_file_stops_before_anything_runs(tmp_path, write
     err = capsys.readouterr().err.strip()
     assert f"{gate}: rules[0]: category 'poetry' matches no task" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_task_name_with_dollar_signs_is_drawn_as_written(tmp_path, write_suite):
+    name = "$x^$"  # mathtext would parse it, and fail
+    raw = suite_dict()
+    raw["tasks"]["general"] = [{"name": name, "category": "qa", "metric": "acc"}]
+    suite = write_suite(raw)
+    metric = {"fb_medical": "acc", name: "acc"}
+    for side, general in (("base", [1.0] * 30), ("cand", [1.0] * 20 + [0.0] * 10)):
+        (tmp_path / f"{side}.json").write_text(json.dumps(record({"fb_medical": [0.0] * 30, name: general},
+                                                                 metric=metric)))
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "base.json"), str(tmp_path / "cand.json"), "--suite", str(suite),
+                 "--out", str(out)]) == 1
+    page = (out / "compare.html").read_text()
+    assert "<img " in page and "could not be drawn" not in page
+
+
+def test_a_figure_that_cannot_be_drawn_leaves_the_verdict_and_the_tables(env, monkeypatch):
+    from forgetbench.report import compare_page
+
+    def broken(result):
+        raise RuntimeError("a bug in a figure")
+
+    monkeypatch.setattr(compare_page, "forest_plot", broken)
+    compare, tmp_path, _ = env
+    rec = record(scores(), metric=METRIC)
+    code, result = compare(rec, rec)
+    assert code == 0 and result["verdict"] == "PASS"
+    page = (tmp_path / "out" / "compare.html").read_text()
+    assert "could not be drawn</b>: RuntimeError: a bug in a figure" in page and "<td>fb_capitals</td>" in page
+    assert "PASS" in (tmp_path / "out" / "compare.md").read_text()
