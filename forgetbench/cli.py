@@ -411,24 +411,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from forgetbench import compare
     from forgetbench.config import load_suite
     from forgetbench.report.compare_page import format_terminal, rule_line, write_outputs
+    from forgetbench.store import check_writable
 
     suite = load_suite(args.suite, args.set) if args.suite else None
     if args.set and not args.suite:
         raise ForgetbenchError("compare: --set changes the --suite file; give --suite too")
-    result, name = compare.run(args.base, args.candidate, suite=suite,
-                               gate_path=Path(args.gate) if args.gate else None, runs_dir=Path(args.runs_dir),
-                               force=args.force, say=lambda msg: print(msg, file=sys.stderr, flush=True))
-    out = Path(args.out) if args.out else Path(args.runs_dir) / "compare" / name
-    write_outputs(result, out)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _echo(format_terminal(result))
-        _echo(f"\n{out}/: compare.json, compare.md, compare.html")
+    base, candidate = compare.resolve_side(args.base), compare.resolve_side(args.candidate)
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "compare" / compare.output_name(base, candidate)
+    check_writable(out, "--out")  # before an evaluation that may take hours
+    result = compare.run(base, candidate, suite=suite, gate_path=Path(args.gate) if args.gate else None,
+                         runs_dir=Path(args.runs_dir), force=args.force,
+                         say=lambda msg: print(msg, file=sys.stderr, flush=True))
+    # the verdict first: an output that cannot be written then loses nothing, and exits 2
+    # (an error), never 1 (the gate failed) nor 0
+    _echo(json.dumps(result, indent=2) if args.json else format_terminal(result))
     for rule in result["rules"]:
         if not rule["passed"]:
             print(f"forgetbench: gate failed: {rule_line(rule)}", file=sys.stderr)
+    try:
+        write_outputs(result, out)
+    except OSError as exc:
+        raise ForgetbenchError(f"--out {out}: cannot write {exc.filename2 or exc.filename or 'its files'} "
+                               f"({exc.strerror or exc}); the verdict above ({result['verdict']}) stands, "
+                               "its files are not written: run it again with a --out you can write to "
+                               "(the evaluations are stored, not repeated)") from None
+    if not args.json:
+        _echo(f"\n{out}/: compare.json, compare.md, compare.html")
     return 1 if result["verdict"] == "FAIL" else 0
+
+
+def _minutes(text: str) -> float:
+    """A time limit in minutes: a positive, finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text[:50]!r}: give a positive number of minutes, e.g. 90")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -534,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_set(p)
     p.add_argument("--gate", help="gate rules YAML (default: the suite's gate, else: no general task "
                                   "loses 2 points or more)")
-    p.add_argument("--out", help="output folder (default: RUNS_DIR/compare/BASE-vs-CANDIDATE)")
+    p.add_argument("--out", help="output folder (default: RUNS_DIR/compare/BASE-vs-CANDIDATE-HASH, HASH "
+                                 "of both in full)")
     p.add_argument("--runs-dir", default="runs", help="its evaluation store is RUNS_DIR/evals (default: runs)")
     p.add_argument("--force", action="store_true",
                    help="compare evaluations whose settings differ; every output says what differs")

@@ -65,6 +65,26 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse, in one line naming ``what`` (the flag that chose ``folder``), a folder where
+    nothing can be written: a path through a file, or a folder (its nearest existing parent,
+    when it is still to be made) that refuses a new file. Tried, not read from the mode bits,
+    which root ignores (a read-only file system refuses root too). Leaves nothing."""
+    folder = Path(os.path.abspath(folder))
+    existing = folder
+    while not (existing.exists() or existing.is_symlink()):
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ForgetbenchError(f"{what} {folder}: {existing} is not a folder; give a folder "
+                               "(or a path to one to create)")
+    try:
+        with tempfile.TemporaryFile(dir=existing):  # (unnamed where the file system allows)
+            pass
+    except OSError as exc:
+        raise ForgetbenchError(f"{what} {folder}: cannot write in {existing} ({exc.strerror or exc}); "
+                               "give a folder you can write to") from None
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
