@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -475,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "on a CPU its share of the cores (default: 1)")
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the points that failed in an earlier sweep (interrupted ones always resume)")
-    p.add_argument("--point-timeout", type=float, metavar="MINUTES",
+    p.add_argument("--point-timeout", type=_minutes, metavar="MINUTES",
                    help="end a point (failed: timed out) still running after this long, e.g. a hung collective")
     p.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
                    help="where the jobs run: local processes (default); slurm, one job per point through "
