@@ -575,8 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries(args.verbose)
     try:
+        _quiet_libraries(args.verbose)  # (seconds of imports: Ctrl-C there is a Ctrl-C too)
         return args.func(args)
     except ForgetbenchError as exc:
         print(f"forgetbench: error: {exc}", file=sys.stderr)
