@@ -191,12 +191,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             outcome = run_sweep(suite, Path(args.runs_dir), echo=line.echo if line else _progress, executor=executor,
                                 retry_failed=args.retry_failed,
                                 point_timeout=args.point_timeout * 60 if args.point_timeout else None)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         if args.executor != "slurm":  # local jobs, and submitit's local controllers, end with it
             raise
         print(f"forgetbench: stopped following; the submitted jobs run on (`forgetbench status "
               f"{Path(args.runs_dir) / suite.name}`); the same command again follows them", file=sys.stderr)
-        return 130
+        return 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM
     if outcome.waiting:
         _echo(f"\n{len(outcome.waiting)} job(s) queued or running: "
               + ", ".join(f"{k} ({v})" for k, v in list(outcome.waiting.items())[:6])
@@ -273,6 +273,12 @@ def _stop_on_sigterm() -> None:
     from forgetbench.executor import _terminated
 
     signal.signal(signal.SIGTERM, _terminated)
+
+
+def _sigterm_as_ctrl_c(signum, frame) -> None:
+    """SIGTERM (kill, a CI job cancelled, systemd) ends any command as Ctrl-C does: what it
+    was doing cleans up (a sweep ends its jobs, which record why, and releases its lock)."""
+    raise Terminated("stopped by SIGTERM")
 
 
 def cmd_point(args: argparse.Namespace) -> int:
@@ -575,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     try:
         _quiet_libraries(args.verbose)  # (seconds of imports: Ctrl-C there is a Ctrl-C too)
         return args.func(args)
@@ -587,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as exc:
         print(f"forgetbench: {exc}; run the same command again to resume", file=sys.stderr)
         return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
