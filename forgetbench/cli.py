@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -584,7 +585,17 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     try:
         _quiet_libraries(args.verbose)  # (seconds of imports: Ctrl-C there is a Ctrl-C too)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed stdout is caught below, not at exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # the reader of stdout is gone (`forgetbench ... | head -1`): stop quietly, with the
+        # status of a program that SIGPIPE ended (what the shell shows for `yes | head -1`):
+        # not 0, the output was cut short; not 1, compare's "the gate failed"
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python flushes it at exit)
+        return 128 + signal.SIGPIPE
     except ForgetbenchError as exc:
         print(f"forgetbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -596,6 +607,17 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _stdout_closed() -> bool:
+    """Whether nothing reads stdout any more: polled, a pipe (or socket) whose reader is gone
+    reports an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (OSError, ValueError):  # (stdout replaced by an object without a file descriptor)
+        return False
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 if __name__ == "__main__":
