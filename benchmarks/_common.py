@@ -69,6 +69,7 @@ def one_point_suite(work: Path, *, model_dir: Path, target: Path, batch_size: in
     if regularizer == "ewc":
         raw["data"]["fisher"] = str(target)
     raw["tasks"]["include_path"] = str(REPO / "suites/tasks")
+    raw["gate"] = str(REPO / "suites" / raw["gate"])  # relative to suites/, and the copy is elsewhere
     for key in ("eval_every", "track_kl", "eval_batch_size", "ewc"):
         raw["train"].pop(key, None)
     raw["train"].update(batch_size=batch_size, max_seq_len=seq_len, dtype=dtype, device=device,

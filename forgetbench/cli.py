@@ -8,7 +8,9 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -194,12 +196,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             outcome = run_sweep(suite, Path(args.runs_dir), echo=line.echo if line else _progress, executor=executor,
                                 retry_failed=args.retry_failed,
                                 point_timeout=args.point_timeout * 60 if args.point_timeout else None)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         if args.executor != "slurm":  # local jobs, and submitit's local controllers, end with it
             raise
         print(f"forgetbench: stopped following; the submitted jobs run on (`forgetbench status "
               f"{Path(args.runs_dir) / suite.name}`); the same command again follows them", file=sys.stderr)
-        return 130
+        return 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM
     if outcome.waiting:
         _echo(f"\n{len(outcome.waiting)} job(s) queued or running: "
               + ", ".join(f"{k} ({v})" for k, v in list(outcome.waiting.items())[:6])
@@ -276,6 +278,12 @@ def _stop_on_sigterm() -> None:
     from forgetbench.executor import _terminated
 
     signal.signal(signal.SIGTERM, _terminated)
+
+
+def _sigterm_as_ctrl_c(signum, frame) -> None:
+    """SIGTERM (kill, a CI job cancelled, systemd) ends any command as Ctrl-C does: what it
+    was doing cleans up (a sweep ends its jobs, which record why, and releases its lock)."""
+    raise Terminated("stopped by SIGTERM")
 
 
 def cmd_point(args: argparse.Namespace) -> int:
@@ -417,24 +425,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from forgetbench import compare
     from forgetbench.config import load_suite
     from forgetbench.report.compare_page import format_terminal, rule_line, write_outputs
+    from forgetbench.store import check_writable
 
     suite = load_suite(args.suite, args.set) if args.suite else None
     if args.set and not args.suite:
         raise ForgetbenchError("compare: --set changes the --suite file; give --suite too")
-    result, name = compare.run(args.base, args.candidate, suite=suite,
-                               gate_path=Path(args.gate) if args.gate else None, runs_dir=Path(args.runs_dir),
-                               force=args.force, say=lambda msg: print(msg, file=sys.stderr, flush=True))
-    out = Path(args.out) if args.out else Path(args.runs_dir) / "compare" / name
-    write_outputs(result, out)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _echo(format_terminal(result))
-        _echo(f"\n{out}/: compare.json, compare.md, compare.html")
+    base, candidate = compare.resolve_side(args.base), compare.resolve_side(args.candidate)
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "compare" / compare.output_name(base, candidate)
+    check_writable(out, "--out")  # before an evaluation that may take hours
+    result = compare.run(base, candidate, suite=suite, gate_path=Path(args.gate) if args.gate else None,
+                         runs_dir=Path(args.runs_dir), force=args.force,
+                         say=lambda msg: print(msg, file=sys.stderr, flush=True))
+    # the verdict first: an output that cannot be written then loses nothing, and exits 2
+    # (an error), never 1 (the gate failed) nor 0
+    _echo(json.dumps(result, indent=2) if args.json else format_terminal(result))
     for rule in result["rules"]:
         if not rule["passed"]:
             print(f"forgetbench: gate failed: {rule_line(rule)}", file=sys.stderr)
+    try:
+        write_outputs(result, out)
+    except OSError as exc:
+        raise ForgetbenchError(f"--out {out}: cannot write {exc.filename2 or exc.filename or 'its files'} "
+                               f"({exc.strerror or exc}); the verdict above ({result['verdict']}) stands, "
+                               "its files are not written: run it again with a --out you can write to "
+                               "(the evaluations are stored, not repeated)") from None
+    if not args.json:
+        _echo(f"\n{out}/: compare.json, compare.md, compare.html")
     return 1 if result["verdict"] == "FAIL" else 0
+
+
+def _minutes(text: str) -> float:
+    """A time limit in minutes: a positive, finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text[:50]!r}: give a positive number of minutes, e.g. 90")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -461,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "on a CPU its share of the cores (default: 1)")
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the points that failed in an earlier sweep (interrupted ones always resume)")
-    p.add_argument("--point-timeout", type=float, metavar="MINUTES",
+    p.add_argument("--point-timeout", type=_minutes, metavar="MINUTES",
                    help="end a point (failed: timed out) still running after this long, e.g. a hung collective")
     p.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
                    help="where the jobs run: local processes (default); slurm, one job per point through "
@@ -540,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_set(p)
     p.add_argument("--gate", help="gate rules YAML (default: the suite's gate, else: no general task "
                                   "loses 2 points or more)")
-    p.add_argument("--out", help="output folder (default: RUNS_DIR/compare/BASE-vs-CANDIDATE)")
+    p.add_argument("--out", help="output folder (default: RUNS_DIR/compare/BASE-vs-CANDIDATE-HASH, HASH "
+                                 "of both in full)")
     p.add_argument("--runs-dir", default="runs", help="its evaluation store is RUNS_DIR/evals (default: runs)")
     p.add_argument("--force", action="store_true",
                    help="compare evaluations whose settings differ; every output says what differs")
@@ -559,9 +588,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries(args.verbose)
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     try:
-        return args.func(args)
+        _quiet_libraries(args.verbose)  # (seconds of imports: Ctrl-C there is a Ctrl-C too)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed stdout is caught below, not at exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # the reader of stdout is gone (`forgetbench ... | head -1`): stop quietly, with the
+        # status of a program that SIGPIPE ended (what the shell shows for `yes | head -1`):
+        # not 0, the output was cut short; not 1, compare's "the gate failed"
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python flushes it at exit)
+        return 128 + signal.SIGPIPE
     except ForgetbenchError as exc:
         print(f"forgetbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -571,6 +611,19 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as exc:
         print(f"forgetbench: {exc}; run the same command again to resume", file=sys.stderr)
         return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stdout_closed() -> bool:
+    """Whether nothing reads stdout any more: polled, a pipe (or socket) whose reader is gone
+    reports an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (OSError, ValueError):  # (stdout replaced by an object without a file descriptor)
+        return False
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from forgetbench.evalstore import EvalStore
 from forgetbench.gate import Gate, check_gate, judge, load_gate, suite_gate
 from forgetbench.metrics import headline_metric
 from forgetbench.models import check_model
-from forgetbench.store import RunStore, point_problem, read_result, scores_problem
+from forgetbench.store import RunStore, json_digest, point_problem, read_result, scores_problem
 
 RESAMPLES = 10_000
 # settings that may differ between two comparable evaluations: where the model came from
@@ -244,10 +244,23 @@ class Side:
     model: str | None          # builtin:NAME, a folder or a hub id (a point's exported model)
     record: Path | None        # a scores file (an evaluation store record)
     suite: Suite | None        # a sweep point's suite, for when --suite is not given
+    identity: str              # what it is in full: an absolute path (a point's folder), else the name
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._" else "-" for c in text).strip("-")[:60] or "model"
+    """``text`` fit for a folder's name; its end, where checkpoints of one run differ."""
+    return "".join(c if c.isalnum() or c in "._" else "-" for c in text).strip("-")[-60:].lstrip("-") or "model"
+
+
+def _identity(arg: str) -> str:
+    return str(Path(arg).resolve()) if Path(arg).exists() else arg
+
+
+def output_name(base: Side, candidate: Side) -> str:
+    """The default output folder's name: both sides' labels, to read, and a hash of both
+    full identities, so that two comparisons share a folder only when they compare the same
+    two things (a label alone is cut short: checkpoints under one long path would share it)."""
+    return f"{base.label}-vs-{candidate.label}-{json_digest([base.identity, candidate.identity])[:8]}"
 
 
 def _point_side(arg: str, point_dir: Path) -> Side:
@@ -261,13 +274,13 @@ def _point_side(arg: str, point_dir: Path) -> Side:
                                "wrote; pass --suite") from None
     run = point_dir.parent.parent
     slug = _slug(f"{run.name}-{point_dir.name}")
-    model = point_dir / "model"
+    model, identity = point_dir / "model", str(point_dir.resolve())
     if (model / "config.json").exists():
-        return Side(arg, slug, str(model), None, suite)
+        return Side(arg, slug, str(model), None, suite, identity)
     state = RunStore(run).states().get(point_dir.name)
     scores = point_dir / "scores" / f"{eval_key(eval_settings(suite.tasks, suite.eval))}.json"
     if state is not None and state.model_deleted and scores.exists():
-        return Side(arg, slug, None, scores, suite)
+        return Side(arg, slug, None, scores, suite, identity)
     raise ForgetbenchError(f"{arg}: point {point_dir.name} has no exported model yet; finish it with "
                            f"`forgetbench sweep` (or `forgetbench point {point_dir / 'point.json'}`)")
 
@@ -291,8 +304,8 @@ def resolve_side(arg: str) -> Side:
         if path.suffix != ".json":
             raise ForgetbenchError(f"{arg}: a file here must be a stored evaluation (.json from "
                                    "runs/evals or a point's scores/); a model is a folder")
-        return Side(arg, _slug(path.stem), None, path, None)
-    return Side(arg, _slug(arg), arg, None, None)
+        return Side(arg, _slug(arg.removesuffix(".json")), None, path, None, _identity(arg))
+    return Side(arg, _slug(arg), arg, None, None, _identity(arg))
 
 
 def side_scores(side: Side, suite: Suite, runs_dir: Path, *, say=print) -> tuple[dict, Path]:
@@ -313,11 +326,10 @@ def side_scores(side: Side, suite: Suite, runs_dir: Path, *, say=print) -> tuple
 
 # ---------------------------------------------------------------- the command
 
-def run(base_arg: str, candidate_arg: str, *, suite: Suite | None, gate_path: Path | None,
-        runs_dir: Path, force: bool, say=print) -> tuple[dict[str, Any], str]:
-    """Resolve both sides, get their evaluations, refuse incomparable ones (unless ``force``)
-    and compare: (compare.json's dict, the default output folder's name)."""
-    base, candidate = resolve_side(base_arg), resolve_side(candidate_arg)
+def run(base: Side, candidate: Side, *, suite: Suite | None, gate_path: Path | None,
+        runs_dir: Path, force: bool, say=print) -> dict[str, Any]:
+    """Get both sides' evaluations (see :func:`resolve_side`), refuse incomparable ones
+    (unless ``force``) and compare: compare.json's dict."""
     suite = suite or base.suite or candidate.suite
     if suite is None:
         raise ForgetbenchError("compare: --suite is needed (which tasks are target and general, and the "
@@ -353,7 +365,7 @@ def run(base_arg: str, candidate_arg: str, *, suite: Suite | None, gate_path: Pa
               "mismatch": mismatch,
               "base": _side_info(base, b, b_path), "candidate": _side_info(candidate, c, c_path),
               "settings": b["settings"], **compare_scores(suite, b, c, gate, gate_source)}
-    return result, f"{base.label}-vs-{candidate.label}"
+    return result
 
 
 def _refuse_mismatch(mismatch: list[str], force: bool) -> None:

@@ -221,6 +221,7 @@ def _child(job: Job, lane: Lane, environ: dict[str, str], parent: int) -> None:
     machine, its log, its exit status."""
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (the server ignores it: see start)
     watch_in_background(parent)
     if job.heartbeat is not None:
         threading.Thread(target=_beat, args=(job.heartbeat,), daemon=True, name="forgetbench-beat").start()
@@ -265,8 +266,15 @@ class LocalExecutor:
 
     def start(self) -> None:
         """Start the fork server now, so its imports overlap the parent's own work (they take
-        seconds); returns at once."""
-        multiprocessing.forkserver.ensure_running()
+        seconds); returns at once. It starts with SIGINT ignored (an ignored signal stays so
+        through exec), as it is once it has imported: Ctrl-C reaches the terminal's whole
+        process group, the sweep ends the jobs, and the server, importing, would print a
+        traceback of its imports."""
+        default = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            signal.signal(signal.SIGINT, default)
 
     def run(self, jobs: Iterable[Job], on_start: Callable[[Job, Lane], None] = lambda job, lane: None,
             on_done: Callable[[Done], bool | None] = lambda done: None, timeout: float | None = None) -> None:
@@ -275,6 +283,7 @@ class LocalExecutor:
         still running ``timeout`` seconds after it started is ended (SIGTERM, then SIGKILL
         30 s later) and reported ``timed_out``. Any exception here (Ctrl-C included)
         terminates the running jobs before it propagates."""
+        self.start()  # (if not yet started)
         queue = iter(jobs)
         free = list(range(len(self.lanes)))
         running: dict[Any, _Running] = {}  # by the process's sentinel

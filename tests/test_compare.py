@@ -297,3 +297,87 @@ def test_a_sweep_with_a_bad_gate_file_stops_before_anything_runs(tmp_path, write
     err = capsys.readouterr().err.strip()
     assert f"{gate}: rules[0]: category 'poetry' matches no task" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_task_name_with_dollar_signs_is_drawn_as_written(tmp_path, write_suite):
+    name = "$x^$"  # mathtext would parse it, and fail
+    raw = suite_dict()
+    raw["tasks"]["general"] = [{"name": name, "category": "qa", "metric": "acc"}]
+    suite = write_suite(raw)
+    metric = {"fb_medical": "acc", name: "acc"}
+    for side, general in (("base", [1.0] * 30), ("cand", [1.0] * 20 + [0.0] * 10)):
+        (tmp_path / f"{side}.json").write_text(json.dumps(record({"fb_medical": [0.0] * 30, name: general},
+                                                                 metric=metric)))
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "base.json"), str(tmp_path / "cand.json"), "--suite", str(suite),
+                 "--out", str(out)]) == 1
+    page = (out / "compare.html").read_text()
+    assert "<img " in page and "could not be drawn" not in page
+
+
+def test_a_figure_that_cannot_be_drawn_leaves_the_verdict_and_the_tables(env, monkeypatch):
+    from forgetbench.report import compare_page
+
+    def broken(result):
+        raise RuntimeError("a bug in a figure")
+
+    monkeypatch.setattr(compare_page, "forest_plot", broken)
+    compare, tmp_path, _ = env
+    rec = record(scores(), metric=METRIC)
+    code, result = compare(rec, rec)
+    assert code == 0 and result["verdict"] == "PASS"
+    page = (tmp_path / "out" / "compare.html").read_text()
+    assert "could not be drawn</b>: RuntimeError: a bug in a figure" in page and "<td>fb_capitals</td>" in page
+    assert "PASS" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_an_unusable_out_is_refused_before_anything_is_evaluated(tmp_path, write_suite, capsys):
+    suite, runs = write_suite(suite_dict()), tmp_path / "runs"
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "out"  # under a regular file: refused to root as well
+    assert main(["compare", "builtin:tiny-llama", "builtin:tiny-llama", "--suite", str(suite), "--out", str(out),
+                 "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"forgetbench: error: --out {out}: {tmp_path / 'a-file'} is not a folder; give a folder (or a path " \
+                  "to one to create)\n"
+    assert not runs.exists()  # nothing evaluated
+
+
+def test_outputs_that_cannot_be_written_exit_2_with_the_verdict_printed(env, capsys):
+    _, tmp_path, suite = env
+    out = tmp_path / "out"
+    (out / "compare.json").mkdir(parents=True)  # the folder is usable, that file is not
+    (tmp_path / "base.json").write_text(json.dumps(record(scores(), metric=METRIC)))
+    assert main(["compare", str(tmp_path / "base.json"), str(tmp_path / "base.json"), "--suite", str(suite),
+                 "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "verdict: PASS" in captured.out
+    assert captured.err == (f"forgetbench: error: --out {out}: cannot write {out / 'compare.json'} (Is a directory); "
+                            "the verdict above (PASS) stands, its files are not written: run it again with a --out "
+                            "you can write to (the evaluations are stored, not repeated)\n")
+
+
+def test_two_candidates_under_one_long_path_get_folders_of_their_own(tmp_path, write_suite):
+    """The default output folder: RUNS/compare/BASE-vs-CANDIDATE-HASH, a hash of both in full."""
+    from forgetbench import compare
+
+    raw = suite_dict()
+    raw.pop("gate")
+    suite, runs = write_suite(raw), tmp_path / "runs"
+    long = tmp_path / ("experiments-" * 8) / "run-7"
+    paths = {}
+    for name, rec in (("base", record(scores(), metric=METRIC)), ("checkpoint-1000", record(scores(), metric=METRIC)),
+                      ("checkpoint-2000", record(scores(addition=0.5), metric=METRIC))):
+        paths[name] = long / name / "scores.json"
+        paths[name].parent.mkdir(parents=True)
+        paths[name].write_text(json.dumps(rec))
+    for cand, code in (("checkpoint-1000", 0), ("checkpoint-2000", 1)):
+        assert main(["compare", str(paths["base"]), str(paths[cand]), "--suite", str(suite),
+                     "--runs-dir", str(runs)]) == code
+    folders = sorted((runs / "compare").iterdir())
+    assert [json.loads((f / "compare.json").read_text())["verdict"] for f in folders] == ["PASS", "FAIL"]
+    assert all(f"{cand}-scores-" in f.name for f, cand in zip(folders, ("checkpoint-1000", "checkpoint-2000")))
+    # models named by such paths too (a folder or a hub id: named, not looked at)
+    base = compare.resolve_side("meta-llama/Llama-3.1-8B")
+    names = {compare.output_name(base, compare.resolve_side(f"{long}/checkpoint-{n}")) for n in (1000, 2000)}
+    assert len(names) == 2 and all(len(n) < 160 for n in names)

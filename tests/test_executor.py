@@ -18,6 +18,7 @@ import pytest
 
 from forgetbench.errors import ForgetbenchError
 from forgetbench.executor import InlineExecutor, Job, Lane, LocalExecutor, lanes
+from tests.conftest import REPO
 
 
 def meet(mine: str, theirs: str, timeout: float = 60.0) -> int:
@@ -180,3 +181,31 @@ def test_a_job_past_its_time_limit_is_ended_and_says_so(tmp_path):
     [d] = done
     assert d.timed_out and d.reason().startswith("timed out: still running after ")
     assert d.exitcode == 128 + signal.SIGTERM  # it ended on SIGTERM, as a job should
+
+
+def test_ctrl_c_while_the_fork_server_imports_prints_no_traceback(tmp_path):
+    """Ctrl-C reaches the terminal's whole process group, the fork server with it: in its
+    first seconds, importing, it ignores it as it does once it has imported (the sweep ends
+    the jobs, and the server ends with the sweep)."""
+    importing = tmp_path / "importing"
+    (tmp_path / "slow_import.py").write_text(f"import pathlib, time\npathlib.Path({str(importing)!r}).touch()\n"
+                                             "time.sleep(3)\n")
+    code = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from pathlib import Path
+        from forgetbench import executor
+        executor.PRELOAD = ("slow_import",)  # imports that take seconds, as torch's do
+        try:
+            executor.LocalExecutor([executor.Lane()]).start()
+            while not Path({str(importing)!r}).exists():
+                time.sleep(0.02)
+            os.killpg(0, signal.SIGINT)  # Ctrl-C
+            time.sleep(60)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    # (its output is read to the end: until the server, which shares it, has ended too)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          start_new_session=True, timeout=120)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr[-3000:]

@@ -244,6 +244,18 @@ def refused(capsys, *argv) -> str:
     return err
 
 
+@pytest.mark.parametrize("minutes", ["nan", "inf", "-1", "0"])
+def test_a_point_timeout_not_a_positive_number_is_refused_before_anything_is_written(
+        write_suite, tmp_path, capsys, minutes):
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as stop:  # argparse's usage, then its one line
+        main(["sweep", str(write_suite(suite_dict())), "--runs-dir", str(runs), "--point-timeout", minutes])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"forgetbench sweep: error: argument --point-timeout: '{minutes}': give a positive number of minutes, e.g. 90")
+    assert not runs.exists()
+
+
 def test_a_wrong_metric_is_refused_before_the_base_model_is_evaluated(write_suite, tiny_model_dir, tmp_path, capsys):
     raw = tiny_suite(tiny_model_dir)
     raw["tasks"]["general"][1]["metric"] = "accuracy"

@@ -91,6 +91,36 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_results(wr
     assert status(runs)[-1] == f"{scores(runs)['point_id'].nunique()} evaluated"
 
 
+@pytest.mark.slow
+def test_sigterm_ends_a_sweep_as_ctrl_c_does(write_suite, tiny_model_dir, tmp_path):
+    """kill PID (a CI job cancelled, systemd stopping a unit): the running point recorded
+    interrupted, the lock released, one line, exit 143 (128 + SIGTERM), nothing left running."""
+    raw = tiny_suite(tiny_model_dir)
+    raw["sweep"].update(lr=[1e-3, 2e-3], epochs=[4])  # a point trains for seconds: long enough
+    path, runs = write_suite(raw), tmp_path / "runs"
+    store = RunStore(runs / "medical")
+    sweep = subprocess.Popen([*SWEEP, str(path), "--runs-dir", str(runs)], cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        end = time.monotonic() + 180
+        while not any(e["event"] == Event.POINT_STARTED for e in store.events()):
+            assert sweep.poll() is None and time.monotonic() < end, "no point started training"
+            time.sleep(0.1)
+        sweep.send_signal(signal.SIGTERM)  # the sweep alone: it ends its jobs
+        _, err = sweep.communicate(timeout=120)
+        end = time.monotonic() + 30  # its fork server ends once it is gone
+        while session_pids(sweep.pid) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not session_pids(sweep.pid), "a process of the sweep outlived it"
+    finally:
+        kill_session(sweep.pid)
+    assert sweep.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert err.splitlines()[-1] == "forgetbench: stopped by SIGTERM; run the same command again to resume"
+    assert "Traceback" not in err
+    assert "interrupted" in {state.status for state in store.states().values()}
+    assert SweepLock(store.root).holder() is None and (store.root / "sweep.lock").read_text() == ""  # released
+
+
 def status(runs: Path) -> list[str]:
     from forgetbench.status import status_lines
 

@@ -44,8 +44,8 @@ def write_outputs(store: RunStore, suite: Suite, sweep: dict) -> tuple[pd.DataFr
     failed = {pid: states[pid].error or "failed" for pid, _, scores in points
               if scores is None and pid in states and states[pid].status == "failed"}
     trained = [(pid, point, train[pid]) for pid, point, _ in points if pid in train]
-    curves = plots.training_curves([(point, store.train_log(pid), info)
-                                    for pid, point, info in trained])
+    curves = html.figure(plots.training_curves, [(point, store.train_log(pid), info) for pid, point, info in trained],
+                         alt="held-out losses during training")
     mitigations = mitigation_frame(summary)
     scored = [(pid, point, scores) for pid, point, scores in points if scores is not None]
     judged = (verdict.sweep_verdict(suite, baseline, scored, {pid: store.train_log(pid) for pid, _, _ in scored})

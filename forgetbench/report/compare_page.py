@@ -2,7 +2,6 @@
 terminal table, ``compare.md`` for a pull request and the self-contained ``compare.html``."""
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
@@ -11,7 +10,9 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 
+from forgetbench.report.html import figure
 from forgetbench.report.items import flips_section
+from forgetbench.report.plots import plain_text
 from forgetbench.report.tables import markdown_text as _md
 from forgetbench.store import atomic_write_text
 
@@ -112,6 +113,7 @@ def markdown(result: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+@plain_text
 def forest_plot(result: dict) -> bytes:
     """Each task's headline delta with its 95% paired interval, and the gate's thresholds."""
     heads = _headlines(result)
@@ -157,7 +159,7 @@ def _cells(values: list[str], cls: str = "") -> str:
     return (f'<tr class="{cls}">' if cls else "<tr>") + "".join(f"<td>{v}</td>" for v in values) + "</tr>"
 
 
-def render_html(result: dict, png: bytes) -> str:
+def render_html(result: dict) -> str:
     """compare.html: verdict first, then the tasks, the gate, the flipped items, the settings."""
     e = html.escape
     b, c = result["base"]["arg"], result["candidate"]["arg"]
@@ -177,14 +179,14 @@ def render_html(result: dict, png: bytes) -> str:
                          f"{r['delta']:+.1f}", f"{r['bound']:+.1f}", f"{r['threshold']:+.1f}",
                          _p(r["p"]), _p(r["p_holm"]), _power_note(r)], "" if r["passed"] else "fail")
                  for r in result["rules"]]
-    img = base64.b64encode(png).decode()
+    forest = figure(forest_plot, result, alt="delta per task with 95% paired intervals")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>forgetbench compare: {e(b)} vs {e(c)}</title>
 <style>{_STYLE}</style></head><body>
 <h1>{e(b)} (base) vs {e(c)} (candidate)</h1>
 {verdict}{stamp}
 <p>Suite <b>{e(result['suite'])}</b> · generated {e(result['generated'])}</p>
-<img alt="delta per task with 95% paired intervals" src="data:image/png;base64,{img}">
+{forest}
 <h2>Tasks</h2>
 <p>Scores with 95% intervals (Wilson for 0/1 metrics, else bootstrap; clusters resampled whole where the
 task declares them); the delta is candidate − base in points with a paired bootstrap interval
@@ -214,7 +216,7 @@ def write_outputs(result: dict, out: Path) -> None:
     """compare.json, compare.md and compare.html into ``out``: all three made first, then each
     written whole, so a failure leaves the previous outputs as they were."""
     made = {"compare.json": json.dumps(result, indent=2) + "\n", "compare.md": markdown(result),
-            "compare.html": render_html(result, forest_plot(result))}
+            "compare.html": render_html(result)}
     out.mkdir(parents=True, exist_ok=True)
     for name, text in made.items():
         atomic_write_text(out / name, text)

@@ -5,6 +5,7 @@ import base64
 import html
 import json
 import time
+from collections.abc import Callable
 from importlib import resources
 from string import Template
 
@@ -18,6 +19,18 @@ from forgetbench.report.verdict import FLIPS_PER_TASK, setting_frames, verdict_l
 
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def figure(draw: Callable[..., bytes | None], *args, alt: str) -> str | None:
+    """The figure ``draw(*args)`` makes, as an image (None when it makes none); one that
+    cannot be drawn is said so in its place, with why: the tables of its page are written
+    all the same."""
+    try:
+        png = draw(*args)
+    except Exception as exc:  # a figure is never worth the tables
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        return f'<p class="caption"><b>The figure ({html.escape(alt)}) could not be drawn</b>: {html.escape(why)}</p>'
+    return None if png is None else _img(png, alt)
 
 
 def _table(frame: pd.DataFrame, *, pareto: bool = False) -> str:
@@ -55,11 +68,11 @@ def _mitigations(frame: pd.DataFrame | None, verdict: dict | None) -> str:
     return _table(shown)
 
 
-def _training(curves: bytes | None, overhead: pd.DataFrame | None) -> str:
+def _training(curves: str | None, overhead: pd.DataFrame | None) -> str:
     if curves is None:
         return ("<p>No in-training evaluation was logged (set <code>train.eval_every</code> "
                 "and <code>data.general_heldout</code> for the forgetting curve).</p>")
-    out = (_img(curves, "held-out losses during training")
+    out = (curves
            + "<p class=\"caption\">Loss on held-out general text during training: rising means "
            "forgetting as it happens. KL(base ‖ model) on the same text where "
            "<code>train.track_kl</code> is set; target validation loss where "
@@ -102,11 +115,12 @@ def _recommended_point(verdict: dict | None) -> str:
 
 def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.DataFrame,
            *, failed: dict[str, str], mitigations: pd.DataFrame | None = None,
-           curves: bytes | None = None, overhead: pd.DataFrame | None = None,
+           curves: str | None = None, overhead: pd.DataFrame | None = None,
            verdict: dict | None = None, flips: list[dict] | None = None, flips_left_out: int = 0,
            labels: dict[str, str] | None = None) -> str:
-    """The page; ``verdict`` from verdict.sweep_verdict, ``flips`` from verdict.point_flips
-    with ``labels`` (point id -> label) for its point filter."""
+    """The page; ``curves`` the training curves' :func:`figure`, ``verdict`` from
+    verdict.sweep_verdict, ``flips`` from verdict.point_flips with ``labels`` (point id ->
+    label) for its point filter."""
     base_rows = []
     for task, role in suite.all_tasks():
         for metric, v in baseline["tasks"][task.name]["metrics"].items():
@@ -117,10 +131,10 @@ def render(suite: Suite, baseline: dict, results: pd.DataFrame, summary: pd.Data
         figures = "<p>No point has been evaluated yet.</p>"
     else:
         changes, settings = setting_frames(verdict)
-        by_epochs = plots.change_vs_epochs(changes)
-        figures = (_img(plots.change_vs_lr(changes), "learning and forgetting vs learning rate")
-                   + (_img(by_epochs, "learning and forgetting vs epochs") if by_epochs else "")
-                   + _img(plots.learning_vs_forgetting(settings), "learning vs forgetting"))
+        figures = "".join(filter(None, (
+            figure(plots.change_vs_lr, changes, alt="learning and forgetting vs learning rate"),
+            figure(plots.change_vs_epochs, changes, alt="learning and forgetting vs epochs"),
+            figure(plots.learning_vs_forgetting, settings, alt="learning vs forgetting"))))
     failures = "".join(f"<li><code>{html.escape(pid)}</code>: {html.escape(msg)}</li>"
                        for pid, msg in failed.items())
     template = Template(resources.files("forgetbench.report").joinpath("template.html").read_text())

@@ -15,6 +15,12 @@ from forgetbench.report.tables import point_of
 
 matplotlib.use("Agg")  # no display; pyplot picks its backend at the first figure, not at import
 
+# Each figure function draws its text as written: a suite's or a task's name may hold a $,
+# which mathtext would parse (and fail on), or a character LaTeX would (where a matplotlibrc
+# sets usetex). Text reads these when it is made, tick labels as the figure is saved: the
+# whole function runs under them.
+plain_text = matplotlib.rc_context({"text.parse_math": False, "text.usetex": False})
+
 # the settings other than lr: one line (or marker colour) per combination of them
 GROUP_KEYS = ["epochs", "mix_ratio", "regularizer", "lam", "schedule", "xi", "patience"]
 
@@ -58,6 +64,7 @@ def _yerr(frame: pd.DataFrame, value: str, low: str, high: str) -> list[list[flo
     return [list(frame[value] - frame[low]), list(frame[high] - frame[value])]
 
 
+@plain_text
 def change_vs_lr(changes: pd.DataFrame) -> bytes:
     """One panel per task: learning (target) or forgetting (general) against the learning
     rate, one line per combination of the other swept settings (replicates as their mean);
@@ -68,6 +75,7 @@ def change_vs_lr(changes: pd.DataFrame) -> bytes:
     return _change_vs(changes, "lr")
 
 
+@plain_text
 def change_vs_epochs(changes: pd.DataFrame) -> bytes | None:
     """As :func:`change_vs_lr`, against the epochs, for the settings trained for several
     epoch counts (the rest the same); None when the suite sweeps no epochs."""
@@ -108,6 +116,7 @@ def _change_vs(changes: pd.DataFrame, x: str) -> bytes:
     return _png(fig)
 
 
+@plain_text
 def learning_vs_forgetting(settings: pd.DataFrame) -> bytes:
     """Each setting's mean learning against its mean forgetting with their 95% intervals
     (replicates joined); the Pareto front joined. ``settings``: verdict.setting_frames' second."""
@@ -181,6 +190,7 @@ def _short_labels(points: list[Point]) -> tuple[list[str], str]:
             ", ".join(shared))
 
 
+@plain_text
 def training_curves(curves: list[tuple[Point, list[dict], dict | None]]) -> bytes | None:
     """The held-out losses logged during training against the optimizer step, one panel per
     metric (general loss, KL to the base model, target validation loss), one line per point.
