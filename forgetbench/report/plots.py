@@ -16,7 +16,7 @@ from forgetbench.report.tables import point_of
 matplotlib.use("Agg")  # no display; pyplot picks its backend at the first figure, not at import
 
 # the settings other than lr: one line (or marker colour) per combination of them
-GROUP_KEYS = ["epochs", "mix_ratio", "regularizer", "lam", "schedule", "xi", "patience"]
+GROUP_KEYS = ["epochs", "mix_ratio", "regularizer", "regularizer_form", "lam", "schedule", "xi", "patience"]
 
 
 def _group_label(rows: pd.DataFrame, x: str = "lr") -> str:
