@@ -248,8 +248,8 @@ class Mitigation(NamedTuple):
 
     kind: str        # replay, a regulariser's name (l2, ewc, ...), xi or patience
     strength: float  # its setting: the mix ratio, λ, ξ or the patience
-    text: str        # "replay mix 0.1", "L2-SP λ=100 (decoupled)", "discriminative lr ξ=2.6", ...
-    short: str       # in point labels: "mix 0.1", "L2-SP λ=100 (decoupled)", "ξ=2.6", "patience 2"
+    text: str        # "replay mix 0.1", "L2-SP λ=30", "EWC λ=1000 (coupled)", "discriminative lr ξ=2.6", ...
+    short: str       # in point labels: "mix 0.1", "L2-SP λ=30", "ξ=2.6", "patience 2"
 
 
 def mitigation_kinds() -> list[str]:
@@ -289,8 +289,11 @@ class Point(_Strict):
         if self.mix_ratio > 0:
             out.append(Mitigation("replay", self.mix_ratio, f"replay mix {self.mix_ratio:g}",
                                   f"mix {self.mix_ratio:g}"))
-        if self.regularizer != regularizers.NONE:  # λ means another thing in each form: both said
-            text = f"{regularizers.title(self.regularizer)} λ={self.lam:g} ({self.regularizer_form})"
+        if self.regularizer != regularizers.NONE:
+            # λ means another thing in each form: a form other than the default is named
+            form = self.regularizer_form or "coupled"
+            text = f"{regularizers.title(self.regularizer)} λ={self.lam:g}" + (
+                f" ({form})" if form != regularizers.DEFAULT_FORM else "")
             out.append(Mitigation(self.regularizer, self.lam, text, text))
         if self.xi != 1:
             out.append(Mitigation("xi", self.xi, f"discriminative lr ξ={self.xi:g}", f"ξ={self.xi:g}"))
