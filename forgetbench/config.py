@@ -215,6 +215,11 @@ class SweepSpec(_Strict):
     # none, or a registered regulariser (forgetbench/regularizers.py: l2 is L2-SP, ewc is EWC)
     regularizer: Annotated[list[Annotated[str, AfterValidator(_registered)]], Field(min_length=1)] = ["none"]
     lam: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [0.0]
+    # how a regulariser acts (forgetbench/train/regularizers.py): decoupled, a pull toward the
+    # base weights at the rate λ·lr after each AdamW step (λ ~ 1/the distance a weight may
+    # drift); coupled, λ·penalty added to the loss, whose pull Adam normalises away at first
+    regularizer_form: Annotated[list[Literal[regularizers.FORMS]],  # type: ignore[valid-type]
+                                Field(min_length=1)] = [regularizers.DEFAULT_FORM]
     schedule: Annotated[list[Literal[SCHEDULES]], Field(min_length=1)] = ["cosine"]  # type: ignore[valid-type]
     # discriminative learning rates (ULMFiT): depth l gets lr / xi^(L + 1 - l), with the
     # embeddings at 0, the L decoder blocks at 1..L and the head at L + 1; 1 trains every
@@ -231,11 +236,11 @@ class SweepSpec(_Strict):
     def points(self) -> list[Point]:
         """The product of the lists; a point's seed is as listed (Suite.points makes it canonical)."""
         return [Point(lr=lr, epochs=epochs, mix_ratio=mix, regularizer=reg,
-                      lam=0.0 if reg == "none" else lam, schedule=sched, xi=xi, patience=pat,
-                      seed=seed)
-                for lr, epochs, mix, reg, lam, sched, xi, pat, seed in itertools.product(
+                      lam=0.0 if reg == "none" else lam, regularizer_form=form, schedule=sched,
+                      xi=xi, patience=pat, seed=seed)
+                for lr, epochs, mix, reg, lam, form, sched, xi, pat, seed in itertools.product(
                     self.lr, self.epochs, self.mix_ratio, self.regularizer, self.lam,
-                    self.schedule, self.xi, self.patience, self.seed or [None])]
+                    self.regularizer_form, self.schedule, self.xi, self.patience, self.seed or [None])]
 
 
 class Mitigation(NamedTuple):
@@ -243,8 +248,8 @@ class Mitigation(NamedTuple):
 
     kind: str        # replay, a regulariser's name (l2, ewc, ...), xi or patience
     strength: float  # its setting: the mix ratio, λ, ξ or the patience
-    text: str        # "replay mix 0.1", "L2-SP λ=0.1", "discriminative lr ξ=2.6", ...
-    short: str       # in point labels: "mix 0.1", "L2-SP λ=0.1", "ξ=2.6", "patience 2"
+    text: str        # "replay mix 0.1", "L2-SP λ=30", "EWC λ=1000 (coupled)", "discriminative lr ξ=2.6", ...
+    short: str       # in point labels: "mix 0.1", "L2-SP λ=30", "ξ=2.6", "patience 2"
 
 
 def mitigation_kinds() -> list[str]:
@@ -261,10 +266,22 @@ class Point(_Strict):
     mix_ratio: float
     regularizer: str
     lam: float
+    # None without a regulariser; a point recorded before the forms existed has none and
+    # trained coupled, the only form there was
+    regularizer_form: Literal[regularizers.FORMS] | None = None  # type: ignore[valid-type]
     schedule: str = "cosine"
     xi: float = 1.0
     patience: int | None = None
     seed: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _form_of_its_regularizer(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "regularizer" in data:
+            form = data.get("regularizer_form")
+            form = None if data["regularizer"] == regularizers.NONE else form or "coupled"
+            data = {**data, "regularizer_form": form}
+        return data
 
     def describe(self) -> list[Mitigation]:
         """The mitigations this point has on, in the reports' order; empty: plain training."""
@@ -273,7 +290,10 @@ class Point(_Strict):
             out.append(Mitigation("replay", self.mix_ratio, f"replay mix {self.mix_ratio:g}",
                                   f"mix {self.mix_ratio:g}"))
         if self.regularizer != regularizers.NONE:
-            text = f"{regularizers.title(self.regularizer)} λ={self.lam:g}"
+            # λ means another thing in each form: a form other than the default is named
+            form = self.regularizer_form or "coupled"
+            text = f"{regularizers.title(self.regularizer)} λ={self.lam:g}" + (
+                f" ({form})" if form != regularizers.DEFAULT_FORM else "")
             out.append(Mitigation(self.regularizer, self.lam, text, text))
         if self.xi != 1:
             out.append(Mitigation("xi", self.xi, f"discriminative lr ξ={self.xi:g}", f"ξ={self.xi:g}"))
@@ -351,6 +371,11 @@ class Suite(_Strict):
                 problem = reg.check(self) if reg is not None and reg.check is not None else None
                 if problem:
                     raise ValueError(f"{where}.regularizer {name} {problem}")
+                lacking = [f for f in grid.regularizer_form if reg is not None and f not in reg.forms]
+                if lacking:
+                    raise ValueError(f"{where}.regularizer_form {lacking[0]}: regulariser {name} has no "
+                                     f"{lacking[0]} form; set {where}.regularizer_form to "
+                                     f"[{', '.join(reg.forms)}]")
             if any(p is not None for p in grid.patience) and (
                     self.train.eval_every is None or self.data.validation is None):
                 raise ValueError(f"{where}.patience needs train.eval_every and data.validation "

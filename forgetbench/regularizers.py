@@ -10,10 +10,16 @@ callable or the ``"module:function"`` path of one, imported only when a point tr
 
 A component is called with a ``forgetbench.train.regularizers.Setup`` (the model's trainable
 parameters and their names, the tokenizer, the process group, the suite and point, the cache
-directory) and returns an object with
+directory) and returns an object with a method for each form it is applied in
+(``sweep.regularizer_form``; ``forms`` in its entry lists them):
 
-- ``penalty_(lam) -> float``: add the penalty's gradient to each parameter's ``.grad`` in
-  place (after FSDP has reduced them: sharded tensors stay sharded) and return its value;
+- ``penalty_(lam) -> float``, the ``coupled`` form (λ·penalty in the loss): add the
+  penalty's gradient to each parameter's ``.grad`` in place (after FSDP has reduced them:
+  sharded tensors stay sharded), before clipping and the optimizer, and return its value;
+- ``pull_(lam, lrs) -> float``, the ``decoupled`` form: after the optimizer's step, move each
+  parameter toward what the penalty wants at the rate λ × that parameter's learning rate
+  (``lrs``, one per parameter), outside Adam's normalisation as AdamW's weight decay is, and
+  return the penalty's value before the pull;
 - ``summary``: a dict merged into the point's training summary (EWC: ``{"fisher": ...}``).
 
 A new regulariser is a component and one :func:`register` call; the suite schema, point ids,
@@ -28,6 +34,11 @@ from typing import Any
 from forgetbench.datafiles import source_fingerprint
 
 NONE = "none"  # plain training: no entry, no state
+# how a regulariser acts (train/regularizers.py explains both): ``decoupled``, a pull toward
+# the base weights after the optimizer's step, whose strength λ·lr Adam's normalisation
+# cannot undo; ``coupled``, λ·penalty added to the loss, as most EWC code does
+FORMS = ("decoupled", "coupled")
+DEFAULT_FORM = "decoupled"
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,8 @@ class Regularizer:
     identity: Callable[[Any], dict[str, Any]] | None = None
     # what the suite must provide for it: a message for the user, or None
     check: Callable[[Any], str | None] | None = None
+    # the forms its component implements (``pull_`` for decoupled, ``penalty_`` for coupled)
+    forms: tuple[str, ...] = ("coupled",)
 
 
 _REGISTRY: dict[str, Regularizer] = {}
@@ -53,6 +66,8 @@ def register(entry: Regularizer) -> Regularizer:
         raise ValueError(f"{NONE!r} is plain training, not a regulariser name")
     if (entry.cache is None) != (entry.identity is None):
         raise ValueError(f"regulariser {entry.name!r}: a cache needs an identity, and an identity a cache")
+    if not entry.forms or not set(entry.forms) <= set(FORMS):
+        raise ValueError(f"regulariser {entry.name!r}: forms must be some of {FORMS}, not {entry.forms}")
     _REGISTRY[entry.name] = entry
     return entry
 
@@ -105,8 +120,8 @@ def _fisher_check(suite: Any) -> str | None:
 
 register(Regularizer(
     name="l2", title="L2-SP", state_bytes=4,
-    component="forgetbench.train.regularizers:l2_sp"))
+    component="forgetbench.train.regularizers:l2_sp", forms=FORMS))
 register(Regularizer(
     name="ewc", title="EWC", state_bytes=8,
     component="forgetbench.train.regularizers:ewc",
-    cache="fisher", identity=_fisher_identity, check=_fisher_check))
+    cache="fisher", identity=_fisher_identity, check=_fisher_check, forms=FORMS))

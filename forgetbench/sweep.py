@@ -80,7 +80,11 @@ def point_identity(suite: Suite, point: Point) -> dict[str, Any]:
     reg = regularizers.get(point.regularizer)
     if reg is not None and reg.cache is not None:
         extra[reg.cache] = {**reg.identity(suite), "training_version": TRAINING_VERSION}
-    return {"train": train, "point": point.model_dump(exclude={"seed"}), **extra}
+    # the form only where it is decoupled: plain and coupled points keep the ids they had
+    # before the decoupled form existed
+    hashed = point.model_dump(exclude={"seed"} if point.regularizer_form == "decoupled"
+                              else {"seed", "regularizer_form"})
+    return {"train": train, "point": hashed, **extra}
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,24 @@ def test_grid_varies_lambda_only_where_a_regularizer_is_on(write_suite):
     assert all(p.lam == 0.0 for p in points if p.regularizer == "none")
 
 
+def test_the_regularizer_form_is_decoupled_unless_set_and_only_a_regularised_point_has_one(write_suite):
+    from forgetbench.config import Point
+
+    raw = suite_dict()
+    raw["sweep"] = {"lr": [1e-3], "regularizer": ["none", "l2", "ewc"], "lam": [1.0],
+                    "regularizer_form": ["coupled", "decoupled"]}
+    points = load_suite(write_suite(raw)).points()
+    assert [(p.regularizer, p.regularizer_form) for p in points] == [
+        ("none", None), ("l2", "coupled"), ("l2", "decoupled"), ("ewc", "coupled"), ("ewc", "decoupled")]
+    raw["sweep"] = {"lr": [1e-3], "regularizer": ["l2"], "lam": [1.0]}
+    [point] = load_suite(write_suite(raw, "default.yaml")).points()
+    assert point.regularizer_form == "decoupled" and point.describe()[0].text == "L2-SP λ=1"
+    # a point recorded before the forms existed trained with the penalty in the loss; its
+    # name says so, as λ means another thing there
+    old = Point(**point.model_dump(exclude={"regularizer_form"}))
+    assert old.regularizer_form == "coupled" and old.describe()[0].text == "L2-SP λ=1 (coupled)"
+
+
 def test_a_list_of_grids_joins_their_points_without_duplicates(write_suite):
     raw = suite_dict()
     raw["sweep"] = [{"lr": [1e-4, 1e-3], "mix_ratio": [0.0, 0.1]},

@@ -61,11 +61,21 @@ def test_a_suite_refuses_an_unregistered_regulariser(write_suite, capsys):
     assert "sweep.regularizer[0]" in capsys.readouterr().err
 
 
+def test_a_suite_refuses_a_form_the_regulariser_does_not_implement(l1, write_suite, capsys):
+    # its component has penalty_ only: the default form, decoupled, is refused in one line
+    raw = suite_dict(**{"sweep.regularizer": ["l1"], "sweep.lam": [0.1]})
+    assert main(["sweep", str(write_suite(raw)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep.regularizer_form decoupled: regulariser l1 has no decoupled form" in err
+    assert "set sweep.regularizer_form to [coupled]" in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_regulariser_registered_outside_the_package_trains_and_is_reported(
         l1, write_suite, tiny_model_dir, tmp_path):
     raw = suite_dict(model=str(tiny_model_dir), **{"train.max_seq_len": 32, "eval.limit": 16})
     raw["sweep"] = [{"lr": [3e-3], "epochs": [0.25]},
-                    {"lr": [3e-3], "epochs": [0.25], "regularizer": ["l1"], "lam": [1e-4, 1e-2]}]
+                    {"lr": [3e-3], "epochs": [0.25], "regularizer": ["l1"], "lam": [1e-4, 1e-2],
+                     "regularizer_form": ["coupled"]}]
     suite = load_suite(write_suite(raw))
     planned = plan(suite)
     assert [pp.point.regularizer for pp in planned] == ["none", "l1", "l1"]
@@ -91,10 +101,10 @@ def test_a_regulariser_registered_outside_the_package_trains_and_is_reported(
     assert sorted(results["regularizer"].unique()) == ["l1", "none"]
     assert set(results.loc[results["regularizer"] == "l1", "lam"]) == {1e-4, 1e-2}
     assert list(summary["regularizer"]) == ["none", "l1", "l1"]  # plain first, then as registered
-    assert sorted(mitigations["mitigation"]) == ["L1-SP λ=0.0001", "L1-SP λ=0.01"]
+    assert sorted(mitigations["mitigation"]) == ["L1-SP λ=0.0001 (coupled)", "L1-SP λ=0.01 (coupled)"]
     assert mitigations["best_lam"].sum() == 1
     assert mitigation_frame(summary_frame(results)).shape[0] == 2
-    assert "L1-SP λ=0.01" in (outcome.store.root / "report.html").read_text()
+    assert "L1-SP λ=0.01 (coupled)" in (outcome.store.root / "report.html").read_text()
 
     # the planner counts its state: one fp32 copy per parameter, as L2-SP's θ0
     with_l1 = planner.suite_plan(suite, 80.0)
@@ -108,6 +118,6 @@ def test_the_planner_command_and_figures_take_a_registered_regulariser(l1, capsy
                  "--regularizer", "l1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["anchors_gb"] == pytest.approx(4 * 7e9 / 1e9)
     point = Point(lr=1e-3, epochs=1, mix_ratio=0.0, regularizer="l1", lam=0.1)
-    assert [(m.kind, m.strength, m.text) for m in point.describe()] == [("l1", 0.1, "L1-SP λ=0.1")]
+    assert [(m.kind, m.strength, m.text) for m in point.describe()] == [("l1", 0.1, "L1-SP λ=0.1 (coupled)")]
     log = [{"step": 0, "general_loss": 1.0}, {"step": 5, "general_loss": 2.0}]
     assert plots.training_curves([(point, log, {}), (point.model_copy(update={"regularizer": "none"}), log, {})])

@@ -36,6 +36,25 @@ def test_point_ids_hash_the_config_not_the_grid_position(write_suite, tiny_model
     assert {p.id for p in sweep.plan(changed)}.isdisjoint(ids.values())
 
 
+def test_a_regularisers_form_is_in_the_point_id_only_where_it_is_decoupled(write_suite, tiny_model_dir):
+    from forgetbench.config import Point
+
+    raw = tiny_suite(tiny_model_dir)
+    raw["sweep"] = {"lr": [1e-3], "regularizer": ["none", "l2"], "lam": [0.1],
+                    "regularizer_form": ["coupled", "decoupled"]}
+    suite = load_suite(write_suite(raw))
+    by = {(pp.point.regularizer, pp.point.regularizer_form): pp for pp in sweep.plan(suite)}
+    assert list(by) == [("none", None), ("l2", "coupled"), ("l2", "decoupled")]  # plain once
+    assert len({pp.id for pp in by.values()}) == 3
+    # plain and coupled points hash what they hashed before the forms existed: their ids stay
+    assert "regularizer_form" not in by["none", None].config["point"]
+    assert "regularizer_form" not in by["l2", "coupled"].config["point"]
+    assert by["l2", "decoupled"].config["point"]["regularizer_form"] == "decoupled"
+    # a point.json written before the forms existed reads as the coupled point, with its id
+    old = by["l2", "coupled"].point.model_dump(exclude={"regularizer_form"})
+    assert sweep.planned(suite, Point(**old)).id == by["l2", "coupled"].id
+
+
 def test_seed_replicates_have_their_own_ids_and_train_with_their_seed(
         write_suite, tiny_model_dir, tmp_path, monkeypatch):
     from forgetbench.train import recipe

@@ -22,7 +22,7 @@ matplotlib.use("Agg")  # no display; pyplot picks its backend at the first figur
 plain_text = matplotlib.rc_context({"text.parse_math": False, "text.usetex": False})
 
 # the settings other than lr: one line (or marker colour) per combination of them
-GROUP_KEYS = ["epochs", "mix_ratio", "regularizer", "lam", "schedule", "xi", "patience"]
+GROUP_KEYS = ["epochs", "mix_ratio", "regularizer", "regularizer_form", "lam", "schedule", "xi", "patience"]
 
 
 def _group_label(rows: pd.DataFrame, x: str = "lr") -> str:

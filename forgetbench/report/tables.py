@@ -128,7 +128,8 @@ def summary_frame(results: pd.DataFrame) -> pd.DataFrame:
     # plain training first (regularizers in the registry's order), patience unset before set
     order = regularizers.names()
     out = out.reset_index().sort_values(
-        ["regularizer", "mix_ratio", "xi", "patience", "schedule", "epochs", "lam", "lr", "seed"],
+        ["regularizer", "regularizer_form", "mix_ratio", "xi", "patience", "schedule", "epochs", "lam", "lr",
+         "seed"],
         na_position="first",
         key=lambda col: col.map(order.index) if col.name == "regularizer" else col)
     front = metrics.pareto_front(list(zip(out["learning"].fillna(0), out["forgetting"].fillna(0))))
@@ -266,10 +267,11 @@ def mitigation_frame(summary: pd.DataFrame) -> pd.DataFrame:
     are the first seed's points; ``point_ids`` and ``plain_ids`` every seed's, ';'-joined in
     the same order.
 
-    ``best_lam`` marks, among settings that differ only in λ (one regularizer, one lr, the
-    other settings equal, at least two λ swept), the λ with the highest mean learning −
+    ``best_lam`` marks, among settings that differ only in λ (one regularizer in one form, one
+    lr, the other settings equal, at least two λ swept), the λ with the highest mean learning −
     forgetting; on a tie the smaller λ. Rows: lr descending, then replay, L2-SP, EWC,
-    discriminative lr, early stopping, then the swept value ascending.
+    discriminative lr, early stopping (a regulariser's coupled form before its decoupled one),
+    then the swept value ascending.
     """
     columns = ["point_id", "mitigation", "lr", "epochs", "schedule", "learning", "forgetting",
                "max_forgetting", "forgetting_reduced", "learning_cost", "best_lam", "plain_id",
@@ -310,12 +312,13 @@ def mitigation_frame(summary: pd.DataFrame) -> pd.DataFrame:
             "point_ids": ";".join(group["point_id"]), "plain_ids": ";".join(group["plain_id"]),
             # for marking and sorting, dropped below
             "_kind": min(kinds.index(m.kind) for m in found),
-            "_regularizer": first["regularizer"], "_lam": first["lam"], "_mix": first["mix_ratio"],
+            "_regularizer": first["regularizer"], "_form": first["regularizer_form"],
+            "_lam": first["lam"], "_mix": first["mix_ratio"],
             "_xi": first["xi"],
             "_patience": float(first["patience"]) if pd.notna(first["patience"]) else None,
         })
     out = pd.DataFrame(rows)
-    same = ["_regularizer", "lr", "epochs", "schedule", "_mix", "_xi", "_patience"]
+    same = ["_regularizer", "_form", "lr", "epochs", "schedule", "_mix", "_xi", "_patience"]
     regularized = out[out["_regularizer"] != regularizers.NONE]
     for _, group in regularized.groupby(same, dropna=False):
         net = (group["learning"] - group["forgetting"]).dropna()
@@ -323,8 +326,8 @@ def mitigation_frame(summary: pd.DataFrame) -> pd.DataFrame:
             best = group.loc[net.index].assign(net=net).sort_values(
                 ["net", "_lam"], ascending=[False, True]).index[0]
             out.loc[best, "best_lam"] = True
-    out = out.sort_values(["lr", "_kind", "_lam", "_mix", "_xi", "_patience", "epochs"],
-                          ascending=[False, True, True, True, True, True, True])
+    out = out.sort_values(["lr", "_kind", "_form", "_lam", "_mix", "_xi", "_patience", "epochs"],
+                          ascending=[False, True, True, True, True, True, True, True], na_position="first")
     return out[columns].reset_index(drop=True)
 
 

@@ -268,7 +268,8 @@ class EarlyStopping:
 def train_step(step: int, *, trainee: Trainee, optimizer, stream: Stream, regularizer, point: Point,
                cfg: TrainSpec, dist: distributed.Dist, tokens: int, peak_flops: float | None) -> dict:
     """One optimizer step: lr from the schedule, forward and backward over this rank's
-    micro-batches, the regulariser's gradient, clipping, AdamW. Returns the step's log
+    micro-batches, the regulariser's gradient (coupled form), clipping, AdamW, the
+    regulariser's pull toward the base weights (decoupled form). Returns the step's log
     fields (``tokens``: the running count, from ``tokens`` before it)."""
     step_start, device, model = time.monotonic(), dist.device, trainee.model
     lr = lr_at(step, total_steps=stream.total_steps, peak=point.lr, warmup_steps=stream.warmup_steps,
@@ -294,7 +295,8 @@ def train_step(step: int, *, trainee: Trainee, optimizer, stream: Stream, regula
         n_seen += int(mask.sum())
     loss_sum, n_seen, n_rows = distributed.all_reduce_sums(
         [loss_sum, n_seen, sum(int((m.sum(dim=1) > 0).sum()) for _, m, _ in micro)], dist)
-    penalty = regularizer.penalty_(point.lam) if regularizer is not None else 0.0
+    decoupled = regularizer is not None and point.regularizer_form == "decoupled"
+    penalty = regularizer.penalty_(point.lam) if regularizer is not None and not decoupled else 0.0
     grad_norm = torch.nn.utils.clip_grad_norm_(trainee.params, cfg.max_grad_norm or math.inf)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     if not math.isfinite(grad_norm):
@@ -302,6 +304,9 @@ def train_step(step: int, *, trainee: Trainee, optimizer, stream: Stream, regula
                                  f"(lr {point.lr}); lower the learning rate")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if decoupled:  # outside Adam's normalisation, at each parameter's own (group's) lr
+        lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+        penalty = regularizer.pull_(point.lam, [lr_of[id(p)] for p in trainee.params])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     tokens_per_s = n_seen / max(time.monotonic() - step_start, 1e-9)

@@ -4,11 +4,21 @@ the tensor code of penalties that pull the fine-tuned weights θ toward the base
 - L2-SP: λ/2 · Σ_i (θ_i − θ0_i)²
 - EWC:   λ/2 · Σ_i F_i (θ_i − θ0_i)², F the diagonal Fisher of the base model on general data
 
-Both are added to the loss as the literal formula says: their gradient λ·w_i·(θ_i − θ0_i)
-(w = 1 or F) joins the data gradient before clipping and AdamW. They act after backward
-(after FSDP has reduced the gradients), so they work unchanged on sharded parameters: each
-rank adds the penalty's gradient to its own shard, with θ0 and F kept in the same placement
-in fp32. No rank ever holds a full copy of θ0 or F.
+Each acts in one of two forms (``sweep.regularizer_form``):
+
+- ``coupled``: added to the loss as the literal formula says; the gradient λ·w_i·(θ_i − θ0_i)
+  (w = 1 or F) joins the data gradient before clipping and AdamW (:func:`anchor_penalty_`).
+  Adam divides every coordinate's step by its own gradient scale, so the penalty's share of
+  a step, not λ, decides how far θ moves: the first steps move every weight by about lr
+  whatever λ is.
+- ``decoupled``: outside the adaptive step, as AdamW decouples weight decay from the
+  gradient (Loshchilov & Hutter, 2019): after AdamW's step, θ_i is pulled toward θ0_i at the
+  rate lr·λ·w_i (:func:`anchor_pull_`). λ is then a rate per unit of learning rate, and a
+  large one holds θ at θ0 from the first step.
+
+Both act after backward (after FSDP has reduced the gradients), so they work unchanged on
+sharded parameters: each rank touches its own shard, with θ0 and F kept in the same
+placement in fp32. No rank ever holds a full copy of θ0 or F.
 """
 from __future__ import annotations
 
@@ -72,6 +82,9 @@ class AnchorPenalty:
 
     def penalty_(self, lam: float) -> float:
         return anchor_penalty_(self.params, self.anchor, lam, self.weights, self.dist)
+
+    def pull_(self, lam: float, lrs: list[float]) -> float:
+        return anchor_pull_(self.params, self.anchor, lam, lrs, self.weights, self.dist)
 
 
 def l2_sp(setup: Setup) -> AnchorPenalty:
@@ -153,6 +166,40 @@ def anchor_penalty_(params: list[torch.Tensor], anchor: list[torch.Tensor], lam:
                 p.grad = step
             else:
                 distributed.local(p.grad).add_(step)
+    if dist is not None:
+        total = distributed.all_reduce_sum(total, dist)
+    return 0.5 * lam * total
+
+
+@torch.no_grad()
+def anchor_pull_(params: list[torch.Tensor], anchor: list[torch.Tensor], lam: float, lrs: list[float],
+                 weights: list[torch.Tensor] | None = None,
+                 dist: distributed.Dist | None = None) -> float:
+    """The decoupled form, after the optimizer's step: moves each θ_i toward θ0_i as the
+    gradient flow of λ/2 · Σ_i w_i (θ_i − θ0_i)² does over a time of the step's learning rate
+    (``lrs``: one per parameter, its group's lr), and returns the penalty before the move:
+
+        θ_i ← θ0_i + (θ_i − θ0_i) · exp(−lr · λ · w_i)
+
+    To first order in lr·λ·w that is AdamW's decoupled decay toward θ0, θ ← θ − lr·λ·w·(θ − θ0).
+    That explicit step multiplies the distance by 1 − lr·λ·w: past 1 it overshoots θ0, past
+    2 it diverges, and with EWC's Fisher spread over orders of magnitude, the λ that makes
+    the pull felt on most coordinates takes the largest-F ones there. The exact flow shrinks
+    every distance by a factor in (0, 1], monotone in λ: a large λ·lr holds θ at θ0 (where F
+    is not 0) and λ = 0 leaves θ untouched. Since AdamW moves a coordinate by about lr·u per
+    step (u = |m̂/√v̂| ≤ ~1), the distance it settles at is about u / (λ·w), whatever the lr.
+    """
+    total = 0.0
+    weights = weights if weights is not None else [None] * len(anchor)
+    for p, p0, w, lr in zip(params, anchor, weights, lrs, strict=True):
+        theta = distributed.local(p.detach())
+        diff = theta.to(torch.float32) - distributed.local(p0)
+        total += float(((diff if w is None else distributed.local(w) * diff) * diff).sum())
+        if lam:
+            rate = lr * lam if w is None else (lr * lam) * distributed.local(w)
+            # θ + (1 − e^(−rate)) · (θ0 − θ): a coordinate with rate 0 keeps its bits
+            moved = -torch.expm1(-torch.as_tensor(rate, dtype=torch.float32))
+            theta.lerp_(distributed.local(p0).to(theta.dtype), moved.to(theta.dtype))
     if dist is not None:
         total = distributed.all_reduce_sum(total, dist)
     return 0.5 * lam * total

@@ -63,7 +63,7 @@ def medical_scores(medical: float, general: float) -> dict:
                    "fb_code": ("exact_match", general, True)})
 
 
-PLAIN = {"lr": 3e-3, "epochs": 4, "mix_ratio": 0, "regularizer": "none", "lam": 0}
+PLAIN = {"lr": 3e-3, "epochs": 4, "mix_ratio": 0, "regularizer": "none", "lam": 0, "regularizer_form": None}
 
 
 def test_results_carry_the_new_settings_and_the_training_summary(write_suite):
@@ -77,9 +77,9 @@ def test_results_carry_the_new_settings_and_the_training_summary(write_suite):
                        [("plain", plain, medical_scores(0.75, 0.5)),
                         ("stop", stopping, medical_scores(0.5, 0.9)),
                         ("ewc", ewc, medical_scores(0.7, 0.8)), ("failed", plain, None)], train)
-    assert list(df.columns[:14]) == ["point_id", "lr", "epochs", "mix_ratio", "regularizer",
-                                     "lam", "schedule", "xi", "patience", "seed", "steps",
-                                     "last_step", "best_step", "fisher"]
+    assert list(df.columns[:15]) == ["point_id", "lr", "epochs", "mix_ratio", "regularizer",
+                                     "lam", "regularizer_form", "schedule", "xi", "patience", "seed",
+                                     "steps", "last_step", "best_step", "fisher"]
     assert list(df.columns) == RESULT_COLUMNS
     by_point = df.drop_duplicates("point_id").set_index("point_id")
     assert set(by_point.index) == {"plain", "stop", "ewc"}
@@ -87,6 +87,7 @@ def test_results_carry_the_new_settings_and_the_training_summary(write_suite):
     assert by_point.loc["stop", "last_step"] == 39 and by_point.loc["stop", "best_step"] == 30
     assert pd.isna(by_point.loc["plain", "best_step"]) and pd.isna(by_point.loc["ewc", "best_step"])
     assert by_point.loc["ewc", "fisher"] == "true" and pd.isna(by_point.loc["plain", "fisher"])
+    assert by_point.loc["ewc", "regularizer_form"] == "coupled" and pd.isna(by_point.loc["plain", "regularizer_form"])
     assert by_point.loc["plain", "schedule"] == "cosine" and by_point.loc["plain", "xi"] == 1.0
     # integers stay integers in the CSV, and an unset patience is an empty cell
     header, plain_row = df.to_csv(index=False).splitlines()[:2]
@@ -128,6 +129,8 @@ def summary_of(*rows: dict) -> pd.DataFrame:
             for i, row in enumerate(rows)]
     for row in full:
         row["max_forgetting"] = row["max_forgetting"] or row["forgetting"]
+        if row["regularizer"] != "none":  # as a suite makes it by default
+            row["regularizer_form"] = row["regularizer_form"] or "decoupled"
     frame = pd.DataFrame(full)
     return frame.astype({"patience": "Int64", "best_step": "Int64"})
 
@@ -258,6 +261,21 @@ def test_best_lambda_is_judged_on_the_seed_means():
     assert (one["reduced_min"] == one["forgetting_reduced"]).all()
 
 
+def test_each_form_of_a_regulariser_has_its_own_best_lambda_and_says_which_it_is():
+    # λ means another thing in each form: the best λ is chosen within a form
+    summary = summary_of(
+        {"learning": 60, "forgetting": 40},
+        {"regularizer": "l2", "lam": 0.1, "regularizer_form": "coupled", "learning": 55, "forgetting": 20},
+        {"regularizer": "l2", "lam": 1.0, "regularizer_form": "coupled", "learning": 30, "forgetting": 2},
+        {"regularizer": "l2", "lam": 100.0, "regularizer_form": "decoupled", "learning": 50, "forgetting": 30},
+        {"regularizer": "l2", "lam": 1000.0, "regularizer_form": "decoupled", "learning": 50, "forgetting": 5},
+    )
+    m = mitigation_frame(summary).set_index("mitigation")
+    assert list(m.index) == ["L2-SP λ=0.1 (coupled)", "L2-SP λ=1 (coupled)", "L2-SP λ=100", "L2-SP λ=1000"]
+    assert m["best_lam"].to_dict() == {"L2-SP λ=0.1 (coupled)": True, "L2-SP λ=1 (coupled)": False,
+                                       "L2-SP λ=100": False, "L2-SP λ=1000": True}
+
+
 def test_a_mitigation_is_paired_with_plain_training_of_its_own_seed():
     summary = summary_of({"seed": 0, "learning": 60, "forgetting": 40},
                          {"seed": 1, "learning": 50, "forgetting": 20},
@@ -296,7 +314,7 @@ def test_the_terminal_tables_fit_100_columns_for_the_default_suite(seeds):
     assert "seeds" in lines[0] and "learn:" not in text
     assert lines[1].startswith("lr 0.003, epochs 1, mix 0 ")  # epochs vary: every label says them
     mitigations = format_mitigations(mitigation_frame(summary))
-    assert "EWC λ=1000" in mitigations and "range" in mitigations
+    assert "EWC λ=1e+06" in mitigations and "range" in mitigations
     for line in text.splitlines() + mitigations.splitlines():
         assert len(line) <= 100, line
 
@@ -310,7 +328,7 @@ def test_summary_markdown_is_a_table_of_settings_with_what_each_mitigation_avoid
                        "| reduced range |")
     assert len(rows) == 2 + 13
     plain = next(r for r in rows if r.startswith("| lr 0.003, epochs 4, mix 0 |"))
-    ewc = next(r for r in rows if r.startswith("| lr 0.003, epochs 4, mix 0, EWC λ=10000 |"))
+    ewc = next(r for r in rows if r.startswith("| lr 0.003, epochs 4, mix 0, EWC λ=1e+07 |"))
     assert plain.endswith("|  |  |") and "| 2 |" in plain  # no reduction for plain training
     assert "…" in ewc.split("|")[-2]
     assert "Every row:" not in md  # nothing is the same in every setting

@@ -12,6 +12,7 @@ from tests.test_compare import METRIC, record
 
 N = 120
 PLAIN = dict(epochs=4, mix_ratio=0.0, regularizer="none", lam=0.0)
+L2 = dict(regularizer="l2", lam=0.1, regularizer_form="decoupled")  # as a suite makes it by default
 
 
 def items(p: float, rng: np.random.Generator, noise: float = 0.0) -> list[float]:
@@ -48,7 +49,7 @@ def test_the_verdict_recommends_a_passing_setting_and_judges_mitigations(suite, 
         points.append((f"plain{s}", Point(lr=3e-3, seed=s, **PLAIN),
                        scores(rng, target=0.7, capitals=0.4, addition=0.1, code=0.1)))
         # L2-SP halves the forgetting in every seed: real
-        points.append((f"l2{s}", Point(lr=3e-3, seed=s, **{**PLAIN, "regularizer": "l2", "lam": 0.1}),
+        points.append((f"l2{s}", Point(lr=3e-3, seed=s, **{**PLAIN, **L2}),
                        scores(rng, target=0.6, capitals=0.7, addition=0.55, code=0.55)))
         # replay's effect is noise: the same distribution as plain training
         points.append((f"mix{s}", Point(lr=3e-3, seed=s, **{**PLAIN, "mix_ratio": 0.1}),
@@ -103,7 +104,7 @@ def test_a_sharp_kl_rise_with_unmoved_multiple_choice_scores_is_flagged(suite):
 
 def test_a_mitigation_without_plain_training_to_compare_with_is_said_not_dropped(suite):
     rng = np.random.default_rng(0)
-    points = [("l2", Point(lr=3e-3, **{**PLAIN, "regularizer": "l2", "lam": 0.1}),
+    points = [("l2", Point(lr=3e-3, **{**PLAIN, **L2}),
                scores(rng, target=0.6, capitals=0.7, addition=0.55, code=0.55)),
               ("plain", Point(lr=1e-3, **PLAIN), scores(rng, target=0.6, capitals=0.7, addition=0.55, code=0.55))]
     lines = verdict_lines(sweep_verdict(suite, base_scores(), points, {}))

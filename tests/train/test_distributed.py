@@ -53,8 +53,10 @@ def train(suite, point, runs, nproc, torchrun=False):
     {"regularizer": ["none"]},
     # EWC (Fisher estimated sharded, the sharded anchor penalty that L2-SP shares),
     # discriminative lrs and early stopping in one point
-    {"regularizer": ["ewc"], "lam": [100.0], "xi": [2.6], "patience": [1]},
-], ids=["plain", "ewc-xi-patience"])
+    {"regularizer": ["ewc"], "lam": [100.0], "regularizer_form": ["coupled"], "xi": [2.6], "patience": [1]},
+    # the decoupled pull on each rank's shard, at each depth's own lr
+    {"regularizer": ["ewc"], "lam": [1.0e5], "regularizer_form": ["decoupled"], "xi": [2.6]},
+], ids=["plain", "ewc-xi-patience", "decoupled-ewc-xi"])
 def test_two_fsdp_processes_match_one_process(write_suite, tiny_model_dir, tmp_path, mitigation):
     from forgetbench.config import load_suite
     from forgetbench.sweep import plan

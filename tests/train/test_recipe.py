@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from forgetbench.config import Point, load_suite
 from forgetbench.datafiles import read_rows
+from forgetbench.train import checkpoint
 from forgetbench.train.recipe import train_point
 from tests.conftest import suite_dict
 
@@ -63,10 +64,44 @@ def test_gradient_accumulation_matches_one_large_batch(small_suite, tiny_model_d
 def test_seeded_runs_repeat_and_l2_with_lambda_zero_is_plain_fine_tuning(small_suite, tiny_model_dir, tmp_path):
     suite = small_suite(batch_size=8)
     _, log1, m1 = run(suite, tiny_model_dir, tmp_path, "r1")
-    _, log2, m2 = run(suite, tiny_model_dir, tmp_path, "r2", regularizer="l2", lam=0.0)
-    assert [r["loss"] for r in log1] == [r["loss"] for r in log2]
-    for p, q in zip(m1.parameters(), m2.parameters()):
-        assert torch.equal(p, q)
+    for form in ("coupled", "decoupled"):
+        _, log2, m2 = run(suite, tiny_model_dir, tmp_path, form, regularizer="l2", lam=0.0,
+                          regularizer_form=form)
+        assert [r["loss"] for r in log1] == [r["loss"] for r in log2], form
+        for p, q in zip(m1.parameters(), m2.parameters()):
+            assert torch.equal(p, q), form
+
+
+@pytest.mark.parametrize("regularizer", ["l2", "ewc"])
+def test_a_huge_lambda_holds_the_base_weights_from_the_first_step_only_in_the_decoupled_form(
+        small_suite, tiny_model_dir, tmp_path, regularizer):
+    # one optimizer step at the peak lr: Adam's first step moves every weight with a gradient
+    # by lr, and a penalty in the loss, 0 at θ0, cannot stop it; the decoupled pull can
+    suite = small_suite(batch_size=32, max_grad_norm=None, warmup_ratio=0.0, ewc={"samples": 16})
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lr, lam, cache = 1e-2, 1e9, tmp_path / "fisher"
+
+    def drift(form):
+        point = Point(lr=lr, epochs=1, mix_ratio=0.0, regularizer=regularizer, lam=lam,
+                      regularizer_form=form, schedule="constant")
+        out = tmp_path / form
+        summary = train_point(suite, point, base_model_dir=tiny_model_dir, out_dir=out,
+                              log_path=out / "log.jsonl", state_dir=cache)
+        assert summary["steps"] == 1
+        with torch.no_grad():
+            return torch.cat([(p - q).abs().flatten() for p, q in
+                              zip(AutoModelForCausalLM.from_pretrained(out).parameters(), base.parameters())])
+
+    coupled, decoupled = drift("coupled"), drift("decoupled")
+    assert float(coupled.max()) == pytest.approx(lr, rel=1e-3)
+    assert float(coupled.median()) > 0.5 * lr
+    held = torch.ones_like(decoupled, dtype=torch.bool)
+    if regularizer == "ewc":  # EWC holds what the Fisher marks: lr·λ·F large (F is 0 for unseen tokens)
+        state = {"fisher": {n: torch.zeros_like(p) for n, p in base.named_parameters()}}
+        checkpoint.load_state(state, cache)
+        held = torch.cat([f.flatten() for f in state["fisher"].values()]) * lr * lam > 20
+        assert float(held.float().mean()) > 0.5
+    assert float(decoupled[held].max()) < 1e-6 * lr
 
 
 def test_strong_l2_sp_keeps_weights_near_the_base(small_suite, tiny_model_dir, tmp_path):
@@ -206,6 +241,12 @@ def test_ewc_with_lambda_zero_is_plain_fine_tuning_and_its_fisher_is_cached(smal
     assert second["fisher"]["seconds"] == -1.0 and second["fisher"]["mean"] == first["fisher"]["mean"]
     log = [json.loads(l) for l in (tmp_path / "e2.jsonl").read_text().splitlines()]
     assert log[-1]["penalty"] > 0
+    # the decoupled form at λ = 0 too
+    p = p.model_copy(update={"lam": 0.0, "regularizer_form": "decoupled"})
+    train_point(suite, p, base_model_dir=tiny_model_dir, out_dir=tmp_path / "e3", log_path=tmp_path / "e3.jsonl",
+                state_dir=cache)
+    for a, b in zip(m1.parameters(), AutoModelForCausalLM.from_pretrained(tmp_path / "e3").parameters()):
+        assert torch.equal(a, b)
 
 
 def test_strong_ewc_keeps_the_weights_the_fisher_marks_important(small_suite, tiny_model_dir, tmp_path):

@@ -4,7 +4,13 @@ from torch.func import functional_call, grad
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from forgetbench.train import data as train_data
-from forgetbench.train.regularizers import anchor_penalty_, fisher_diagonal, sample_labels, snapshot
+from forgetbench.train.regularizers import (
+    anchor_penalty_,
+    anchor_pull_,
+    fisher_diagonal,
+    sample_labels,
+    snapshot,
+)
 
 
 def moved_params():
@@ -50,6 +56,64 @@ def test_penalty_adds_to_existing_gradients_and_lambda_zero_changes_nothing():
     torch.testing.assert_close(p.grad, torch.full((3,), 2.5))
     anchor_penalty_([p], anchor, 1.0, [torch.tensor([0.0, 1.0, 2.0])])
     torch.testing.assert_close(p.grad, torch.tensor([2.5, 3.5, 4.5]))
+
+
+def test_decoupled_pull_is_the_penalty_flow_over_the_step_and_returns_the_penalty_before_it():
+    params, anchor = moved_params()
+    fisher = [torch.rand_like(a) * 10.0 ** torch.randint(-6, 2, a.shape) for a in anchor]
+    before = [p.detach().clone() for p in params]
+    lam, lrs = 300.0, [1e-2, 2e-3]  # lr·λ·F up to 300: the explicit step 1 − lr·λ·F would overshoot
+    expected_value = lam / 2 * sum((f * (p - a) ** 2).sum() for p, a, f in zip(before, anchor, fisher))
+    value = anchor_pull_(params, anchor, lam, lrs, fisher)
+    assert value == pytest.approx(expected_value.item(), rel=1e-6)
+    for p, p0, a, f, lr in zip(params, before, anchor, fisher, lrs):
+        torch.testing.assert_close(p.detach(), a + (p0 - a) * torch.exp(-lr * lam * f))
+        d0, d1 = (p0 - a).abs(), (p.detach() - a).abs()
+        assert (d1 <= d0).all() and ((p.detach() - a) * (p0 - a) >= 0).all()  # toward θ0, never past it
+    assert p.grad is None  # outside the gradient: Adam never sees it
+
+
+def test_decoupled_pull_at_lambda_zero_or_zero_fisher_leaves_every_bit_and_a_huge_lambda_reaches_the_anchor():
+    params, anchor = moved_params()
+    before = [p.detach().clone() for p in params]
+    anchor_pull_(params, anchor, 0.0, [1e-3, 1e-3])
+    anchor_pull_(params, anchor, 1e9, [1e-3, 1e-3], [torch.zeros_like(a) for a in anchor])
+    for p, b in zip(params, before):
+        assert torch.equal(p.detach(), b)
+    anchor_pull_(params, anchor, 1e9, [1e-3, 1e-3])  # L2-SP
+    for p, a in zip(params, anchor):
+        assert torch.equal(p.detach(), a)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["l2-sp", "ewc"])
+def test_under_adam_a_huge_lambda_holds_the_anchor_from_the_first_step_only_in_the_decoupled_form(weighted):
+    """Adam's first step is lr·sign(g) whatever the gradient's scale: in the loss, a penalty
+    that is 0 at θ0 cannot stop it, and its pull afterwards is normalised to ~lr too. The
+    decoupled pull acts after the step, at the rate lr·λ·w, so the drift stays ~0 at once."""
+    lr, lam, steps = 1e-2, 1e8, 5
+    torch.manual_seed(0)
+    data_grad = torch.randn(200)
+    fisher = [torch.rand(200) + 0.01] if weighted else None
+
+    def drift(form):
+        theta = torch.zeros(200, requires_grad=True)
+        anchor = snapshot([theta])
+        opt = torch.optim.AdamW([theta], lr=lr, weight_decay=0.0)
+        out = []
+        for _ in range(steps):
+            theta.grad = data_grad.clone()
+            if form == "coupled":
+                anchor_penalty_([theta], anchor, lam, fisher)
+            opt.step()
+            if form == "decoupled":
+                anchor_pull_([theta], anchor, lam, [lr], fisher)
+            out.append(float((theta.detach() - anchor[0]).abs().max()))
+        return out
+
+    coupled, decoupled = drift("coupled"), drift("decoupled")
+    assert coupled[0] == pytest.approx(lr)          # the first step: every weight moves by lr
+    assert min(coupled) > 0.1 * lr                  # and λ = 1e8 never brings it back
+    assert max(decoupled) < 1e-6 * lr               # held at θ0 from the first step
 
 
 def examples(model_dir):
