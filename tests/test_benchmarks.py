@@ -24,6 +24,7 @@ SMOKE = {
                        "measured peak of live tensors: ", False),
     "eval_overhead.py": (["--repeats", "1", "--epochs", "0.1"], "overhead (with − without) / without: ", True),
     "eval_speed.py": (["--repeats", "1", "--set", "eval.limit=2"], "scores equal in all three: yes", True),
+    "regularizer_drift.py": (["--smoke"], "after the last step (lr ", True),
     "sweep_jobs.py": (["--jobs", "1", "2", "--set", "sweep={lr: [1.0e-3], epochs: [0.1]}", "--set", "eval.limit=2"],
                       "results.csv --jobs 2 vs --jobs 1: ", True),
 }
