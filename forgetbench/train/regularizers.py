@@ -23,6 +23,7 @@ placement in fp32. No rank ever holds a full copy of θ0 or F.
 from __future__ import annotations
 
 import importlib
+import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -182,9 +183,9 @@ def anchor_pull_(params: list[torch.Tensor], anchor: list[torch.Tensor], lam: fl
         θ_i ← θ0_i + (θ_i − θ0_i) · exp(−lr · λ · w_i)
 
     To first order in lr·λ·w that is AdamW's decoupled decay toward θ0, θ ← θ − lr·λ·w·(θ − θ0).
-    That explicit step multiplies the distance by 1 − lr·λ·w: past 1 it overshoots θ0, past
-    2 it diverges, and with EWC's Fisher spread over orders of magnitude, the λ that makes
-    the pull felt on most coordinates takes the largest-F ones there. The exact flow shrinks
+    That explicit step multiplies the distance by 1 − lr·λ·w: past lr·λ·w = 1 it overshoots
+    θ0, past 2 it diverges, and with EWC's Fisher spread over orders of magnitude, a λ that
+    makes the pull felt on most coordinates puts the largest-F ones past both. The exact flow shrinks
     every distance by a factor in (0, 1], monotone in λ: a large λ·lr holds θ at θ0 (where F
     is not 0) and λ = 0 leaves θ untouched. Since AdamW moves a coordinate by about lr·u per
     step (u = |m̂/√v̂| ≤ ~1), the distance it settles at is about u / (λ·w), whatever the lr.
@@ -196,10 +197,10 @@ def anchor_pull_(params: list[torch.Tensor], anchor: list[torch.Tensor], lam: fl
         diff = theta.to(torch.float32) - distributed.local(p0)
         total += float(((diff if w is None else distributed.local(w) * diff) * diff).sum())
         if lam:
-            rate = lr * lam if w is None else (lr * lam) * distributed.local(w)
             # θ + (1 − e^(−rate)) · (θ0 − θ): a coordinate with rate 0 keeps its bits
-            moved = -torch.expm1(-torch.as_tensor(rate, dtype=torch.float32))
-            theta.lerp_(distributed.local(p0).to(theta.dtype), moved.to(theta.dtype))
+            moved = (-math.expm1(-lr * lam) if w is None
+                     else (-torch.expm1(-(lr * lam) * distributed.local(w))).to(theta.dtype))
+            theta.lerp_(distributed.local(p0).to(theta.dtype), moved)
     if dist is not None:
         total = distributed.all_reduce_sum(total, dist)
     return 0.5 * lam * total
