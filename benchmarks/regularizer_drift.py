@@ -22,6 +22,7 @@ at a few steps, then one line per run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -96,9 +97,12 @@ class DriftProbe:
                           "rms_rest": math.sqrt(sq_rest / max(n_rest, 1)), "fisher_sq": fisher_sq})
 
 
-def install_probes(fisher_cache: Path, probes: list[DriftProbe]) -> None:
+@contextlib.contextmanager
+def probes_installed(fisher_cache: Path, probes: list[DriftProbe]):
     """Register L2-SP and EWC again with components that build the built-in one, its
-    Fisher (EWC's, read from ``fisher_cache`` after the first run) and a probe around them."""
+    Fisher (EWC's, read from ``fisher_cache`` after the first run) and a probe around them;
+    the built-in entries are registered back at the end (a caller in the same process, such
+    as the benchmarks' smoke test, trains with them afterwards)."""
     def probed(name: str):
         def build(setup: components.Setup) -> DriftProbe:
             ewc = components.ewc(replace(setup, cache=fisher_cache))
@@ -111,9 +115,14 @@ def install_probes(fisher_cache: Path, probes: list[DriftProbe]) -> None:
             return probe
         return build
 
-    for name in ("l2", "ewc"):
-        entry = regularizers.get(name)
+    builtin = {name: regularizers.get(name) for name in ("l2", "ewc")}
+    for name, entry in builtin.items():
         regularizers.register(replace(entry, component=probed(name)))
+    try:
+        yield
+    finally:
+        for entry in builtin.values():
+            regularizers.register(entry)
 
 
 def parse_run(text: str) -> tuple[str, str, str, float]:
@@ -164,9 +173,8 @@ def main() -> int:
     lr = args.lr or max(pt.lr for pt in suite.points())
     base = resolve_model(suite.model)
     results: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        probes: list[DriftProbe] = []
-        install_probes(Path(tmp) / "fisher", probes)
+    probes: list[DriftProbe] = []
+    with tempfile.TemporaryDirectory() as tmp, probes_installed(Path(tmp) / "fisher", probes):
         for text in args.run or RUNS:
             label, name, form, lam = parse_run(text)
             point = Point(lr=lr, epochs=args.epochs, mix_ratio=0.0, regularizer=name, lam=lam,
